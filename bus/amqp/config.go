@@ -1,0 +1,57 @@
+package amqp
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/busline/busline/internal/tlsconfig"
+)
+
+// TLSConfig holds TLS settings; the zero value means no TLS (unless the URL
+// scheme is amqps).
+type TLSConfig = tlsconfig.Config
+
+// Config configures the RabbitMQ broker. Zero fields mean the documented
+// defaults; only URL is required.
+type Config struct {
+	// URL is the AMQP 0-9-1 URL, e.g. amqp://guest:guest@127.0.0.1:5672/.
+	// Required.
+	URL string
+	// Prefetch bounds the unacknowledged deliveries a consumer holds. Zero: 16.
+	Prefetch int
+	// ChannelPoolSize is the number of channels publishing shares. Zero: 4.
+	ChannelPoolSize int
+	// NackDelay is how long a nacked delivery waits before it is requeued.
+	// Zero: 1s. RabbitMQ requeues a nack at once, so a zero delay would be a
+	// hot loop.
+	NackDelay time.Duration
+	// TLS configures TLS. Zero: plaintext, or the system defaults for amqps.
+	TLS TLSConfig
+}
+
+// Validate reports every problem of c at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.URL == "" {
+		errs = append(errs, errors.New("amqp: no URL (set BUSLINE_AMQP_URL)"))
+	} else if u, err := url.Parse(c.URL); err != nil {
+		errs = append(errs, fmt.Errorf("amqp: URL: %w", err))
+	} else if u.Scheme != "amqp" && u.Scheme != "amqps" {
+		errs = append(errs, fmt.Errorf("amqp: URL scheme %q is neither amqp nor amqps", u.Scheme))
+	}
+	if c.Prefetch < 0 {
+		errs = append(errs, fmt.Errorf("amqp: prefetch %d is negative", c.Prefetch))
+	}
+	if c.ChannelPoolSize < 0 {
+		errs = append(errs, fmt.Errorf("amqp: channel pool size %d is negative", c.ChannelPoolSize))
+	}
+	if c.NackDelay < 0 {
+		errs = append(errs, fmt.Errorf("amqp: nack delay %v is negative", c.NackDelay))
+	}
+	if err := c.TLS.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("amqp: %w", err))
+	}
+	return errors.Join(errs...)
+}
