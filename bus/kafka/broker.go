@@ -1,0 +1,286 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
+)
+
+// ErrClosed is returned by the methods of a closed [Broker] and by Publish
+// on its closed publisher.
+var ErrClosed = errors.New("kafka: closed")
+
+// Broker is the Kafka broker of a bus: one shared publisher, a subscriber
+// per consumer group, and an admin client for topics, health and lag.
+// It is safe for concurrent use.
+type Broker struct {
+	cfg    Config
+	logger watermill.LoggerAdapter
+
+	consumerCfg *sarama.Config
+	pub         *publisher
+	kcl         *kgo.Client
+	admin       *kadm.Client
+
+	mu     sync.Mutex
+	closed bool
+	subs   []*wkafka.Subscriber
+}
+
+// New validates cfg, connects the publisher to the brokers and returns the
+// broker. logger may be nil (no logging). The publisher's producer fails
+// here when no broker answers; subscribers connect on Subscribe.
+func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	prodCfg, err := cfg.producerSaramaConfig()
+	if err != nil {
+		return nil, err
+	}
+	consCfg, err := cfg.consumerSaramaConfig()
+	if err != nil {
+		return nil, err
+	}
+	adminOpts, err := cfg.kgoOptions()
+	if err != nil {
+		return nil, err
+	}
+	kcl, err := kgo.NewClient(adminOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: admin client: %w", err)
+	}
+	pub, err := wkafka.NewPublisher(wkafka.PublisherConfig{
+		Brokers:               cfg.Brokers,
+		Marshaler:             marshaler{},
+		OverwriteSaramaConfig: prodCfg,
+		// OTELEnabled and Tracer stay off: watermill-kafka's tracer
+		// rewrites traceparent; Busline propagates trace context itself.
+	}, logger)
+	if err != nil {
+		kcl.Close()
+		return nil, fmt.Errorf("kafka: publisher: %w", err)
+	}
+	return &Broker{
+		cfg:         cfg,
+		logger:      logger,
+		consumerCfg: consCfg,
+		pub:         &publisher{pub: pub},
+		kcl:         kcl,
+		admin:       kadm.NewClient(kcl),
+	}, nil
+}
+
+// Publisher returns the broker's one shared publisher. Publish returns once
+// every message was acknowledged by all in-sync replicas, one message after
+// the other; on the first failure it returns the error and does not send the
+// rest. It is safe for concurrent use.
+func (b *Broker) Publisher() message.Publisher { return b.pub }
+
+// Subscriber returns a new subscriber in the consumer group group, which
+// must not be empty. Each Subscribe call joins the group as a new member;
+// each message of a topic reaches one member of every group. A group with no
+// committed offset starts at Config.InitialOffset (oldest by default).
+// Within a partition, the subscriber delivers the next message only after
+// the previous one was acked; a nacked message is delivered again after
+// Config.NackDelay, and meanwhile blocks its partition.
+func (b *Broker) Subscriber(group string) (message.Subscriber, error) {
+	if group == "" {
+		return nil, errors.New("kafka: empty consumer group")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, ErrClosed
+	}
+	sub, err := wkafka.NewSubscriber(wkafka.SubscriberConfig{
+		Brokers:               b.cfg.Brokers,
+		Unmarshaler:           marshaler{},
+		OverwriteSaramaConfig: b.consumerCfg,
+		ConsumerGroup:         group,
+		NackResendSleep:       b.cfg.NackDelay,
+		ReconnectRetrySleep:   reconnectRetrySleep,
+		InitializeTopicDetails: &sarama.TopicDetail{
+			NumPartitions:     b.cfg.Partitions,
+			ReplicationFactor: b.cfg.ReplicationFactor,
+		},
+	}, b.logger)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: subscriber: %w", err)
+	}
+	b.subs = append(b.subs, sub)
+	return sub, nil
+}
+
+// Prepare creates topic with Config.Partitions partitions and
+// Config.ReplicationFactor replicas unless it exists. On Kafka a group needs
+// no preparation: with the default initial offset (oldest) a new group reads
+// the topic from its beginning, so nothing published after Prepare is
+// skipped. (With "newest", messages published before the group's first join
+// are skipped.)
+func (b *Broker) Prepare(ctx context.Context, topic, group string) error {
+	if b.isClosed() {
+		return ErrClosed
+	}
+	_, err := b.admin.CreateTopic(ctx, b.cfg.Partitions, b.cfg.ReplicationFactor, nil, topic)
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		return fmt.Errorf("kafka: create topic %s: %w", topic, err)
+	}
+	return nil
+}
+
+// Ping sends a metadata request to the brokers and reports whether one
+// answered before ctx ended.
+func (b *Broker) Ping(ctx context.Context) error {
+	if b.isClosed() {
+		return ErrClosed
+	}
+	if err := b.kcl.Ping(ctx); err != nil {
+		return fmt.Errorf("kafka: ping: %w", err)
+	}
+	return nil
+}
+
+// Lag returns the consumer lag of group: for each topic and partition the
+// group has committed offsets for or is assigned, how many records lie
+// between its committed offset and the partition's end. A partition with no
+// commit counts from the partition's start. It asks the brokers each time.
+func (b *Broker) Lag(ctx context.Context, group string) (map[string]map[int32]int64, error) {
+	if b.isClosed() {
+		return nil, ErrClosed
+	}
+	lags, err := b.admin.Lag(ctx, group)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: lag of group %s: %w", group, err)
+	}
+	gl, ok := lags[group]
+	if !ok {
+		return map[string]map[int32]int64{}, nil
+	}
+	if err := gl.Error(); err != nil {
+		return nil, fmt.Errorf("kafka: lag of group %s: %w", group, err)
+	}
+	out := make(map[string]map[int32]int64, len(gl.Lag))
+	for topic, parts := range gl.Lag {
+		m := make(map[int32]int64, len(parts))
+		for p, l := range parts {
+			if l.Err != nil {
+				return nil, fmt.Errorf("kafka: lag of group %s, %s/%d: %w", group, topic, p, l.Err)
+			}
+			m[p] = l.Lag
+		}
+		out[topic] = m
+	}
+	return out, nil
+}
+
+// Close closes every subscriber the broker made, then the publisher, then
+// the admin client. It is idempotent.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	subs := b.subs
+	b.subs = nil
+	b.mu.Unlock()
+
+	var errs []error
+	for _, s := range subs {
+		if err := s.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("kafka: close subscriber: %w", err))
+		}
+	}
+	if err := b.pub.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	b.admin.Close()
+	return errors.Join(errs...)
+}
+
+func (b *Broker) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
+}
+
+// kgoOptions configures the franz-go client behind Prepare, Ping and Lag:
+// unlike Sarama's admin it honours contexts. c has its defaults applied.
+func (c Config) kgoOptions() ([]kgo.Opt, error) {
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(c.Brokers...),
+		kgo.ClientID(c.ClientID),
+	}
+	tlsCfg, err := c.TLS.Load()
+	if err != nil {
+		return nil, fmt.Errorf("kafka: %w", err)
+	}
+	if tlsCfg != nil {
+		opts = append(opts, kgo.DialTLSConfig(tlsCfg))
+	}
+	var mech sasl.Mechanism
+	switch strings.ToUpper(c.SASL.Mechanism) {
+	case "PLAIN":
+		mech = plain.Auth{User: c.SASL.User, Pass: c.SASL.Password}.AsMechanism()
+	case "SCRAM-SHA-256":
+		mech = scram.Auth{User: c.SASL.User, Pass: c.SASL.Password}.AsSha256Mechanism()
+	case "SCRAM-SHA-512":
+		mech = scram.Auth{User: c.SASL.User, Pass: c.SASL.Password}.AsSha512Mechanism()
+	}
+	if mech != nil {
+		opts = append(opts, kgo.SASL(mech))
+	}
+	return opts, nil
+}
+
+// publisher guards watermill-kafka's publisher, whose closed flag is an
+// unsynchronised bool: Close waits for the Publish calls in flight, and a
+// Publish after Close returns ErrClosed.
+type publisher struct {
+	mu     sync.RWMutex
+	closed bool
+	pub    *wkafka.Publisher
+}
+
+// Publish implements message.Publisher.
+func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return ErrClosed
+	}
+	return p.pub.Publish(topic, msgs...)
+}
+
+// Close implements message.Publisher. It is idempotent.
+func (p *publisher) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	if err := p.pub.Close(); err != nil {
+		return fmt.Errorf("kafka: close publisher: %w", err)
+	}
+	return nil
+}
