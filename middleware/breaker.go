@@ -1,0 +1,240 @@
+package middleware
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/sony/gobreaker/v2"
+)
+
+// BreakerConfig configures [Breaker]. Zero fields mean the defaults.
+type BreakerConfig struct {
+	// Name names the breaker in [BreakerInfo] (the handler name is a good
+	// choice). Zero means "".
+	Name string
+	// ConsecutiveFailures is the number of consecutive transient failures
+	// that opens the breaker. Zero means 5.
+	ConsecutiveFailures int
+	// OpenTimeout is how long the breaker stays open before it lets a probe
+	// through (half-open). Zero means 30s.
+	OpenTimeout time.Duration
+	// HalfOpenProbes is how many messages may run while half-open; that
+	// many consecutive successes close the breaker, one failure reopens it.
+	// Zero means 1.
+	HalfOpenProbes int
+	// Interval, when positive, clears the failure counts every Interval
+	// while the breaker is closed. Zero means counts are cleared only by a
+	// success.
+	Interval time.Duration
+	// OnStateChange, when set, is called on every state change (telemetry
+	// records the breaker state with it). It is called with the breaker's
+	// lock held: it must not block and must not call back into the stack.
+	OnStateChange func(BreakerInfo)
+}
+
+// BreakerState is the state of a circuit breaker.
+type BreakerState int
+
+// Breaker states.
+const (
+	BreakerClosed BreakerState = iota
+	BreakerHalfOpen
+	BreakerOpen
+)
+
+// String returns "closed", "half-open" or "open".
+func (s BreakerState) String() string {
+	switch s {
+	case BreakerClosed:
+		return "closed"
+	case BreakerHalfOpen:
+		return "half-open"
+	case BreakerOpen:
+		return "open"
+	}
+	return fmt.Sprintf("BreakerState(%d)", int(s))
+}
+
+// BreakerInfo describes a breaker state change for
+// [BreakerConfig].OnStateChange.
+type BreakerInfo struct {
+	// Name is BreakerConfig.Name.
+	Name string
+	// From and To are the old and the new state.
+	From, To BreakerState
+}
+
+// Defaults of [BreakerConfig].
+const (
+	DefaultBreakerConsecutiveFailures = 5
+	DefaultBreakerOpenTimeout         = 30 * time.Second
+)
+
+// Breaker returns a circuit-breaker middleware (sony/gobreaker/v2 state
+// machine). Each handler it wraps gets its own breaker.
+//
+// Only transient errors count as failures: a nil error and a permanent
+// error ([IsPermanent]; the dependency answered, the input was bad) count as
+// successes, and context cancellation and redelivery errors ([IsRedelivery])
+// are not counted at all.
+//
+// When the breaker is open, Breaker does not fail the message (that would
+// burn every message into the dead-letter topic, or make the broker spin on
+// redeliveries): it pauses. It holds the message, unacked, until the breaker
+// lets a half-open probe through, then runs it. Subscribers deliver the next
+// message only after the current one is acked, so holding it pauses
+// consumption. Messages that arrive while a probe runs wait for its outcome:
+// success closes the breaker and they run; failure reopens it and they wait
+// again. A wait ends when the message's context is cancelled, and the
+// context error is returned (the message is nacked, never dead-lettered).
+//
+// Place it outside [Retry] so that a message that failed all its attempts
+// counts as one failure. When closed, the cost is two uncontended mutex
+// operations per message.
+func Breaker(cfg BreakerConfig) message.HandlerMiddleware {
+	if cfg.ConsecutiveFailures < 0 || cfg.OpenTimeout < 0 || cfg.HalfOpenProbes < 0 || cfg.Interval < 0 {
+		panic(fmt.Sprintf("middleware: BreakerConfig values must not be negative: %+v", cfg))
+	}
+	if cfg.ConsecutiveFailures == 0 {
+		cfg.ConsecutiveFailures = DefaultBreakerConsecutiveFailures
+	}
+	if cfg.OpenTimeout == 0 {
+		cfg.OpenTimeout = DefaultBreakerOpenTimeout
+	}
+	if cfg.HalfOpenProbes == 0 {
+		cfg.HalfOpenProbes = 1
+	}
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		b := newBreaker(cfg)
+		return func(msg *message.Message) ([]*message.Message, error) {
+			return b.run(h, msg)
+		}
+	}
+}
+
+type breaker struct {
+	cb      *gobreaker.CircuitBreaker[[]*message.Message]
+	timeout time.Duration
+	waiters atomic.Int32
+
+	mu       sync.Mutex
+	openedAt time.Time     // when the breaker last opened
+	wake     chan struct{} // closed and replaced when waiters should look again
+}
+
+func newBreaker(cfg BreakerConfig) *breaker {
+	b := &breaker{timeout: cfg.OpenTimeout, wake: make(chan struct{})}
+	trip := uint32(cfg.ConsecutiveFailures)
+	b.cb = gobreaker.NewCircuitBreaker[[]*message.Message](gobreaker.Settings{
+		Name:        cfg.Name,
+		MaxRequests: uint32(cfg.HalfOpenProbes),
+		Interval:    cfg.Interval,
+		Timeout:     cfg.OpenTimeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= trip },
+		IsSuccessful: func(err error) bool {
+			return err == nil || IsPermanent(err)
+		},
+		IsExcluded: func(err error) bool {
+			return errors.Is(err, context.Canceled) || IsRedelivery(err)
+		},
+		OnStateChange: func(name string, from, to gobreaker.State) {
+			if to == gobreaker.StateOpen {
+				b.mu.Lock()
+				b.openedAt = time.Now()
+				b.mu.Unlock()
+			}
+			if cfg.OnStateChange != nil {
+				cfg.OnStateChange(BreakerInfo{Name: name, From: breakerState(from), To: breakerState(to)})
+			}
+		},
+	})
+	return b
+}
+
+func breakerState(s gobreaker.State) BreakerState {
+	switch s {
+	case gobreaker.StateOpen:
+		return BreakerOpen
+	case gobreaker.StateHalfOpen:
+		return BreakerHalfOpen
+	}
+	return BreakerClosed
+}
+
+func (b *breaker) run(h message.HandlerFunc, msg *message.Message) ([]*message.Message, error) {
+	ran := false
+	out, err := b.cb.Execute(func() ([]*message.Message, error) {
+		ran = true
+		return h(msg)
+	})
+	if ran {
+		if b.waiters.Load() > 0 {
+			b.notify()
+		}
+		return out, err
+	}
+	return b.wait(h, msg)
+}
+
+// wait holds a rejected message until the breaker lets it through.
+func (b *breaker) wait(h message.HandlerFunc, msg *message.Message) ([]*message.Message, error) {
+	ctx := msg.Context()
+	b.waiters.Add(1)
+	defer b.waiters.Add(-1)
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		b.mu.Lock()
+		wake := b.wake
+		until := b.openedAt.Add(b.timeout + time.Millisecond)
+		b.mu.Unlock()
+
+		// Try again after taking the wake channel: an outcome reported
+		// after this point closes it, so none is missed.
+		ran := false
+		out, err := b.cb.Execute(func() ([]*message.Message, error) {
+			ran = true
+			return h(msg)
+		})
+		if ran {
+			b.notify()
+			return out, err
+		}
+
+		// Open: wait until the open period ends. Half-open with its probes
+		// taken: wait for an outcome, re-checking at least every
+		// OpenTimeout.
+		d := b.timeout
+		if errors.Is(err, gobreaker.ErrOpenState) {
+			d = max(time.Until(until), time.Millisecond)
+		}
+		if timer == nil {
+			timer = time.NewTimer(d)
+		} else {
+			timer.Reset(d)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// notify wakes every waiting message so it looks at the breaker again.
+func (b *breaker) notify() {
+	b.mu.Lock()
+	close(b.wake)
+	b.wake = make(chan struct{})
+	b.mu.Unlock()
+}

@@ -1,0 +1,83 @@
+package middleware
+
+import (
+	"context"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/busline/busline/schema"
+)
+
+// Correlation returns a middleware that carries the correlation and causation
+// ids through a handler:
+//
+//   - the handled message keeps its ce_correlationid; when it has none, the
+//     message starts a new correlation whose id is its own UUID, and the
+//     metadata is set so that a dead-letter copy carries it too;
+//   - the handler's context carries the correlation id and the handled
+//     message's UUID, read with [CorrelationIDFromContext] and
+//     [CausationIDFromContext], and used by [Propagate];
+//   - the messages the handler returns get ce_correlationid and
+//     ce_causationid (the handled message's UUID) when they have none.
+//
+// Messages a handler publishes through a publisher of its own are covered by
+// [Propagate], which the bus calls on every publish.
+func Correlation() message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			corr := msg.Metadata.Get(schema.KeyCorrelationID)
+			if corr == "" {
+				corr = msg.UUID
+				if msg.Metadata == nil {
+					msg.Metadata = make(message.Metadata, 1)
+				}
+				msg.Metadata.Set(schema.KeyCorrelationID, corr)
+			}
+			orig := msg.Context()
+			msg.SetContext(withHandled(orig, corr, msg.UUID))
+			out, err := h(msg)
+			msg.SetContext(orig)
+			for _, m := range out {
+				stamp(m, corr, msg.UUID)
+			}
+			return out, err
+		}
+	}
+}
+
+// Propagate stamps correlation metadata on messages about to be published
+// under ctx. A message that has no ce_correlationid gets the correlation id
+// from ctx (see [CorrelationIDFromContext]) or, when ctx has none, its own
+// UUID: it is the edge where a new correlation starts. A message that has no
+// ce_causationid gets the id of the message being handled in ctx, if any.
+// Ids a message already carries are kept. Propagate does not allocate when
+// the metadata maps exist; nil messages are skipped.
+func Propagate(ctx context.Context, msgs ...*message.Message) {
+	var corr, cause string
+	if h := handledFromContext(ctx); h != nil {
+		corr, cause = h.correlationID, h.messageID
+	}
+	for _, m := range msgs {
+		if m == nil {
+			continue
+		}
+		c := corr
+		if c == "" {
+			c = m.UUID
+		}
+		stamp(m, c, cause)
+	}
+}
+
+// stamp sets correlation and causation metadata on m where m has none.
+func stamp(m *message.Message, corr, cause string) {
+	if m.Metadata == nil {
+		m.Metadata = make(message.Metadata, 2)
+	}
+	if corr != "" && m.Metadata[schema.KeyCorrelationID] == "" {
+		m.Metadata[schema.KeyCorrelationID] = corr
+	}
+	if cause != "" && m.Metadata[schema.KeyCausationID] == "" {
+		m.Metadata[schema.KeyCausationID] = cause
+	}
+}

@@ -1,0 +1,81 @@
+package middleware
+
+import (
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// NackDelayConfig configures [NackDelay]. Zero fields mean the defaults.
+type NackDelayConfig struct {
+	// InitialDelay is the wait before the first nack after a success.
+	// Zero means 100ms.
+	InitialDelay time.Duration
+	// MaxDelay caps the wait. Zero means 5s.
+	MaxDelay time.Duration
+}
+
+// Defaults of [NackDelayConfig].
+const (
+	DefaultNackInitialDelay = 100 * time.Millisecond
+	DefaultNackMaxDelay     = 5 * time.Second
+)
+
+// NackDelay returns a middleware that delays every error escaping the stack,
+// before the router nacks the message, so that a nacked message comes back
+// after a delay rather than at once: brokers redeliver a nacked message
+// immediately (RabbitMQ requeues it, Kafka's subscriber loops on it, the
+// in-process broker resends it), which turns a persistent failure into a hot
+// loop. While it waits the message stays unacked, which also pauses
+// consumption of its partition or queue.
+//
+// The wait grows while errors repeat: InitialDelay doubled per consecutive
+// error this middleware instance saw (across messages), capped at MaxDelay,
+// with ±25% jitter, and reset by the next success. It ends early, and no wait
+// happens at all, when the message's context is cancelled (shutdown): those
+// messages are nacked at once. NackDelay holds no timers or goroutines
+// between messages.
+func NackDelay(cfg NackDelayConfig) message.HandlerMiddleware {
+	if cfg.InitialDelay < 0 || cfg.MaxDelay < 0 {
+		panic("middleware: NackDelayConfig delays must not be negative")
+	}
+	if cfg.InitialDelay == 0 {
+		cfg.InitialDelay = DefaultNackInitialDelay
+	}
+	if cfg.MaxDelay == 0 {
+		cfg.MaxDelay = DefaultNackMaxDelay
+	}
+	if cfg.MaxDelay < cfg.InitialDelay {
+		cfg.MaxDelay = cfg.InitialDelay
+	}
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		var consecutive atomic.Int32
+		return func(msg *message.Message) ([]*message.Message, error) {
+			out, err := h(msg)
+			if err == nil {
+				if consecutive.Load() != 0 {
+					consecutive.Store(0)
+				}
+				return out, nil
+			}
+			ctx := msg.Context()
+			if ctx.Err() != nil {
+				return out, err
+			}
+			n := consecutive.Load()
+			if n < 64 {
+				consecutive.Add(1)
+			}
+			d := cfg.InitialDelay
+			for ; n > 0 && d < cfg.MaxDelay; n-- {
+				d *= 2
+			}
+			d = min(d, cfg.MaxDelay)
+			d = time.Duration(float64(d) * (0.75 + 0.5*rand.Float64()))
+			sleep(ctx, d)
+			return out, err
+		}
+	}
+}
