@@ -9,6 +9,13 @@ import (
 	"github.com/busline/busline/internal/tlsconfig"
 )
 
+// Defaults applied to zero fields of [Config].
+const (
+	DefaultPrefetch        = 16
+	DefaultChannelPoolSize = 4
+	DefaultNackDelay       = time.Second
+)
+
 // TLSConfig holds TLS settings; the zero value means no TLS (unless the URL
 // scheme is amqps).
 type TLSConfig = tlsconfig.Config
@@ -28,6 +35,8 @@ type Config struct {
 	// hot loop.
 	NackDelay time.Duration
 	// TLS configures TLS. Zero: plaintext, or the system defaults for amqps.
+	// When TLS.Enabled is set and the URL scheme is amqp, the broker dials
+	// amqps instead (default port 5671 unless the URL names one).
 	TLS TLSConfig
 }
 
@@ -54,4 +63,18 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("amqp: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// withDefaults returns c with every zero field set to its default.
+func (c Config) withDefaults() Config {
+	if c.Prefetch == 0 {
+		c.Prefetch = DefaultPrefetch
+	}
+	if c.ChannelPoolSize == 0 {
+		c.ChannelPoolSize = DefaultChannelPoolSize
+	}
+	if c.NackDelay == 0 {
+		c.NackDelay = DefaultNackDelay
+	}
+	return c
 }

@@ -1,0 +1,102 @@
+package amqp
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/busline/busline/schema"
+)
+
+// Metadata keys the subscriber adds to every delivered message. They
+// describe this one delivery, not the event, and are dropped when a
+// message is published again.
+const (
+	// KeyExchange is the exchange the delivery was published to.
+	KeyExchange = schema.AMQPTransportPrefix + "exchange"
+	// KeyRoutingKey is the routing key the delivery was published with.
+	KeyRoutingKey = schema.AMQPTransportPrefix + "routing_key"
+	// KeyRedelivered is "true" when RabbitMQ delivered the message before
+	// (it was nacked, or its consumer went away before acking), else
+	// "false".
+	KeyRedelivered = schema.AMQPTransportPrefix + "redelivered"
+)
+
+// uuidHeader carries the Watermill message UUID, under the name
+// watermill-amqp uses, so Busline and plain watermill-amqp services read
+// each other's ids.
+const uuidHeader = wamqp.DefaultMessageUUIDHeaderKey
+
+// marshaler maps Watermill messages to AMQP 0-9-1 and back. Marshal never
+// fails and Unmarshal is total: a delivery with odd headers (RabbitMQ's
+// x-death table, typed values from other producers) becomes a message whose
+// metadata holds those values as strings, so a bad header can never make
+// the subscriber nack and requeue a message forever (watermill-amqp #65).
+type marshaler struct{}
+
+var _ wamqp.Marshaler = marshaler{}
+
+// Marshal builds a persistent publishing: CloudEvents attributes as
+// cloudEvents_* headers, content-type as the content_type property, the
+// event id mirrored to message_id (the message UUID when there is no event
+// id), the correlation id to correlation_id and ce_time to timestamp, and
+// the message UUID in the _watermill_message_uuid header.
+func (marshaler) Marshal(msg *message.Message) (amqp091.Publishing, error) {
+	md := msg.Metadata
+	// Drops the transport keys (schema.AMQPTransportPrefix) too.
+	headers, contentType := schema.ToAMQPHeaders(md)
+	headers[uuidHeader] = msg.UUID
+
+	p := amqp091.Publishing{
+		Headers:       headers,
+		ContentType:   contentType,
+		DeliveryMode:  amqp091.Persistent,
+		MessageId:     msg.UUID,
+		CorrelationId: md[schema.KeyCorrelationID],
+		Body:          msg.Payload,
+	}
+	if id := md[schema.KeyID]; id != "" {
+		p.MessageId = id
+	}
+	if t, err := time.Parse(time.RFC3339Nano, md[schema.KeyTime]); err == nil {
+		p.Timestamp = t
+	}
+	return p, nil
+}
+
+// Unmarshal builds a message from any delivery and never fails. Its UUID is,
+// in this order, the _watermill_message_uuid header, the cloudEvents_id
+// header, the message_id property, or a new UUID. Metadata is the headers
+// mapped back (cloudEvents_x and cloudEvents:x to ce_x, every value as a
+// string), content-type from the content_type property, ce_correlationid
+// from the correlation_id property when no header carries it, and the
+// delivery facts KeyExchange, KeyRoutingKey and KeyRedelivered.
+func (marshaler) Unmarshal(d amqp091.Delivery) (*message.Message, error) {
+	md := schema.FromAMQPHeaders(d.Headers, d.ContentType)
+
+	id := md[uuidHeader]
+	delete(md, uuidHeader)
+	for _, alt := range []string{md[schema.KeyID], d.MessageId} {
+		if id == "" {
+			id = alt
+		}
+	}
+	if id == "" {
+		id = watermill.NewUUID()
+	}
+
+	if md[schema.KeyCorrelationID] == "" && d.CorrelationId != "" {
+		md[schema.KeyCorrelationID] = d.CorrelationId
+	}
+	md[KeyExchange] = d.Exchange
+	md[KeyRoutingKey] = d.RoutingKey
+	md[KeyRedelivered] = strconv.FormatBool(d.Redelivered)
+
+	msg := message.NewMessage(id, d.Body)
+	msg.Metadata = md
+	return msg, nil
+}
