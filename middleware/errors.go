@@ -192,7 +192,9 @@ type DedupStoreError struct {
 }
 
 // Error describes the failed store operation.
-func (e *DedupStoreError) Error() string { return "middleware: dedup store " + e.Op + ": " + e.Err.Error() }
+func (e *DedupStoreError) Error() string {
+	return "middleware: dedup store " + e.Op + ": " + e.Err.Error()
+}
 
 // Unwrap returns the store's error.
 func (e *DedupStoreError) Unwrap() error { return e.Err }

@@ -1,0 +1,174 @@
+package middleware
+
+import (
+	"fmt"
+	"math/bits"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// Step names one middleware of [Stack]. Steps are bit flags so that several
+// can be switched off at once in StackConfig.Disable.
+type Step uint16
+
+// The steps of [Stack], in their order, outermost first.
+const (
+	StepCorrelation Step = 1 << iota // [Correlation]
+	StepNackDelay                    // [NackDelay]
+	StepDeadLetter                   // [DeadLetter]
+	StepDedup                        // [Dedup]
+	StepBreaker                      // [Breaker]
+	StepRetry                        // [Retry]
+	StepThrottle                     // [Throttle]
+	StepTimeout                      // [Timeout]
+	StepRecover                      // [Recover]
+
+	stepEnd
+)
+
+var stepNames = [...]string{
+	"correlation", "nack-delay", "dead-letter", "dedup", "breaker",
+	"retry", "throttle", "timeout", "recover",
+}
+
+// String returns the step's name ("dead-letter"), or the names of several
+// steps joined by "|".
+func (s Step) String() string {
+	if s == 0 {
+		return "none"
+	}
+	var names []string
+	for v := s; v != 0; v &= v - 1 {
+		i := bits.TrailingZeros16(uint16(v))
+		if i < len(stepNames) {
+			names = append(names, stepNames[i])
+		} else {
+			names = append(names, fmt.Sprintf("Step(%#x)", uint16(1)<<i))
+		}
+	}
+	return strings.Join(names, "|")
+}
+
+// StackConfig configures [Stack]. The zero value is the safe default stack
+// minus the dead-letter step, which needs a publisher: set
+// DeadLetter.Publisher (and usually DeadLetter.Topic).
+type StackConfig struct {
+	// Name names the handler in breaker state changes when
+	// Breaker.Name is empty.
+	Name string
+	// DeadLetter configures the dead-letter step. It is on when
+	// DeadLetter.Publisher is set; without one, failed messages are nacked
+	// (after the nack delay) and redelivered instead. DeadLetter.NackDelay
+	// zero means no extra wait when the nack-delay step is on (it waits
+	// instead), else its own default.
+	DeadLetter DeadLetterConfig
+	// Dedup configures the dedup step; zero means a private in-memory
+	// store per handler.
+	Dedup DedupConfig
+	// Breaker configures the circuit breaker step.
+	Breaker BreakerConfig
+	// Retry configures the retry step.
+	Retry RetryConfig
+	// Throttle configures the throttle step; the zero value limits nothing
+	// and costs nothing.
+	Throttle ThrottleConfig
+	// Timeout is the per-attempt time budget. Zero means [DefaultTimeout].
+	Timeout time.Duration
+	// NackDelay configures the wait before an error escapes the stack.
+	NackDelay NackDelayConfig
+	// Disable switches steps off: StepDedup|StepBreaker, for example.
+	Disable Step
+}
+
+// Steps returns the steps [Stack] builds for c, outermost first, as one
+// Step value per step.
+func (c StackConfig) Steps() []Step {
+	var out []Step
+	for s := StepCorrelation; s < stepEnd; s <<= 1 {
+		if c.Disable&s != 0 {
+			continue
+		}
+		if s == StepDeadLetter && c.DeadLetter.Publisher == nil {
+			continue
+		}
+		if s == StepThrottle && c.Throttle.Rate == 0 && c.Throttle.Concurrency == 0 {
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// Stack returns Busline's default middleware stack as one middleware,
+// composed in this order, outermost first (see the package documentation,
+// section Ordering, for the reasons):
+//
+//	correlation -> nack-delay -> dead-letter -> dedup -> breaker ->
+//	retry -> throttle -> timeout -> recover -> handler
+//
+// Each step is built from its field of cfg, so zero fields mean each
+// middleware's defaults, and any step can be switched off with
+// cfg.Disable. Stateful steps (dedup's default store, breaker, throttle,
+// nack-delay) get their own state for each handler the returned middleware
+// wraps. Stack panics on invalid configuration, like the constructors it
+// calls.
+func Stack(cfg StackConfig) message.HandlerMiddleware {
+	steps := cfg.Steps()
+	has := func(s Step) bool {
+		for _, x := range steps {
+			if x == s {
+				return true
+			}
+		}
+		return false
+	}
+	mws := make([]message.HandlerMiddleware, 0, len(steps))
+	for _, s := range steps {
+		switch s {
+		case StepCorrelation:
+			mws = append(mws, Correlation())
+		case StepNackDelay:
+			mws = append(mws, NackDelay(cfg.NackDelay))
+		case StepDeadLetter:
+			dl := cfg.DeadLetter
+			if dl.NackDelay == 0 && has(StepNackDelay) {
+				dl.NackDelay = -1
+			}
+			mws = append(mws, DeadLetter(dl))
+		case StepDedup:
+			mws = append(mws, Dedup(cfg.Dedup))
+		case StepBreaker:
+			b := cfg.Breaker
+			if b.Name == "" {
+				b.Name = cfg.Name
+			}
+			mws = append(mws, Breaker(b))
+		case StepRetry:
+			mws = append(mws, Retry(cfg.Retry))
+		case StepThrottle:
+			mws = append(mws, Throttle(cfg.Throttle))
+		case StepTimeout:
+			d := cfg.Timeout
+			if d == 0 {
+				d = DefaultTimeout
+			}
+			mws = append(mws, Timeout(d))
+		case StepRecover:
+			mws = append(mws, Recover())
+		}
+	}
+	return Chain(mws...)
+}
+
+// Chain composes middlewares into one, the first outermost, like adding
+// them to a Watermill router in this order.
+func Chain(mws ...message.HandlerMiddleware) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		for i := len(mws) - 1; i >= 0; i-- {
+			h = mws[i](h)
+		}
+		return h
+	}
+}
