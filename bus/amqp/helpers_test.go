@@ -1,0 +1,165 @@
+package amqp_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/busline/busline/bus/amqp"
+	"github.com/busline/busline/bus/bustest"
+)
+
+// wait bounds every wait of a test for a message or a condition.
+const wait = 15 * time.Second
+
+// newBroker returns a broker on the test RabbitMQ, closed when the test
+// ends. cfg.URL is filled in.
+func newBroker(t testing.TB, cfg amqp.Config) *amqp.Broker {
+	t.Helper()
+	cfg.URL = bustest.AMQPURL(t)
+	b, err := amqp.New(cfg, nil)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return b
+}
+
+// topology records exchanges and queues a test creates and deletes them
+// when the test ends (after the brokers, whose cleanups run first).
+type topology struct {
+	mu     sync.Mutex
+	topics map[string]bool
+	groups map[string]bool
+}
+
+func newTopology(t testing.TB) *topology {
+	t.Helper()
+	url := bustest.AMQPURL(t)
+	tp := &topology{topics: map[string]bool{}, groups: map[string]bool{}}
+	t.Cleanup(func() {
+		conn, err := amqp091.Dial(url)
+		if err != nil {
+			t.Logf("clean up topology: %v", err)
+			return
+		}
+		defer conn.Close()
+		tp.mu.Lock()
+		defer tp.mu.Unlock()
+		for topic := range tp.topics {
+			for group := range tp.groups {
+				del(t, conn, func(ch *amqp091.Channel) error {
+					_, err := ch.QueueDelete(amqp.QueueName(topic, group), false, false, false)
+					return err
+				})
+			}
+			del(t, conn, func(ch *amqp091.Channel) error {
+				return ch.ExchangeDelete(amqp.ExchangeName(topic), false, false)
+			})
+		}
+	})
+	return tp
+}
+
+// del runs one deletion on its own channel: a failed one closes it.
+func del(t testing.TB, conn *amqp091.Connection, fn func(*amqp091.Channel) error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Logf("clean up topology: %v", err)
+		return
+	}
+	defer ch.Close()
+	if err := fn(ch); err != nil {
+		t.Logf("clean up topology: %v", err)
+	}
+}
+
+// topic returns a new unique topic, and deletes it and its groups' queues
+// when the test ends.
+func (tp *topology) topic(prefix string) string {
+	name := bustest.Name(prefix)
+	tp.addTopic(name)
+	return name
+}
+
+func (tp *topology) addTopic(name string) {
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	tp.topics[name] = true
+}
+
+// group returns a consumer group name, whose queues are deleted when the
+// test ends.
+func (tp *topology) group(name string) string {
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	tp.groups[name] = true
+	return name
+}
+
+// rawChannel opens a plain amqp091-go channel, closed when the test ends.
+func rawChannel(t testing.TB) *amqp091.Channel {
+	t.Helper()
+	conn, err := amqp091.Dial(bustest.AMQPURL(t))
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatalf("channel: %v", err)
+	}
+	return ch
+}
+
+// receive returns the next message of ch, failing the test after wait.
+func receive(t testing.TB, ch <-chan *message.Message) *message.Message {
+	t.Helper()
+	select {
+	case m, ok := <-ch:
+		if !ok {
+			t.Fatal("messages channel closed")
+		}
+		return m
+	case <-time.After(wait):
+		t.Fatal("no message within", wait)
+	}
+	return nil
+}
+
+// eventually polls cond until it holds, failing the test after wait. It
+// waits for RabbitMQ's view of a queue to settle, which nothing signals.
+func eventually(t testing.TB, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still %s after %v", what, state, wait)
+		}
+		<-tick.C
+	}
+}
+
+// depth is b.QueueDepth, failing the test on error.
+func depth(t testing.TB, b *amqp.Broker, topic, group string) int {
+	t.Helper()
+	n, err := b.QueueDepth(context.Background(), topic, group)
+	if err != nil {
+		t.Fatalf("QueueDepth: %v", err)
+	}
+	return n
+}
