@@ -46,34 +46,34 @@
 // The first middleware is the outermost. [Stack] uses this order, pinned by
 // its Example:
 //
-//	correlation -> nack-delay -> dead-letter -> dedup -> breaker ->
-//	retry -> throttle -> timeout -> recover -> handler
+//		correlation -> nack-delay -> dead-letter -> dedup -> breaker ->
+//		retry -> throttle -> timeout -> recover -> handler
 //
-//   - correlation is outermost so that every step sees the ids, and the
-//     incoming message carries its (possibly new) correlation id before a
-//     dead-letter copy of it is made.
-//   - nack-delay sees every error that will make the router nack: failed
-//     dead-letter publishes, concurrent duplicates, dedup store failures,
-//     and all failures when no dead-letter publisher is set.
-//   - dead-letter is outside retry, so it sees the final error after all
-//     attempts (Watermill #645 is the trap of the opposite order), and
-//     outside dedup, so a dead-lettered message was released, not committed,
-//     and a replay of it is processed.
-//   - dedup is outside breaker and retry: one claim covers every attempt,
-//     the commit happens only after success, and duplicates are acked before
-//     they reach the breaker (a duplicate's success must not close a
-//     half-open breaker) or spend throttle tokens. Its lease must therefore
-//     outlast retries and breaker pauses (see DedupConfig.Lease).
-//   - breaker is outside retry, so a message that failed every attempt counts
-//     as one failure, and a paused message waits before its first attempt.
-//   - retry is outside throttle: each attempt, retries included, takes a
-//     token and a concurrency slot (retries load the dependency too), and no
-//     slot is held during a backoff wait.
-//   - throttle is outside timeout, so waiting for a token does not eat the
-//     attempt's time budget; timeout is inside retry, so it bounds each
-//     attempt, and each attempt gets a fresh context.
-//   - recover is innermost, so a panic becomes an ordinary error before
-//     timeout, retry, breaker and dead-letter see it.
+//	  - correlation is outermost so that every step sees the ids, and the
+//	    incoming message carries its (possibly new) correlation id before a
+//	    dead-letter copy of it is made.
+//	  - nack-delay sees every error that will make the router nack: failed
+//	    dead-letter publishes, concurrent duplicates, dedup store failures,
+//	    and all failures when no dead-letter publisher is set.
+//	  - dead-letter is outside retry, so it sees the final error after all
+//	    attempts (Watermill #645 is the trap of the opposite order), and
+//	    outside dedup, so a dead-lettered message was released, not committed,
+//	    and a replay of it is processed.
+//	  - dedup is outside breaker and retry: one claim covers every attempt,
+//	    the commit happens only after success, and duplicates are acked before
+//	    they reach the breaker (a duplicate's success must not close a
+//	    half-open breaker) or spend throttle tokens. Its lease must therefore
+//	    outlast retries and breaker pauses (see DedupConfig.Lease).
+//	  - breaker is outside retry, so a message that failed every attempt counts
+//	    as one failure, and a paused message waits before its first attempt.
+//	  - retry is outside throttle: each attempt, retries included, takes a
+//	    token and a concurrency slot (retries load the dependency too), and no
+//	    slot is held during a backoff wait.
+//	  - throttle is outside timeout, so waiting for a token does not eat the
+//	    attempt's time budget; timeout is inside retry, so it bounds each
+//	    attempt, and each attempt gets a fresh context.
+//	  - recover is innermost, so a panic becomes an ordinary error before
+//	    timeout, retry, breaker and dead-letter see it.
 //
 // Telemetry (tracing and metrics) belongs outside the whole stack.
 //
