@@ -161,7 +161,8 @@ func (b *Broker) Ping(ctx context.Context) error {
 // Lag returns the consumer lag of group: for each topic and partition the
 // group has committed offsets for or is assigned, how many records lie
 // between its committed offset and the partition's end. A partition with no
-// commit counts from the partition's start. It asks the brokers each time.
+// commit counts from the partition's start. A group the brokers do not know
+// has an empty lag. It asks the brokers each time.
 func (b *Broker) Lag(ctx context.Context, group string) (map[string]map[int32]int64, error) {
 	if b.isClosed() {
 		return nil, ErrClosed
@@ -171,7 +172,9 @@ func (b *Broker) Lag(ctx context.Context, group string) (map[string]map[int32]in
 		return nil, fmt.Errorf("kafka: lag of group %s: %w", group, err)
 	}
 	gl, ok := lags[group]
-	if !ok {
+	if !ok || errors.Is(gl.DescribeErr, kerr.GroupIDNotFound) {
+		// Kafka describes an unknown group as Dead; some brokers say
+		// GROUP_ID_NOT_FOUND. Either way nothing is committed.
 		return map[string]map[int32]int64{}, nil
 	}
 	if err := gl.Error(); err != nil {
