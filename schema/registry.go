@@ -389,11 +389,14 @@ func (r *Registry) compile() *snapshot {
 			}
 			if cv := t.versions[t.current]; cv != nil {
 				t.schemaCurrent = cv.dataSchema
-				if !isAbsoluteURI(cv.dataSchema) {
+				if isAbsoluteURI(r.cfg.schemaBase) && !isAbsoluteURI(cv.dataSchema) {
 					problem(name, "dataschema %q is not an absolute URI (check WithSchemaBase)", cv.dataSchema)
 				}
 			}
 		}
+	}
+	if r.cfg.schemaBase != "" && !isAbsoluteURI(r.cfg.schemaBase) {
+		problems = append(problems, fmt.Errorf("schema: schema base %q is not an absolute URI (check WithSchemaBase)", r.cfg.schemaBase))
 	}
 	if r.cfg.source == "" || !isURIReference(r.cfg.source) {
 		problems = append(problems, fmt.Errorf("schema: source %q is not a URI-reference (check WithSource)", r.cfg.source))
