@@ -161,7 +161,7 @@ func Dedup(cfg DedupConfig) message.HandlerMiddleware {
 			d.store = NewMemoryStore(MemoryStoreConfig{})
 			d.private = true
 		}
-		_, d.local = d.store.(*MemoryStore)
+		d.mem, _ = d.store.(*MemoryStore)
 		return func(msg *message.Message) ([]*message.Message, error) {
 			return d.handle(h, msg)
 		}
@@ -171,8 +171,8 @@ func Dedup(cfg DedupConfig) message.HandlerMiddleware {
 type dedup struct {
 	cfg     DedupConfig
 	store   DedupStore
-	private bool // the store is this handler's own: no namespace needed
-	local   bool // the store is in memory: no contexts needed for it
+	private bool         // the store is this handler's own: no namespace needed
+	mem     *MemoryStore // the store, when in memory: the fast path
 }
 
 type dedupKeyError struct{ err error }
@@ -216,6 +216,9 @@ func (d *dedup) handle(h message.HandlerFunc, msg *message.Message) ([]*message.
 	if err != nil {
 		return nil, err
 	}
+	if d.mem != nil {
+		return d.handleMemory(h, msg, key)
+	}
 	ctx := msg.Context()
 	owner := newOwner()
 	state, err := d.store.Claim(ctx, key, owner, d.cfg.Lease)
@@ -227,26 +230,16 @@ func (d *dedup) handle(h message.HandlerFunc, msg *message.Message) ([]*message.
 	}
 	switch state {
 	case Claimed:
-	case AlreadyDone:
-		if d.cfg.OnDuplicate != nil {
-			d.cfg.OnDuplicate(DedupInfo{Message: msg, Key: key, State: state})
-		}
-		return nil, nil
-	case InProgress:
-		if d.cfg.OnDuplicate != nil {
-			d.cfg.OnDuplicate(DedupInfo{Message: msg, Key: key, State: state})
-		}
-		return nil, ErrInProgress
+	case AlreadyDone, InProgress:
+		return d.duplicate(msg, key, state)
 	default:
 		return nil, &DedupStoreError{Op: "claim", Err: fmt.Errorf("unknown claim state %d", int(state))}
 	}
 
 	out, herr := h(msg)
 
-	sctx, cancel := ctx, context.CancelFunc(nil)
-	if !d.local {
-		sctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), d.cfg.StoreTimeout)
-	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.StoreTimeout)
+	defer cancel()
 	if herr != nil {
 		if rerr := d.store.Release(sctx, key, owner); rerr != nil && d.cfg.OnStoreError != nil {
 			d.cfg.OnStoreError(DedupInfo{Message: msg, Key: key, Op: "release", Err: rerr})
@@ -254,13 +247,37 @@ func (d *dedup) handle(h message.HandlerFunc, msg *message.Message) ([]*message.
 	} else if cerr := d.store.Commit(sctx, key, d.cfg.TTL); cerr != nil && d.cfg.OnStoreError != nil {
 		d.cfg.OnStoreError(DedupInfo{Message: msg, Key: key, Op: "commit", Err: cerr})
 	}
-	if cancel != nil {
-		cancel()
-	}
 	if herr != nil {
 		return nil, herr
 	}
 	return out, nil
+}
+
+// handleMemory is handle for a [MemoryStore]: no contexts, no owner
+// strings, one map lookup per message.
+func (d *dedup) handleMemory(h message.HandlerFunc, msg *message.Message, key string) ([]*message.Message, error) {
+	token := ownerSeq.Add(1)
+	state, slot := d.mem.claim(key, "", token, d.cfg.Lease)
+	if state != Claimed {
+		return d.duplicate(msg, key, state)
+	}
+	out, err := h(msg)
+	if err != nil {
+		d.mem.release(key, slot, "", token)
+		return nil, err
+	}
+	d.mem.commit(key, slot, d.cfg.TTL)
+	return out, nil
+}
+
+func (d *dedup) duplicate(msg *message.Message, key string, state ClaimState) ([]*message.Message, error) {
+	if d.cfg.OnDuplicate != nil {
+		d.cfg.OnDuplicate(DedupInfo{Message: msg, Key: key, State: state})
+	}
+	if state == InProgress {
+		return nil, ErrInProgress
+	}
+	return nil, nil
 }
 
 var (
