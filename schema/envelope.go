@@ -513,9 +513,17 @@ func isHex(c byte) bool {
 
 // isURIChar reports whether c may appear literally in a URI: unreserved,
 // gen-delims or sub-delims.
-func isURIChar(c byte) bool {
-	if isAlpha(c) || (c >= '0' && c <= '9') {
-		return true
+func isURIChar(c byte) bool { return uriChars[c] }
+
+var uriChars = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
 	}
-	return strings.IndexByte("-._~:/?#[]@!$&'()*+,;=", c) >= 0
-}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for _, c := range []byte("-._~:/?#[]@!$&'()*+,;=") {
+		t[c] = true
+	}
+	return t
+}()
