@@ -414,3 +414,19 @@ func TestRejectsEmptyNames(t *testing.T) {
 		t.Error("Prepare accepted an empty group")
 	}
 }
+
+// With TLS enabled, an amqp:// URL is dialled as amqps: against the
+// plaintext test server the handshake fails instead of TLS being silently
+// skipped.
+func TestTLSIsNotSilentlySkipped(t *testing.T) {
+	t.Parallel()
+	url := bustest.AMQPURL(t)
+	_, err := amqp.New(amqp.Config{URL: url, TLS: amqp.TLSConfig{Enabled: true, InsecureSkipVerify: true}}, nil)
+	if err == nil {
+		t.Fatal("New with TLS enabled connected to a plaintext server")
+	}
+	t.Logf("New: %v", err)
+	if !strings.Contains(err.Error(), "tls") {
+		t.Errorf("error %q is not a TLS handshake failure", err)
+	}
+}

@@ -42,7 +42,7 @@
 //     [DefaultNackDelay]) before the delivery is returned to the queue. The
 //     subscription holds the delivery meanwhile and hands out nothing else,
 //     so order within the subscription is kept and a failing message slows
-//     only its own subscription.
+//     only its own subscription (and the deliveries it has prefetched).
 //   - Tolerant marshaler: unmarshalling never fails. Headers of any AMQP
 //     type (RabbitMQ's x-death table on dead-lettered messages, integers,
 //     booleans and timestamps from other producers) become string metadata,

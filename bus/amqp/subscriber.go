@@ -26,7 +26,10 @@ type subscriber struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	mu     sync.Mutex // guards closed and wg.Add against Close
+	// mu is held for reading while a subscription starts, and for writing
+	// by Close to set closed: watermill-amqp must not start a subscription
+	// while it closes.
+	mu     sync.RWMutex
 	closed bool
 	wg     sync.WaitGroup
 }
@@ -51,20 +54,17 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if err := checkTopic(topic); err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	if s.closed {
-		s.mu.Unlock()
 		return nil, ErrClosed
 	}
-	s.wg.Add(1)
-	s.mu.Unlock()
-
 	in, err := s.up.Subscribe(ctx, topic)
 	if err != nil {
-		s.wg.Done()
 		return nil, errors.Join(errors.New("amqp: subscribe "+topic), err)
 	}
 	out := make(chan *message.Message)
+	s.wg.Add(1)
 	go s.forward(ctx, in, out)
 	return out, nil
 }
@@ -75,7 +75,9 @@ func (s *subscriber) SubscribeInitialize(topic string) error {
 	if err := checkTopic(topic); err != nil {
 		return err
 	}
-	if s.isClosed() {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
 		return ErrClosed
 	}
 	if err := s.up.SubscribeInitialize(topic); err != nil {
@@ -100,12 +102,6 @@ func (s *subscriber) Close() error {
 		}
 	})
 	return s.closeErr
-}
-
-func (s *subscriber) isClosed() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closed
 }
 
 // forward hands messages from in to out until the subscription ends, then
