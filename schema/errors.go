@@ -33,13 +33,21 @@ const (
 // Sentinel errors, one per code, for use with errors.Is: an [*Error] is the
 // sentinel of its code, whatever its other fields.
 var (
+	// ErrEnvelopeInvalid matches errors with code [CodeEnvelopeInvalid].
 	ErrEnvelopeInvalid error = &Error{Code: CodeEnvelopeInvalid}
-	ErrUnknownType     error = &Error{Code: CodeEventTypeUnknown}
-	ErrVersionMissing  error = &Error{Code: CodeVersionMissing}
-	ErrUnknownVersion  error = &Error{Code: CodeVersionUnknown}
-	ErrUpcast          error = &Error{Code: CodeUpcastFailed}
-	ErrDecode          error = &Error{Code: CodeDecodeFailed}
-	ErrEncode          error = &Error{Code: CodeEncodeFailed}
+	// ErrUnknownType matches errors with code [CodeEventTypeUnknown].
+	ErrUnknownType error = &Error{Code: CodeEventTypeUnknown}
+	// ErrVersionMissing matches errors with code [CodeVersionMissing].
+	ErrVersionMissing error = &Error{Code: CodeVersionMissing}
+	// ErrUnknownVersion matches errors with code [CodeVersionUnknown],
+	// including versions newer than the current one.
+	ErrUnknownVersion error = &Error{Code: CodeVersionUnknown}
+	// ErrUpcast matches errors with code [CodeUpcastFailed].
+	ErrUpcast error = &Error{Code: CodeUpcastFailed}
+	// ErrDecode matches errors with code [CodeDecodeFailed].
+	ErrDecode error = &Error{Code: CodeDecodeFailed}
+	// ErrEncode matches errors with code [CodeEncodeFailed].
+	ErrEncode error = &Error{Code: CodeEncodeFailed}
 )
 
 // Error is the error of every schema operation that rejects an event. It is
