@@ -112,7 +112,9 @@ func (b *Broker) Publisher() message.Publisher { return b.pub }
 // Subscriber returns a new subscriber of the consumer group: its
 // subscriptions, and those of every other subscriber of the same group,
 // compete on one durable queue per topic ([QueueName]); each group gets
-// every message. Close it when done; [Broker.Close] closes those left.
+// every message. It also implements [message.SubscribeInitializer]
+// (declare without consuming). Close it when done; [Broker.Close] closes
+// those left.
 func (b *Broker) Subscriber(group string) (message.Subscriber, error) {
 	if group == "" {
 		return nil, errors.New("amqp: empty consumer group")

@@ -43,6 +43,9 @@
 //     subscription holds the delivery meanwhile and hands out nothing else,
 //     so order within the subscription is kept and a failing message slows
 //     only its own subscription (and the deliveries it has prefetched).
+//     It is a floor that holds for every nack, also those the router makes
+//     outside the middleware stack; a backoff in the handler's middleware
+//     (middleware.NackDelay) adds to it.
 //   - Tolerant marshaler: unmarshalling never fails. Headers of any AMQP
 //     type (RabbitMQ's x-death table on dead-lettered messages, integers,
 //     booleans and timestamps from other producers) become string metadata,
