@@ -14,9 +14,9 @@
 //
 // A fanout exchange drops a message no queue is bound to, and RabbitMQ
 // still confirms it. [Broker.Prepare] therefore declares the exchange, the
-// group's queue and the binding ahead of time; the bus calls it for every
-// handler before anything is published, so messages published before the
-// subscriber runs wait in the queue.
+// group's queue and the binding ahead of time; call it for every (topic,
+// group) before publishing, and messages published before the group
+// subscribes wait in its queue.
 //
 // One AMQP connection (client name "busline") is shared by the publisher
 // and every subscriber; watermill-amqp reconnects it with backoff when it
