@@ -193,7 +193,7 @@ func TestStackShutdownDoesNotDeadLetter(t *testing.T) {
 	}
 	started := make(chan struct{})
 	var once sync.Once
-	var handlerErr error
+	stackErrs := make(chan error, 16)
 	router.AddConsumerHandler("h", "orders", pubsub, func(msg *message.Message) error {
 		once.Do(func() { close(started) })
 		<-msg.Context().Done()
@@ -202,7 +202,10 @@ func TestStackShutdownDoesNotDeadLetter(t *testing.T) {
 		// First added, so outermost: sees what the stack returns to the router.
 		return func(msg *message.Message) ([]*message.Message, error) {
 			out, err := h(msg)
-			handlerErr = err
+			select {
+			case stackErrs <- err:
+			default:
+			}
 			return out, err
 		}
 	}, middleware.Stack(middleware.StackConfig{
@@ -225,7 +228,7 @@ func TestStackShutdownDoesNotDeadLetter(t *testing.T) {
 	if n := len(dlq.topic("dlq")); n != 0 {
 		t.Errorf("%d dead letters on shutdown", n)
 	}
-	if !errors.Is(handlerErr, context.Canceled) {
-		t.Errorf("stack returned %v, want context.Canceled", handlerErr)
+	if err := <-stackErrs; !errors.Is(err, context.Canceled) {
+		t.Errorf("stack returned %v, want context.Canceled", err)
 	}
 }
