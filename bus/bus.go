@@ -1,0 +1,350 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/busline/busline/bus/amqp"
+	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/bus/memory"
+	"github.com/busline/busline/middleware"
+	"github.com/busline/busline/schema"
+)
+
+// HandlerFunc handles one message. ctx is the message's context: it carries
+// the correlation id, the attempt number and, later, the trace, and
+// [Bus.Publish] called with it stamps them on what the handler publishes.
+// Returning nil acks the message; an error is retried, then dead-lettered
+// (at once when [Permanent]).
+type HandlerFunc func(ctx context.Context, msg *message.Message) error
+
+// Bus is an event bus on one broker: it publishes messages and runs
+// handlers inside Busline's middleware stack on a Watermill router it owns.
+// Its methods are safe for concurrent use. Register handlers with
+// [Bus.Handle] before [Bus.Run].
+type Bus struct {
+	cfg     Config
+	opts    options
+	logger  *slog.Logger
+	broker  broker
+	pub     message.Publisher
+	router  *message.Router
+	drain   drainer
+	gate    *gate // nil when the broker drains itself
+	stack   middleware.StackConfig
+	prepCtx context.Context
+
+	mu       sync.Mutex
+	state    state
+	closing  atomic.Bool // state == stateClosing, read without the lock
+	handlers map[string]string // name -> topic
+	subs     []message.Subscriber
+
+	closeOnce sync.Once
+	closeErr  error
+	closed    chan struct{}
+}
+
+type state int
+
+const (
+	stateNew state = iota
+	stateRunning
+	stateClosing
+)
+
+// New builds a bus from cfg: it validates cfg (reporting every problem at
+// once), connects to the broker and prepares the dead-letter topic. The bus
+// runs nothing until [Bus.Run].
+func New(cfg Config, opts ...Option) (*Bus, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.logger == nil {
+		o.logger = slog.Default()
+	}
+	wlog := watermill.NewSlogLogger(o.logger)
+
+	b := &Bus{
+		cfg:      cfg,
+		opts:     o,
+		logger:   o.logger,
+		handlers: make(map[string]string),
+		closed:   make(chan struct{}),
+		prepCtx:  context.Background(),
+	}
+	switch cfg.Broker {
+	case BrokerMemory:
+		m, err := memory.New(cfg.Memory)
+		if err != nil {
+			return nil, err
+		}
+		b.broker, b.drain = m, m
+	case BrokerKafka:
+		k, err := kafka.New(cfg.Kafka, wlog)
+		if err != nil {
+			return nil, fmt.Errorf("bus: kafka: %w", err)
+		}
+		b.broker = k
+	case BrokerAMQP:
+		a, err := amqp.New(cfg.AMQP, wlog)
+		if err != nil {
+			return nil, fmt.Errorf("bus: amqp: %w", err)
+		}
+		b.broker = a
+	}
+	if b.drain == nil {
+		b.gate = newGate()
+		b.drain = b.gate
+	}
+	b.pub = b.broker.Publisher()
+
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.ShutdownTimeout}, wlog)
+	if err != nil {
+		b.broker.Close()
+		return nil, fmt.Errorf("bus: router: %w", err)
+	}
+	b.router = router
+
+	// The dead-letter topic keeps what it receives for the group
+	// "deadletter", which the dead-letter tools read.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.broker.Prepare(ctx, cfg.DeadLetterTopic, DeadLetterGroup); err != nil {
+		b.broker.Close()
+		return nil, fmt.Errorf("bus: prepare dead-letter topic %s: %w", cfg.DeadLetterTopic, err)
+	}
+
+	b.stack = middleware.StackConfig{
+		DeadLetter: middleware.DeadLetterConfig{
+			Publisher: b.pub,
+			Topic:     cfg.DeadLetterTopic,
+		},
+	}
+	for _, fn := range o.stack {
+		fn(&b.stack)
+	}
+	return b, nil
+}
+
+// DeadLetterGroup is the consumer group that keeps the dead-letter topic's
+// messages for inspection and replay.
+const DeadLetterGroup = "deadletter"
+
+// Config returns the bus's configuration with defaults filled in.
+func (b *Bus) Config() Config { return b.cfg }
+
+// Handle registers h as handler name for topic, inside the default
+// middleware stack changed by opts. Names are unique per bus; the handler
+// consumes as consumer group "<Config.Group>.<name>", and the topic is
+// prepared at once so that messages published before [Bus.Run] wait for it.
+// Handle must be called before Run.
+func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) error {
+	if name == "" || topic == "" {
+		return errors.New("bus: handler name and topic must not be empty")
+	}
+	if h == nil {
+		return errors.New("bus: nil handler")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch b.state {
+	case stateRunning:
+		return ErrRunning
+	case stateClosing:
+		return ErrClosed
+	}
+	if _, dup := b.handlers[name]; dup {
+		return fmt.Errorf("bus: handler %q is already registered", name)
+	}
+	var ho handlerOptions
+	for _, o := range opts {
+		o(&ho)
+	}
+	stack := b.stack
+	stack.Name = name
+	for _, fn := range ho.stack {
+		fn(&stack)
+	}
+
+	group := b.cfg.Group + "." + name
+	ctx, cancel := context.WithTimeout(b.prepCtx, 30*time.Second)
+	defer cancel()
+	if err := b.broker.Prepare(ctx, topic, group); err != nil {
+		return fmt.Errorf("bus: prepare %s for %s: %w", topic, group, err)
+	}
+	sub, err := b.broker.Subscriber(group)
+	if err != nil {
+		return fmt.Errorf("bus: subscriber for %s: %w", group, err)
+	}
+	if b.gate != nil {
+		sub = newDrainSubscriber(sub, b.gate)
+	}
+	fn := func(msg *message.Message) error { return h(msg.Context(), msg) }
+	wh := b.router.AddConsumerHandler(name, topic, sub, fn)
+	wh.AddMiddleware(middleware.Stack(stack))
+	wh.AddMiddleware(ho.extra...)
+	b.handlers[name] = topic
+	b.subs = append(b.subs, sub)
+	return nil
+}
+
+// Publish publishes msgs to topic. It returns when the broker accepted every
+// message (Kafka acks=all, RabbitMQ publisher confirms; the in-process
+// broker once queued, waiting while a queue is full). Messages get the
+// CloudEvents id of their UUID when they carry none, and the correlation and
+// causation ids of ctx (see [middleware.Propagate]): publish with a
+// handler's ctx to link what it publishes to what it handles.
+func (b *Bus) Publish(ctx context.Context, topic string, msgs ...*message.Message) error {
+	if b.isClosed() {
+		return ErrClosed
+	}
+	for _, m := range msgs {
+		if m.UUID == "" {
+			m.UUID = watermill.NewUUID()
+		}
+		if m.Metadata == nil {
+			m.Metadata = make(message.Metadata, 4)
+		}
+		if m.Metadata[schema.KeyID] == "" {
+			m.Metadata[schema.KeyID] = m.UUID
+		}
+		m.SetContext(ctx)
+	}
+	middleware.Propagate(ctx, msgs...)
+	if err := b.pub.Publish(topic, msgs...); err != nil {
+		return fmt.Errorf("bus: publish to %s: %w", topic, err)
+	}
+	return nil
+}
+
+// Publisher returns a Watermill publisher that publishes through the bus
+// (see [Bus.Publish]); the message's context plays ctx's part. Closing it
+// does nothing: the bus owns the broker's publisher.
+func (b *Bus) Publisher() message.Publisher { return busPublisher{b} }
+
+type busPublisher struct{ b *Bus }
+
+func (p busPublisher) Publish(topic string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		if err := p.b.Publish(m.Context(), topic, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (busPublisher) Close() error { return nil }
+
+// Run runs the handlers until ctx is done or [Bus.Close] is called. When
+// ctx ends, Run shuts the bus down gracefully within
+// Config.ShutdownTimeout (see [Bus.Close]) and returns Close's error. Run
+// returns ErrHandlersStopped when every handler stopped on its own.
+func (b *Bus) Run(ctx context.Context) error {
+	b.mu.Lock()
+	switch b.state {
+	case stateRunning:
+		b.mu.Unlock()
+		return ErrRunning
+	case stateClosing:
+		b.mu.Unlock()
+		return ErrClosed
+	}
+	b.state = stateRunning
+	b.mu.Unlock()
+
+	// The router gets a context of its own: cancelling it cancels the
+	// handlers at once, so only Close does, after the drain.
+	errc := make(chan error, 1)
+	go func() { errc <- b.router.Run(context.WithoutCancel(ctx)) }()
+	select {
+	case err := <-errc:
+		if b.isClosed() {
+			<-b.closed
+			return b.closeErr
+		}
+		if err != nil {
+			return fmt.Errorf("bus: router: %w", err)
+		}
+		return ErrHandlersStopped
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), b.cfg.ShutdownTimeout)
+		defer cancel()
+		err := b.Close(sctx)
+		<-errc
+		return err
+	case <-b.closed:
+		<-errc
+		return b.closeErr
+	}
+}
+
+// Running is closed once every handler is subscribed and the bus is running.
+func (b *Bus) Running() <-chan struct{} { return b.router.Running() }
+
+// Close shuts the bus down gracefully: it stops fetching messages, lets the
+// handlers in flight finish (their messages are acked) until ctx is done,
+// cancels those still running then (their messages are nacked, and the
+// broker delivers them again later), and closes the router, the publisher
+// and the broker connections. It returns an error when ctx ended the drain.
+// Close is idempotent; later calls return the first call's result once it
+// is done.
+func (b *Bus) Close(ctx context.Context) error {
+	b.closeOnce.Do(func() {
+		b.mu.Lock()
+		wasRunning := b.state == stateRunning
+		b.state = stateClosing
+		b.closing.Store(true)
+		b.mu.Unlock()
+
+		var errs []error
+		if wasRunning {
+			b.drain.StopFetching()
+			if err := b.drain.Drain(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("bus: shutdown interrupted handlers still running, their messages will be delivered again: %w", err))
+			}
+		}
+		if wasRunning {
+			// Cancels what is still running and closes the subscribers.
+			if err := b.router.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("bus: close router: %w", err))
+			}
+		} else {
+			// A router that never ran waits for its close timeout in Close.
+			for _, s := range b.subs {
+				if err := s.Close(); err != nil {
+					errs = append(errs, fmt.Errorf("bus: close subscriber: %w", err))
+				}
+			}
+		}
+		if err := b.pub.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("bus: close publisher: %w", err))
+		}
+		if err := b.broker.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("bus: close broker: %w", err))
+		}
+		b.closeErr = errors.Join(errs...)
+		close(b.closed)
+	})
+	select {
+	case <-b.closed:
+		return b.closeErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *Bus) isClosed() bool { return b.closing.Load() }

@@ -1,0 +1,111 @@
+package bus_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/busline/busline/bus"
+	"github.com/busline/busline/schema"
+)
+
+func TestPublishHandleClose(t *testing.T) {
+	b, err := bus.New(bus.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *message.Message, 10)
+	if err := b.Handle("h", "orders", func(ctx context.Context, m *message.Message) error {
+		got <- m
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Published before Run: kept for the handler.
+	if err := b.Publish(context.Background(), "orders", message.NewMessage("m1", []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- b.Run(ctx) }()
+	<-b.Running()
+	m := <-got
+	if m.UUID != "m1" || string(m.Payload) != "x" {
+		t.Fatalf("got %s %q", m.UUID, m.Payload)
+	}
+	if m.Metadata.Get(schema.KeyID) != "m1" || m.Metadata.Get(schema.KeyCorrelationID) != "m1" {
+		t.Fatalf("metadata %v: want ce_id and correlation id m1", m.Metadata)
+	}
+	cancel()
+	if err := <-runErr; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if err := b.Publish(context.Background(), "orders", message.NewMessage("m2", nil)); !errors.Is(err, bus.ErrClosed) {
+		t.Fatalf("Publish after close = %v, want ErrClosed", err)
+	}
+}
+
+func TestNewReportsEveryProblem(t *testing.T) {
+	_, err := bus.New(bus.Config{Broker: "kafka", ShutdownTimeout: -1, Kafka: kafkaCfgBad()})
+	if err == nil {
+		t.Fatal("New accepted a bad config")
+	}
+	for _, want := range []string{"no brokers", "initial offset", "shutdown timeout"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+	if _, err := bus.New(bus.Config{Broker: "nats"}); err == nil || !strings.Contains(err.Error(), "nats") {
+		t.Errorf("unknown broker: %v", err)
+	}
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	t.Setenv("BUSLINE_BROKER", "Kafka")
+	t.Setenv("BUSLINE_KAFKA_BROKERS", "a:9092, b:9092")
+	t.Setenv("BUSLINE_KAFKA_SASL_MECHANISM", "PLAIN")
+	t.Setenv("BUSLINE_KAFKA_SASL_USER", "u")
+	t.Setenv("BUSLINE_SHUTDOWN_TIMEOUT", "5s")
+	t.Setenv("BUSLINE_AMQP_PREFETCH", "7")
+	c, err := bus.ConfigFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Broker != "kafka" || len(c.Kafka.Brokers) != 2 || c.Kafka.Brokers[1] != "b:9092" ||
+		c.ShutdownTimeout != 5*time.Second || c.AMQP.Prefetch != 7 || c.Kafka.SASL.User != "u" {
+		t.Fatalf("config %+v", c)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("BUSLINE_SHUTDOWN_TIMEOUT", "soon")
+	t.Setenv("BUSLINE_MEMORY_BUFFER", "big")
+	_, err = bus.ConfigFromEnv()
+	if err == nil || !strings.Contains(err.Error(), "BUSLINE_SHUTDOWN_TIMEOUT") || !strings.Contains(err.Error(), "BUSLINE_MEMORY_BUFFER") {
+		t.Fatalf("malformed env: %v", err)
+	}
+}
+
+func TestHandleErrors(t *testing.T) {
+	b, err := bus.New(bus.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	h := func(context.Context, *message.Message) error { return nil }
+	if err := b.Handle("h", "t", h); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Handle("h", "t2", h); err == nil {
+		t.Error("duplicate handler name accepted")
+	}
+	if err := b.Handle("", "t", h); err == nil {
+		t.Error("empty name accepted")
+	}
+	_ = fmt.Sprint()
+}

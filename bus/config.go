@@ -1,0 +1,227 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/busline/busline/bus/amqp"
+	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/bus/memory"
+)
+
+// Broker names for [Config].Broker.
+const (
+	BrokerMemory = "memory"
+	BrokerKafka  = "kafka"
+	BrokerAMQP   = "amqp"
+)
+
+// Config configures a [Bus]. The zero value runs on the in-process broker
+// with the safe defaults documented on each field. Switching broker is a
+// configuration change only: set Broker and that broker's section, in code
+// or through the BUSLINE_* environment variables read by [ConfigFromEnv].
+type Config struct {
+	// Broker selects the broker: "memory", "kafka" or "amqp".
+	// Zero: "memory", the in-process broker. Env: BUSLINE_BROKER.
+	Broker string
+	// Group prefixes the consumer group of every handler: a handler named
+	// h consumes as group "<Group>.<h>", so each handler gets every message
+	// of its topic and instances of one service share the work.
+	// Zero: "busline". Env: BUSLINE_GROUP.
+	Group string
+	// DeadLetterTopic is where messages that failed for good go, with the
+	// reason in their metadata. Zero: "busline.deadletter".
+	// Env: BUSLINE_DEAD_LETTER_TOPIC.
+	DeadLetterTopic string
+	// ShutdownTimeout bounds the drain when Run's context ends: in-flight
+	// handlers get this long to finish. Zero: 30s.
+	// Env: BUSLINE_SHUTDOWN_TIMEOUT (a Go duration, e.g. 10s).
+	ShutdownTimeout time.Duration
+
+	// Memory configures the in-process broker.
+	// Env: BUSLINE_MEMORY_BUFFER, BUSLINE_MEMORY_PUBLISH_TIMEOUT,
+	// BUSLINE_MEMORY_NACK_DELAY.
+	Memory memory.Config
+	// Kafka configures the Kafka broker.
+	// Env: BUSLINE_KAFKA_BROKERS (comma-separated), BUSLINE_KAFKA_CLIENT_ID,
+	// BUSLINE_KAFKA_INITIAL_OFFSET, BUSLINE_KAFKA_PARTITIONS,
+	// BUSLINE_KAFKA_REPLICATION_FACTOR, BUSLINE_KAFKA_NACK_DELAY,
+	// BUSLINE_KAFKA_TLS, BUSLINE_KAFKA_TLS_CA_FILE,
+	// BUSLINE_KAFKA_TLS_CERT_FILE, BUSLINE_KAFKA_TLS_KEY_FILE,
+	// BUSLINE_KAFKA_TLS_SERVER_NAME, BUSLINE_KAFKA_TLS_INSECURE_SKIP_VERIFY,
+	// BUSLINE_KAFKA_SASL_MECHANISM, BUSLINE_KAFKA_SASL_USER,
+	// BUSLINE_KAFKA_SASL_PASSWORD.
+	Kafka kafka.Config
+	// AMQP configures the RabbitMQ broker.
+	// Env: BUSLINE_AMQP_URL, BUSLINE_AMQP_PREFETCH,
+	// BUSLINE_AMQP_CHANNEL_POOL_SIZE, BUSLINE_AMQP_NACK_DELAY,
+	// BUSLINE_AMQP_TLS, BUSLINE_AMQP_TLS_CA_FILE, BUSLINE_AMQP_TLS_CERT_FILE,
+	// BUSLINE_AMQP_TLS_KEY_FILE, BUSLINE_AMQP_TLS_SERVER_NAME,
+	// BUSLINE_AMQP_TLS_INSECURE_SKIP_VERIFY.
+	AMQP amqp.Config
+}
+
+// Default values of [Config] fields left zero.
+const (
+	DefaultGroup           = "busline"
+	DefaultDeadLetterTopic = "busline.deadletter"
+	DefaultShutdownTimeout = 30 * time.Second
+)
+
+// Validate reports every problem of c at once, joined with errors.Join.
+// Only the selected broker's section is checked.
+func (c Config) Validate() error {
+	var errs []error
+	switch c.Broker {
+	case "", BrokerMemory:
+		errs = append(errs, c.Memory.Validate())
+	case BrokerKafka:
+		errs = append(errs, c.Kafka.Validate())
+	case BrokerAMQP:
+		errs = append(errs, c.AMQP.Validate())
+	default:
+		errs = append(errs, fmt.Errorf("bus: broker %q is not one of memory, kafka, amqp", c.Broker))
+	}
+	if c.ShutdownTimeout < 0 {
+		errs = append(errs, fmt.Errorf("bus: shutdown timeout %v is negative", c.ShutdownTimeout))
+	}
+	if strings.ContainsAny(c.Group, " \t\n") {
+		errs = append(errs, fmt.Errorf("bus: group %q contains white space", c.Group))
+	}
+	if strings.ContainsAny(c.DeadLetterTopic, " \t\n") {
+		errs = append(errs, fmt.Errorf("bus: dead-letter topic %q contains white space", c.DeadLetterTopic))
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) withDefaults() Config {
+	if c.Broker == "" {
+		c.Broker = BrokerMemory
+	}
+	if c.Group == "" {
+		c.Group = DefaultGroup
+	}
+	if c.DeadLetterTopic == "" {
+		c.DeadLetterTopic = DefaultDeadLetterTopic
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	return c
+}
+
+// ConfigFromEnv reads a Config from the BUSLINE_* environment variables
+// listed on [Config]'s fields. Unset variables leave their field zero, which
+// means its default. Every malformed value is reported, joined; the result
+// is not validated (call [Config.Validate], or let [New] do it).
+func ConfigFromEnv() (Config, error) {
+	return configFromLookup(os.LookupEnv)
+}
+
+func configFromLookup(lookup func(string) (string, bool)) (Config, error) {
+	e := envReader{lookup: lookup}
+	c := Config{
+		Broker:          strings.ToLower(e.str("BUSLINE_BROKER")),
+		Group:           e.str("BUSLINE_GROUP"),
+		DeadLetterTopic: e.str("BUSLINE_DEAD_LETTER_TOPIC"),
+		ShutdownTimeout: e.duration("BUSLINE_SHUTDOWN_TIMEOUT"),
+		Memory: memory.Config{
+			Buffer:         e.integer("BUSLINE_MEMORY_BUFFER"),
+			PublishTimeout: e.duration("BUSLINE_MEMORY_PUBLISH_TIMEOUT"),
+			NackDelay:      e.duration("BUSLINE_MEMORY_NACK_DELAY"),
+		},
+		Kafka: kafka.Config{
+			Brokers:           e.list("BUSLINE_KAFKA_BROKERS"),
+			ClientID:          e.str("BUSLINE_KAFKA_CLIENT_ID"),
+			InitialOffset:     e.str("BUSLINE_KAFKA_INITIAL_OFFSET"),
+			Partitions:        int32(e.integer("BUSLINE_KAFKA_PARTITIONS")),
+			ReplicationFactor: int16(e.integer("BUSLINE_KAFKA_REPLICATION_FACTOR")),
+			NackDelay:         e.duration("BUSLINE_KAFKA_NACK_DELAY"),
+			TLS:               e.tls("BUSLINE_KAFKA_TLS"),
+			SASL: kafka.SASLConfig{
+				Mechanism: e.str("BUSLINE_KAFKA_SASL_MECHANISM"),
+				User:      e.str("BUSLINE_KAFKA_SASL_USER"),
+				Password:  e.str("BUSLINE_KAFKA_SASL_PASSWORD"),
+			},
+		},
+		AMQP: amqp.Config{
+			URL:             e.str("BUSLINE_AMQP_URL"),
+			Prefetch:        e.integer("BUSLINE_AMQP_PREFETCH"),
+			ChannelPoolSize: e.integer("BUSLINE_AMQP_CHANNEL_POOL_SIZE"),
+			NackDelay:       e.duration("BUSLINE_AMQP_NACK_DELAY"),
+			TLS:             e.tls("BUSLINE_AMQP_TLS"),
+		},
+	}
+	return c, errors.Join(e.errs...)
+}
+
+type envReader struct {
+	lookup func(string) (string, bool)
+	errs   []error
+}
+
+func (e *envReader) str(key string) string {
+	v, _ := e.lookup(key)
+	return strings.TrimSpace(v)
+}
+
+func (e *envReader) list(key string) []string {
+	var out []string
+	for _, s := range strings.Split(e.str(key), ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (e *envReader) integer(key string) int {
+	v := e.str(key)
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		e.errs = append(e.errs, fmt.Errorf("bus: %s=%q is not an integer", key, v))
+	}
+	return n
+}
+
+func (e *envReader) duration(key string) time.Duration {
+	v := e.str(key)
+	if v == "" {
+		return 0
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		e.errs = append(e.errs, fmt.Errorf("bus: %s=%q is not a duration like 10s or 500ms", key, v))
+	}
+	return d
+}
+
+func (e *envReader) boolean(key string) bool {
+	v := e.str(key)
+	if v == "" {
+		return false
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		e.errs = append(e.errs, fmt.Errorf("bus: %s=%q is not a boolean (true or false)", key, v))
+	}
+	return b
+}
+
+func (e *envReader) tls(prefix string) kafka.TLSConfig {
+	return kafka.TLSConfig{
+		Enabled:            e.boolean(prefix),
+		CAFile:             e.str(prefix + "_CA_FILE"),
+		CertFile:           e.str(prefix + "_CERT_FILE"),
+		KeyFile:            e.str(prefix + "_KEY_FILE"),
+		ServerName:         e.str(prefix + "_SERVER_NAME"),
+		InsecureSkipVerify: e.boolean(prefix + "_INSECURE_SKIP_VERIFY"),
+	}
+}

@@ -1,0 +1,28 @@
+package bus
+
+import (
+	"errors"
+
+	"github.com/busline/busline/middleware"
+)
+
+// Errors returned by the bus.
+var (
+	// ErrClosed is returned by calls on a closed or closing bus.
+	ErrClosed = errors.New("bus: closed")
+	// ErrRunning is returned by calls that must come before Run.
+	ErrRunning = errors.New("bus: already running")
+	// ErrHandlersStopped is returned by Run when every handler stopped
+	// without Close being called, for instance because a broker
+	// subscription ended for good.
+	ErrHandlersStopped = errors.New("bus: all handlers stopped")
+)
+
+// Permanent marks err as permanent: the message is not retried but goes to
+// the dead-letter topic at once. Use it for errors retrying cannot fix
+// (invalid input, a business rule). Permanent(nil) is nil.
+func Permanent(err error) error { return middleware.Permanent(err) }
+
+// IsPermanent reports whether err is permanent (see [Permanent]); schema
+// errors are.
+func IsPermanent(err error) bool { return middleware.IsPermanent(err) }
