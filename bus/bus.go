@@ -44,7 +44,7 @@ type Bus struct {
 
 	mu       sync.Mutex
 	state    state
-	closing  atomic.Bool // state == stateClosing, read without the lock
+	closing  atomic.Bool       // state == stateClosing, read without the lock
 	handlers map[string]string // name -> topic
 	subs     []message.Subscriber
 
