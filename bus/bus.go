@@ -110,7 +110,7 @@ func New(cfg Config, opts ...Option) (*Bus, error) {
 		b.gate = newGate()
 		b.drain = b.gate
 	}
-	b.pub = b.broker.Publisher()
+	b.pub = b.instrumentPublisher(b.broker.Publisher())
 
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.ShutdownTimeout}, wlog)
 	if err != nil {
@@ -176,11 +176,11 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	}
 	stack := b.stack
 	stack.Name = name
+	group := b.cfg.Group + "." + name
+	b.instrumentStack(&stack, name, topic, group)
 	for _, fn := range ho.stack {
 		fn(&stack)
 	}
-
-	group := b.cfg.Group + "." + name
 	ctx, cancel := context.WithTimeout(b.prepCtx, 30*time.Second)
 	defer cancel()
 	if err := b.broker.Prepare(ctx, topic, group); err != nil {
@@ -195,7 +195,7 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	}
 	fn := func(msg *message.Message) error { return h(msg.Context(), msg) }
 	wh := b.router.AddConsumerHandler(name, topic, sub, fn)
-	wh.AddMiddleware(middleware.Stack(stack))
+	wh.AddMiddleware(b.instrumentHandler(name, topic, group), middleware.Stack(stack))
 	wh.AddMiddleware(ho.extra...)
 	b.handlers[name] = topic
 	b.subs = append(b.subs, sub)
