@@ -162,6 +162,15 @@ func Dedup(cfg DedupConfig) message.HandlerMiddleware {
 			d.private = true
 		}
 		d.mem, _ = d.store.(*MemoryStore)
+		if d.mem != nil {
+			return func(msg *message.Message) ([]*message.Message, error) {
+				key, err := d.key(msg)
+				if err != nil {
+					return nil, err
+				}
+				return d.handleMemory(h, msg, key)
+			}
+		}
 		return func(msg *message.Message) ([]*message.Message, error) {
 			return d.handle(h, msg)
 		}
@@ -215,9 +224,6 @@ func (d *dedup) handle(h message.HandlerFunc, msg *message.Message) ([]*message.
 	key, err := d.key(msg)
 	if err != nil {
 		return nil, err
-	}
-	if d.mem != nil {
-		return d.handleMemory(h, msg, key)
 	}
 	ctx := msg.Context()
 	owner := newOwner()
