@@ -42,11 +42,12 @@ type Bus struct {
 	stack   middleware.StackConfig
 	prepCtx context.Context
 
-	mu       sync.Mutex
-	state    state
-	closing  atomic.Bool       // state == stateClosing, read without the lock
-	handlers map[string]string // name -> topic
-	subs     []message.Subscriber
+	mu        sync.Mutex
+	state     state
+	closing   atomic.Bool          // state == stateClosing, read without the lock
+	handlers  map[string]string    // name -> topic
+	subs      []message.Subscriber // handlers'
+	extraSubs []message.Subscriber // DeadLetters'
 
 	closeOnce sync.Once
 	closeErr  error
@@ -328,6 +329,14 @@ func (b *Bus) Close(ctx context.Context) error {
 				if err := s.Close(); err != nil {
 					errs = append(errs, fmt.Errorf("bus: close subscriber: %w", err))
 				}
+			}
+		}
+		b.mu.Lock()
+		extra := b.extraSubs
+		b.mu.Unlock()
+		for _, s := range extra {
+			if err := s.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("bus: close dead-letter subscriber: %w", err))
 			}
 		}
 		if err := b.pub.Close(); err != nil {

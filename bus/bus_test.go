@@ -109,3 +109,57 @@ func TestHandleErrors(t *testing.T) {
 	}
 	_ = fmt.Sprint()
 }
+
+func TestDeadLetterAndReplay(t *testing.T) {
+	b, err := bus.New(bus.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fail := make(chan bool, 2)
+	fail <- true
+	done := make(chan string, 1)
+	if err := b.Handle("h", "orders", func(ctx context.Context, m *message.Message) error {
+		if <-fail {
+			return bus.Permanent(errors.New("bad order"))
+		}
+		done <- m.UUID
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- b.Run(ctx) }()
+	<-b.Running()
+	if err := b.Publish(ctx, "orders", message.NewMessage("o1", []byte(`{"n":1}`))); err != nil {
+		t.Fatal(err)
+	}
+	dls, err := b.DeadLetters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dl := <-dls
+	if dl.UUID != "o1" || string(dl.Payload) != `{"n":1}` {
+		t.Fatalf("dead letter %s %q", dl.UUID, dl.Payload)
+	}
+	if r := dl.Metadata.Get("busline_dlq_reason"); r != "permanent" {
+		t.Errorf("reason = %q, want permanent", r)
+	}
+	if tp := dl.Metadata.Get("busline_dlq_topic"); tp != "orders" {
+		t.Errorf("dlq topic = %q", tp)
+	}
+	fail <- false
+	topic, err := b.Replay(ctx, dl)
+	if err != nil || topic != "orders" {
+		t.Fatalf("Replay = %q, %v", topic, err)
+	}
+	dl.Ack()
+	if id := <-done; id != "o1" {
+		t.Fatalf("replayed %s", id)
+	}
+	cancel()
+	if err := <-runErr; err != nil {
+		t.Fatal(err)
+	}
+}
