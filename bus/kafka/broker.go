@@ -30,10 +30,9 @@ type Broker struct {
 	cfg    Config
 	logger watermill.LoggerAdapter
 
-	consumerCfg *sarama.Config
-	pub         *publisher
-	kcl         *kgo.Client
-	admin       *kadm.Client
+	pub   *publisher
+	kcl   *kgo.Client
+	admin *kadm.Client
 
 	mu     sync.Mutex
 	closed bool
@@ -55,8 +54,7 @@ func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
-	consCfg, err := cfg.consumerSaramaConfig()
-	if err != nil {
+	if _, err := cfg.consumerSaramaConfig(); err != nil {
 		return nil, err
 	}
 	adminOpts, err := cfg.kgoOptions()
@@ -79,12 +77,11 @@ func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 		return nil, fmt.Errorf("kafka: publisher: %w", err)
 	}
 	return &Broker{
-		cfg:         cfg,
-		logger:      logger,
-		consumerCfg: consCfg,
-		pub:         &publisher{pub: pub},
-		kcl:         kcl,
-		admin:       kadm.NewClient(kcl),
+		cfg:    cfg,
+		logger: logger,
+		pub:    &publisher{pub: pub},
+		kcl:    kcl,
+		admin:  kadm.NewClient(kcl),
 	}, nil
 }
 
@@ -110,10 +107,16 @@ func (b *Broker) Subscriber(group string) (message.Subscriber, error) {
 	if b.closed {
 		return nil, ErrClosed
 	}
+	// A Sarama config per subscriber: Sarama clients validate (and may
+	// complete) the config they are given, and register metrics in it.
+	consCfg, err := b.cfg.consumerSaramaConfig()
+	if err != nil {
+		return nil, err
+	}
 	sub, err := wkafka.NewSubscriber(wkafka.SubscriberConfig{
 		Brokers:               b.cfg.Brokers,
 		Unmarshaler:           marshaler{},
-		OverwriteSaramaConfig: b.consumerCfg,
+		OverwriteSaramaConfig: consCfg,
 		ConsumerGroup:         group,
 		NackResendSleep:       b.cfg.NackDelay,
 		ReconnectRetrySleep:   reconnectRetrySleep,

@@ -1,0 +1,67 @@
+// Package kafka is the Kafka broker of a bus (BUSLINE_BROKER=kafka): it
+// wraps watermill-kafka v3 (Sarama) with the safe defaults that Watermill
+// and Sarama leave off.
+//
+// # Overview
+//
+// [New] builds a [Broker] from a [Config]. [Broker.Publisher] is one shared
+// publisher; [Broker.Subscriber] makes a subscriber in a consumer group;
+// [Broker.Prepare] creates a topic; [Broker.Ping] checks the connection;
+// [Broker.Lag] reports a group's consumer lag per partition. Publishing and
+// consuming go through Sarama; topic creation, ping and lag go through a
+// franz-go admin client, which honours contexts.
+//
+// # Defaults
+//
+//   - Producer: acks=all and idempotent (Sarama RequiredAcks=WaitForAll,
+//     Idempotent, MaxOpenRequests=1, 10 retries, protocol version 2.8). A
+//     Publish returns once all in-sync replicas have every message; Sarama's
+//     retries neither duplicate nor reorder records. watermill-kafka's
+//     OpenTelemetry tracer stays off: it would rewrite traceparent, which
+//     Busline propagates itself.
+//   - Consumer: a consumer group per [Broker.Subscriber]. A group with no
+//     committed offset starts at the oldest record (Config.InitialOffset).
+//     Sarama's and Watermill's default, the newest, silently skips every
+//     message published before the group first joined.
+//   - Nack: a nacked message is delivered again after Config.NackDelay (1s),
+//     never in a hot loop.
+//   - Security: TLS and SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) from
+//     Config. SCRAM uses franz-go's implementation, adapted to Sarama; user
+//     names and passwords are sent as given (no SASLprep).
+//
+// # Partitioning and order
+//
+// The metadata value schema.KeyPartitionKey (ce_partitionkey) is the
+// record key. A key maps to a partition as in Kafka's Java client and
+// franz-go (murmur2), so producers in other languages put the same key on
+// the same partition. A message without that key has no record key and goes
+// to a random partition. Order is kept per partition, and so per key: never
+// across partitions, and not for messages without a key on a topic with more
+// than one partition.
+//
+// # Records from other producers
+//
+// The unmarshaler never fails (in watermill-kafka an unmarshal error makes
+// the group rejoin forever and blocks the partition). Headers become
+// metadata with their bytes as they are. A record without Watermill's
+// _watermill_message_uuid header takes its ce_id header as UUID, or else the
+// stable id "kafka:<topic>/<partition>/<offset>". A record key becomes
+// ce_partitionkey when that header is missing.
+//
+// # Delivery semantics
+//
+// At least once. Within a partition a subscriber delivers the next message
+// only after the current one is acked; partitions are consumed in parallel.
+// An ack marks the offset, and offsets are committed every second, so a
+// crash redelivers up to a second of acked messages; an ack that races with
+// Close or with a rebalance is dropped, and the message is delivered again.
+// A nacked message blocks its partition until it is acked: the bus's retry
+// and dead-letter middleware must end that. Each Subscribe call is its own
+// group member; a message reaches one member of each group.
+//
+// # Shutdown
+//
+// [Broker.Close] closes the subscribers it made (in-flight, unacked
+// messages are redelivered later), then the publisher, waiting for Publish
+// calls in flight, then the admin client.
+package kafka
