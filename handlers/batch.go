@@ -1,0 +1,289 @@
+package handlers
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/busline/busline/schema"
+)
+
+// Defaults of BatchConfig.
+const (
+	DefaultBatchSize    = 100
+	DefaultBatchMaxWait = 100 * time.Millisecond
+)
+
+// BatchConfig configures [Batch].
+type BatchConfig struct {
+	// Size is the most events one call of the batch function gets. A batch
+	// that reaches Size is handled at once. Zero: DefaultBatchSize.
+	// Negative panics.
+	Size int
+	// MaxWait is how long the first message of a batch waits for more
+	// before the batch is handled with what it has. Zero:
+	// DefaultBatchMaxWait. Negative panics.
+	MaxWait time.Duration
+}
+
+// Item is one event of a batch: the decoded value and its envelope. The
+// envelope's ID is the natural idempotency key; to publish an event caused
+// by this one, publish with schema.ContextWithEnvelope(ctx, item.Envelope).
+type Item[T any] struct {
+	Event    T
+	Envelope schema.Envelope
+}
+
+// Batcher collects messages into batches of decoded events and hands each
+// batch to one call of its function. Make one with [Batch]. It is safe for
+// concurrent use; it starts no goroutines.
+type Batcher[T any] struct {
+	r       *schema.Registry
+	fn      func(ctx context.Context, batch []Item[T]) error
+	size    int
+	maxWait time.Duration
+
+	mu   sync.Mutex
+	open *batch[T] // the batch that takes new messages, nil if none
+}
+
+// batch is one batch in the making. items and sealed are guarded by the
+// Batcher's mu until sealed; after that items is read-only.
+type batch[T any] struct {
+	items  []*Item[T]
+	sealed bool
+	full   chan struct{} // closed when the batch reaches Size
+	done   chan struct{} // closed when the batch was handled; err is set then
+	err    error
+}
+
+// Batch returns a Batcher that decodes messages into T with r (upcasting
+// old versions like [Event]) and calls fn with batches of at most cfg.Size
+// events.
+//
+// # Delivery semantics
+//
+// Every message is acknowledged for itself, after its batch: [Batcher.Handle]
+// and [Batcher.Process] report nil for a message only after fn returned nil
+// for the batch that held it, and fn's error for every message of a failing
+// batch. A message that cannot be decoded never joins a batch: its
+// [*schema.Error] (permanent) is reported for it alone, so one poison message
+// does not fail its neighbours. fn may therefore see an event again after a
+// failure (at least once): make it idempotent, for instance keyed by
+// Item.Envelope.ID.
+//
+// Batch panics when r or fn is nil, when T is not registered in r, or when
+// cfg holds negative values.
+func Batch[T any](r *schema.Registry, cfg BatchConfig, fn func(ctx context.Context, batch []Item[T]) error) *Batcher[T] {
+	mustRegistered[T](r, "Batch")
+	if fn == nil {
+		panic("handlers: Batch: nil batch function")
+	}
+	if cfg.Size < 0 {
+		panic(fmt.Sprintf("handlers: Batch: negative Size %d", cfg.Size))
+	}
+	if cfg.MaxWait < 0 {
+		panic(fmt.Sprintf("handlers: Batch: negative MaxWait %v", cfg.MaxWait))
+	}
+	if cfg.Size == 0 {
+		cfg.Size = DefaultBatchSize
+	}
+	if cfg.MaxWait == 0 {
+		cfg.MaxWait = DefaultBatchMaxWait
+	}
+	return &Batcher[T]{r: r, fn: fn, size: cfg.Size, maxWait: cfg.MaxWait}
+}
+
+// Handle adds msg's event to the open batch and returns once that batch was
+// handled: nil when fn succeeded (ack msg), fn's error when it failed. It
+// has the shape of a [bus.HandlerFunc] and is meant to be called by several
+// goroutines at once, one per message in flight; it blocks its caller until
+// the batch is done.
+//
+// The first message of a batch starts its clock: the batch is handled when
+// it holds Size events or MaxWait after it was opened, whichever comes first,
+// by fn called on that first message's goroutine with that message's
+// context. Later messages wait for the result. No goroutine or timer
+// outlives a batch.
+//
+// When the context of a waiting message ends before its batch was handled,
+// Handle takes its event out of the batch and returns the context's error
+// (msg is nacked and comes back). When the first message's context ends
+// before the batch was handled, fn is not called and every message of the
+// batch gets an error that asks for redelivery (the bus nacks them; they are
+// neither retried nor dead-lettered). A panic in fn fails every other message
+// of the batch and is passed on to the first message's caller.
+//
+// # Why the bus does not feed it batches
+//
+// Handle gets a batch only when several messages are in flight at once. The
+// bus's subscriptions hand out the next message only after the previous one
+// was acknowledged: the in-process broker and RabbitMQ (watermill-amqp)
+// one message per subscription, Kafka one per partition. Registered directly
+// with [bus.Bus.Handle], a Batcher therefore sees batches of one message
+// (one per Kafka partition) that each wait MaxWait: correct, but slower than
+// [Event]. Use it with a source that has many messages in flight, or use
+// [Batcher.Process] with messages the caller fetched together.
+func (b *Batcher[T]) Handle(ctx context.Context, msg *message.Message) error {
+	ev, env, err := schema.DecodeAs[T](b.r, msg)
+	if err != nil {
+		return err
+	}
+	it := &Item[T]{Event: ev, Envelope: env}
+
+	b.mu.Lock()
+	cur := b.open
+	leader := cur == nil
+	if leader {
+		cur = &batch[T]{
+			items: make([]*Item[T], 0, min(b.size, 64)),
+			full:  make(chan struct{}),
+			done:  make(chan struct{}),
+		}
+		b.open = cur
+	}
+	cur.items = append(cur.items, it)
+	if len(cur.items) == b.size {
+		b.sealLocked(cur)
+		close(cur.full)
+	}
+	b.mu.Unlock()
+
+	if leader {
+		return b.lead(ctx, cur)
+	}
+	select {
+	case <-cur.done:
+		return cur.err
+	case <-ctx.Done():
+	}
+	b.mu.Lock()
+	if !cur.sealed {
+		cur.items = slices.DeleteFunc(cur.items, func(x *Item[T]) bool { return x == it })
+		b.mu.Unlock()
+		return ctx.Err()
+	}
+	b.mu.Unlock()
+	// Sealed: the batch runs or ran with this event in it. Its outcome
+	// decides; waiting for it is bounded by fn, which runs on a context
+	// of its own that the router also cancels on shutdown.
+	<-cur.done
+	return cur.err
+}
+
+// lead waits until cur is full, MaxWait passed or ctx ended, then seals
+// and handles it.
+func (b *Batcher[T]) lead(ctx context.Context, cur *batch[T]) (err error) {
+	timer := time.NewTimer(b.maxWait)
+	select {
+	case <-cur.full:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	timer.Stop()
+	b.mu.Lock()
+	b.sealLocked(cur)
+	b.mu.Unlock()
+
+	if ctx.Err() != nil {
+		cur.err = abandonedError{ctx.Err()}
+		close(cur.done)
+		return ctx.Err()
+	}
+	completed := false
+	defer func() {
+		if !completed {
+			cur.err = fmt.Errorf("handlers: batch function panicked while handling a batch of %d events", len(cur.items))
+			close(cur.done)
+		}
+	}()
+	items := make([]Item[T], len(cur.items))
+	for i, it := range cur.items {
+		items[i] = *it
+	}
+	err = b.fn(ctx, items)
+	completed = true
+	cur.err = err
+	close(cur.done)
+	return err
+}
+
+// sealLocked closes cur to new messages. b.mu must be held.
+func (b *Batcher[T]) sealLocked(cur *batch[T]) {
+	cur.sealed = true
+	if b.open == cur {
+		b.open = nil
+	}
+}
+
+// Process handles msgs, messages the caller fetched together, in batches
+// of at most Size events in their order, one batch after the other, and
+// returns one error per message: errs[i] is nil when msgs[i] was handled
+// (ack it), its [*schema.Error] when it could not be decoded (permanent:
+// dead-letter it), or the error of the batch that held it (nack or retry
+// it). It stops at the first failing batch: the messages after it are not
+// handled and get that error too, so the caller keeps their order. MaxWait
+// plays no part: the caller decides what arrives together.
+func (b *Batcher[T]) Process(ctx context.Context, msgs []*message.Message) []error {
+	errs := make([]error, len(msgs))
+	idx := make([]int, 0, min(len(msgs), b.size))
+	items := make([]Item[T], 0, min(len(msgs), b.size))
+	flush := func() error {
+		if len(items) == 0 {
+			return nil
+		}
+		err := b.fn(ctx, items)
+		for _, i := range idx {
+			errs[i] = err
+		}
+		idx, items = idx[:0], items[:0]
+		return err
+	}
+	for i, msg := range msgs {
+		ev, env, err := schema.DecodeAs[T](b.r, msg)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		idx = append(idx, i)
+		items = append(items, Item[T]{Event: ev, Envelope: env})
+		if len(items) == b.size {
+			if err := flush(); err != nil {
+				failRest(errs, msgs, i+1, err)
+				return errs
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return errs
+	}
+	return errs
+}
+
+// failRest sets err for every message from i on that has no error yet.
+func failRest(errs []error, msgs []*message.Message, i int, err error) {
+	for ; i < len(msgs); i++ {
+		if errs[i] == nil {
+			errs[i] = err
+		}
+	}
+}
+
+// abandonedError is what the other messages of a batch get when the batch's
+// first message's context ended before the batch ran. It asks for
+// redelivery: nothing was attempted.
+type abandonedError struct{ err error }
+
+func (e abandonedError) Error() string {
+	return "handlers: batch abandoned before it ran: " + e.err.Error()
+}
+
+func (e abandonedError) Unwrap() error { return e.err }
+
+// Redeliver reports true: the bus's middleware nacks the message for a later
+// delivery instead of retrying or dead-lettering it.
+func (abandonedError) Redeliver() bool { return true }
