@@ -8,8 +8,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 
@@ -449,4 +451,72 @@ func e2eDel(conn *amqp091.Connection, fn func(*amqp091.Channel) error) {
 	if err := fn(ch); err != nil && !errors.Is(err, amqp091.ErrClosed) {
 		return
 	}
+}
+
+// A handlers.Batcher registered with the bus on Kafka with several
+// partitions gets real batches (up to one message per partition is in flight
+// at once) and handles every event exactly once.
+func TestBatcherOnKafka(t *testing.T) {
+	t.Parallel()
+	const n, size, partitions = 40, 8, 4
+	cfg := bus.Config{
+		Broker:          bus.BrokerKafka,
+		Kafka:           kafka.Config{Brokers: bustest.Kafka(t, partitions), Partitions: partitions},
+		Group:           bustest.Name("e2e-batch"),
+		DeadLetterTopic: bustest.Name("e2e-batch-dlq"),
+	}
+	b, err := bus.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1Reg, v3Reg, _ := e2eRegistries(t)
+	var (
+		mu      sync.Mutex
+		seen    = map[string]int{}
+		largest int
+	)
+	all := make(chan struct{})
+	batcher := handlers.Batch(v3Reg, handlers.BatchConfig{Size: size, MaxWait: 20 * time.Millisecond},
+		func(_ context.Context, batch []handlers.Item[e2eOrderV3]) error {
+			mu.Lock()
+			defer mu.Unlock()
+			largest = max(largest, len(batch))
+			for _, it := range batch {
+				seen[it.Event.OrderID]++
+			}
+			if len(seen) == n {
+				close(all)
+			}
+			return nil
+		})
+	topic := bustest.Name("e2e-batch-orders")
+	if err := b.Handle("batch", topic, batcher.Handle); err != nil {
+		t.Fatal(err)
+	}
+	ctx := bustest.Context(t, e2eWait)
+	for i := range n {
+		id := fmt.Sprint("o-", i)
+		if err := handlers.Publish(ctx, b, v1Reg, topic, e2eOrderV1{ID: id, Amount: 1}, schema.WithPartitionKey(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := e2eRun(t, b)
+	select {
+	case <-all:
+	case <-ctx.Done():
+		mu.Lock()
+		t.Fatalf("handled %d of %d events", len(seen), n)
+	}
+	stop()
+	mu.Lock()
+	defer mu.Unlock()
+	for id, k := range seen {
+		if k != 1 {
+			t.Errorf("%s handled %d times", id, k)
+		}
+	}
+	if largest > size {
+		t.Errorf("batch of %d, Size %d", largest, size)
+	}
+	t.Logf("largest batch: %d (Size %d, %d partitions)", largest, size, partitions)
 }

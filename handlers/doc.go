@@ -57,7 +57,8 @@
 // partition) only after the previous one was acknowledged, so no broker the
 // bus supports delivers a batch to a handler. A Batcher cannot fabricate one:
 // registered with [bus.Bus.Handle] it is correct but sees batches of one
-// message. It batches for real where the caller has many messages in flight:
+// message on the in-process broker and RabbitMQ, and of at most one message
+// per partition on Kafka. It batches fully where many messages are in flight:
 // [Batcher.Handle] called by many goroutines at once (a batch closes at
 // Size events or MaxWait after it opened), or [Batcher.Process] with a slice
 // of messages the caller fetched together.
