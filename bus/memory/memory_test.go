@@ -17,7 +17,9 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestConformance(t *testing.T) {
-	b, err := memory.New(memory.Config{})
+	// The suite publishes up to 5,000 messages before it subscribes: room
+	// for them, or Publish rightly reports the queue full.
+	b, err := memory.New(memory.Config{Buffer: 10000, NackDelay: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
