@@ -41,6 +41,7 @@ type Bus struct {
 	gate    *gate // nil when the broker drains itself
 	stack   middleware.StackConfig
 	prepCtx context.Context
+	tel     *telemetry // set by instrumentPublisher in New (telemetry.go)
 
 	mu        sync.Mutex
 	state     state
@@ -266,6 +267,8 @@ func (b *Bus) Run(ctx context.Context) error {
 	}
 	b.state = stateRunning
 	b.mu.Unlock()
+	stopTelemetry := b.startTelemetry() // the broker poller, stopped by Close too
+	defer stopTelemetry()
 
 	// The router gets a context of its own: cancelling it cancels the
 	// handlers at once, so only Close does, after the drain.
@@ -339,6 +342,7 @@ func (b *Bus) Close(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("bus: close dead-letter subscriber: %w", err))
 			}
 		}
+		b.stopTelemetry()
 		if err := b.pub.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("bus: close publisher: %w", err))
 		}

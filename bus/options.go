@@ -2,8 +2,12 @@ package bus
 
 import (
 	"log/slog"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/busline/busline/middleware"
 )
@@ -15,6 +19,13 @@ type Option func(*options)
 type options struct {
 	logger *slog.Logger
 	stack  []func(*middleware.StackConfig)
+
+	// Telemetry (telemetry.go).
+	tracerProvider trace.TracerProvider
+	meterProvider  metric.MeterProvider
+	propagators    propagation.TextMapPropagator
+	pollInterval   time.Duration
+	processRoot    bool
 }
 
 // WithLogger sets the logger of the bus and of Watermill under it.
@@ -28,6 +39,51 @@ func WithLogger(l *slog.Logger) Option {
 // topic filled in) and may change any field. Handler options apply after it.
 func WithStack(fn func(*middleware.StackConfig)) Option {
 	return func(o *options) { o.stack = append(o.stack, fn) }
+}
+
+// WithTracerProvider sets the provider of the bus's tracer (scope
+// [ScopeName]). Default: the global provider (otel.GetTracerProvider) as it
+// is when [New] runs. When that is a no-op provider (the global one before
+// otel.SetTracerProvider, or a noop.TracerProvider), the bus creates no
+// spans at all and adds no cost; set the global provider before calling
+// New, or pass it here.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *options) { o.tracerProvider = tp }
+}
+
+// WithMeterProvider sets the provider of the bus's meter (scope
+// [ScopeName]). Default: the global provider (otel.GetMeterProvider) as it
+// is when [New] runs; with a no-op provider the bus records no metrics and
+// runs no broker poller.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return func(o *options) { o.meterProvider = mp }
+}
+
+// WithPropagators sets the propagator that injects the trace context into
+// published messages' metadata and extracts it from consumed ones.
+// Default: the global propagator (otel.GetTextMapPropagator) when one was
+// set, else W3C Trace Context plus W3C Baggage (the headers traceparent,
+// tracestate and baggage), so that traces cross the broker out of the box.
+func WithPropagators(p propagation.TextMapPropagator) Option {
+	return func(o *options) { o.propagators = p }
+}
+
+// WithTelemetryPollInterval sets how often the bus asks the broker for
+// queue depths (in-process broker, RabbitMQ) or consumer lag (Kafka) and
+// whether it answers, for the busline.queue.depth, busline.consumer.lag and
+// busline.broker.up gauges. The poller runs while [Bus.Run] runs, only
+// when metrics are on. Zero: [DefaultTelemetryPollInterval]; negative: no
+// polling.
+func WithTelemetryPollInterval(d time.Duration) Option {
+	return func(o *options) { o.pollInterval = d }
+}
+
+// WithNewRootOnProcess makes each handler's process span the root of a new
+// trace that only links to the producer's span, instead of its child (the
+// default). Use it when one message fans out into long workflows that
+// would otherwise make one huge trace.
+func WithNewRootOnProcess() Option {
+	return func(o *options) { o.processRoot = true }
 }
 
 // HandlerOption configures one handler registered with [Bus.Handle].

@@ -1,0 +1,63 @@
+package bus
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/busline/busline/middleware"
+	"github.com/busline/busline/schema"
+)
+
+// Logger returns the bus's logger (see [WithLogger]) with the attributes
+// that tie a log line to the message being handled in ctx: correlation_id,
+// message_id (the handled message, the causation parent of what it
+// publishes), trace_id and span_id. Attributes ctx does not carry are left
+// out, so outside a handler it is the bus's logger as is. The bus logs
+// dead letters, retries and failed handlings with the same attributes.
+func (b *Bus) Logger(ctx context.Context) *slog.Logger {
+	attrs := contextLogAttrs(ctx)
+	if len(attrs) == 0 {
+		return b.logger
+	}
+	args := make([]any, len(attrs))
+	for i, a := range attrs {
+		args[i] = a
+	}
+	return b.logger.With(args...)
+}
+
+func contextLogAttrs(ctx context.Context) []slog.Attr {
+	var attrs []slog.Attr
+	if v := middleware.CorrelationIDFromContext(ctx); v != "" {
+		attrs = append(attrs, slog.String("correlation_id", v))
+	}
+	if v := middleware.CausationIDFromContext(ctx); v != "" {
+		attrs = append(attrs, slog.String("message_id", v))
+	}
+	return appendTraceAttrs(ctx, attrs)
+}
+
+func appendTraceAttrs(ctx context.Context, attrs []slog.Attr) []slog.Attr {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String()))
+	}
+	return attrs
+}
+
+// messageLogAttrs are the attributes of a log line about msg: its id and
+// correlation id from its metadata, and the trace of ctx.
+func messageLogAttrs(ctx context.Context, msg *message.Message) []slog.Attr {
+	attrs := make([]slog.Attr, 0, 10)
+	id := msg.Metadata[schema.KeyID]
+	if id == "" {
+		id = msg.UUID
+	}
+	attrs = append(attrs, slog.String("message_id", id))
+	if v := msg.Metadata[schema.KeyCorrelationID]; v != "" {
+		attrs = append(attrs, slog.String("correlation_id", v))
+	}
+	return appendTraceAttrs(ctx, attrs)
+}

@@ -1,0 +1,498 @@
+package bus
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/baggage"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/busline/busline/bus/amqp"
+	"github.com/busline/busline/schema"
+)
+
+// Busline's own span and metric attribute keys (never new messaging.*
+// keys).
+const (
+	AttrHandlerName   = attribute.Key("busline.handler.name")
+	AttrSchemaVersion = attribute.Key("busline.schema.version")
+	AttrDLQReason     = attribute.Key("busline.dlq.reason")
+	AttrAttempt       = attribute.Key("busline.attempt")
+	AttrAttempts      = attribute.Key("busline.attempts")
+	AttrRetryDelay    = attribute.Key("busline.retry.delay")
+	AttrDedupState    = attribute.Key("busline.dedup.state")
+	AttrThrottleLimit = attribute.Key("busline.throttle.limit")
+	AttrQueueName     = attribute.Key("busline.queue.name")
+)
+
+// Span event names.
+const (
+	EventRetry      = "busline.retry"
+	EventDeadLetter = "busline.dead_letter"
+	EventDuplicate  = "busline.duplicate"
+	EventThrottle   = "busline.throttle_wait"
+)
+
+// maxTopicCache bounds the per-topic attribute cache of the publisher;
+// topics beyond it get their attributes built on each publish.
+const maxTopicCache = 1024
+
+// topicTel is what the publisher precomputes for one topic.
+type topicTel struct {
+	sendName     string
+	producerOpts []trace.SpanStartOption // PRODUCER: its context is injected
+	clientOpts   []trace.SpanStartOption // CLIENT: the message already had one
+	sentOK       []metric.AddOption
+	durOK        []metric.RecordOption
+	attrs        []attribute.KeyValue // system, operation name, destination
+
+	mu   sync.Mutex
+	errs map[string]*errOpts
+}
+
+type errOpts struct {
+	add    []metric.AddOption
+	record []metric.RecordOption
+}
+
+func (t *telemetry) topic(name string) *topicTel {
+	if v, ok := t.topics.Load(name); ok {
+		return v.(*topicTel)
+	}
+	dest := name
+	if t.broker == BrokerAMQP {
+		dest = amqp.ExchangeName(name) // fanout: no routing key
+	}
+	attrs := []attribute.KeyValue{
+		t.system,
+		semconv.MessagingOperationName(t.sendOpName),
+		semconv.MessagingDestinationName(dest),
+	}
+	startAttrs := append(attrs[:3:3], semconv.MessagingOperationTypeSend)
+	tt := &topicTel{
+		sendName: t.sendOpName + " " + dest,
+		producerOpts: []trace.SpanStartOption{
+			trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(startAttrs...),
+		},
+		clientOpts: []trace.SpanStartOption{
+			trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(startAttrs...),
+		},
+		sentOK: []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attrs...))},
+		durOK:  []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(startAttrs...))},
+		attrs:  attrs,
+		errs:   make(map[string]*errOpts),
+	}
+	if t.topicCount.Load() < maxTopicCache {
+		if v, loaded := t.topics.LoadOrStore(name, tt); loaded {
+			return v.(*topicTel)
+		}
+		t.topicCount.Add(1)
+	}
+	return tt
+}
+
+func (tt *topicTel) errOpts(et string) *errOpts {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	if e := tt.errs[et]; e != nil {
+		return e
+	}
+	a := append(tt.attrs[:len(tt.attrs):len(tt.attrs)], semconv.ErrorTypeKey.String(et))
+	d := append(a[:len(a):len(a)], semconv.MessagingOperationTypeSend)
+	e := &errOpts{
+		add:    []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(a...))},
+		record: []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(d...))},
+	}
+	if len(tt.errs) < 64 {
+		tt.errs[et] = e
+	}
+	return e
+}
+
+// instrumentedPublisher starts a send span per message, injects its
+// context into the message's metadata, and counts and times each Publish.
+type instrumentedPublisher struct {
+	next message.Publisher
+	t    *telemetry
+}
+
+// Publish implements message.Publisher.
+func (p *instrumentedPublisher) Publish(topic string, msgs ...*message.Message) error {
+	t := p.t
+	tt := t.topic(topic)
+	var start time.Time
+	if t.m != nil {
+		start = time.Now()
+	}
+	var buf [4]trace.Span
+	spans := buf[:0]
+	for _, m := range msgs {
+		if m.Metadata == nil {
+			m.Metadata = make(message.Metadata, 4)
+		}
+		if t.m != nil && m.Metadata[schema.KeyTime] == "" && m.Metadata[KeySentAt] == "" {
+			m.Metadata[KeySentAt] = time.Now().UTC().Format(time.RFC3339Nano)
+		}
+		if t.tracer != nil {
+			spans = append(spans, t.startSend(m, tt))
+		}
+	}
+	err := p.next.Publish(topic, msgs...)
+	var et string
+	if err != nil {
+		et = publishErrorType(err)
+	}
+	for _, sp := range spans {
+		if err != nil {
+			sp.SetStatus(codes.Error, err.Error())
+			sp.SetAttributes(semconv.ErrorTypeKey.String(et))
+		}
+		sp.End()
+	}
+	if t.m != nil {
+		ctx := context.Background()
+		d := time.Since(start).Seconds()
+		if err == nil {
+			t.m.sent.Inst().Add(ctx, int64(len(msgs)), tt.sentOK...)
+			t.m.opDuration.Inst().Record(ctx, d, tt.durOK...)
+		} else {
+			e := tt.errOpts(et)
+			t.m.sent.Inst().Add(ctx, int64(len(msgs)), e.add...)
+			t.m.opDuration.Inst().Record(ctx, d, e.record...)
+		}
+	}
+	return err
+}
+
+// Close implements message.Publisher.
+func (p *instrumentedPublisher) Close() error { return p.next.Close() }
+
+// startSend starts the send span of m. A message with no creation context
+// gets the span's, and the span is a PRODUCER; one that has a creation
+// context already (forwarded, dead-lettered, replayed) keeps it, and the
+// span is a CLIENT span linked to it.
+func (t *telemetry) startSend(m *message.Message, tt *topicTel) trace.Span {
+	ctx := m.Context()
+	carrier := propagation.MapCarrier(m.Metadata)
+	var sp trace.Span
+	if t.hasCreationContext(m.Metadata) {
+		_, sp = t.tracer.Start(ctx, tt.sendName, tt.clientOpts...)
+		if sc := trace.SpanContextFromContext(t.prop.Extract(context.Background(), carrier)); sc.IsValid() {
+			sp.AddLink(trace.Link{SpanContext: sc})
+		}
+	} else {
+		var sctx context.Context
+		sctx, sp = t.tracer.Start(ctx, tt.sendName, tt.producerOpts...)
+		t.prop.Inject(sctx, carrier)
+	}
+	if sp.IsRecording() {
+		sp.SetAttributes(messageAttrs(m)...)
+	}
+	return sp
+}
+
+func (t *telemetry) hasCreationContext(md message.Metadata) bool {
+	for _, f := range t.ctxFields {
+		if md[f] != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// messageAttrs are the attributes of one message, for send and process
+// spans.
+func messageAttrs(m *message.Message) []attribute.KeyValue {
+	md := m.Metadata
+	id := md[schema.KeyID]
+	if id == "" {
+		id = m.UUID
+	}
+	attrs := make([]attribute.KeyValue, 1, 8)
+	attrs[0] = semconv.MessagingMessageID(id)
+	if v := md[schema.KeyCorrelationID]; v != "" {
+		attrs = append(attrs, semconv.MessagingMessageConversationID(v))
+	}
+	if v := md[schema.KeyType]; v != "" {
+		attrs = append(attrs, semconv.CloudEventsEventType(v))
+	}
+	if v := md[schema.KeySource]; v != "" {
+		attrs = append(attrs, semconv.CloudEventsEventSource(v))
+	}
+	if v := md[schema.KeyDataVersion]; v != "" {
+		if n, err := strconv.Atoi(v); err == nil {
+			attrs = append(attrs, AttrSchemaVersion.Int(n))
+		} else {
+			attrs = append(attrs, AttrSchemaVersion.String(v))
+		}
+	}
+	if v := md[schema.KeyPartitionKey]; v != "" {
+		attrs = append(attrs, semconv.MessagingKafkaMessageKey(v))
+	}
+	return attrs
+}
+
+// publishErrorType is the error.type of a failed publish.
+func publishErrorType(err error) string {
+	if et := errorType(err); et != "handler_error" {
+		return et
+	}
+	return semconv.ErrorType(err).Value.AsString()
+}
+
+// handlerTel is what the telemetry precomputes for one handler.
+type handlerTel struct {
+	name, topic, group string
+	queue              string // RabbitMQ queue, for depth
+	dest               string
+
+	processName string
+	startOpts   []trace.SpanStartOption
+	rootOpts    []trace.SpanStartOption
+
+	attrs        []attribute.KeyValue // system, operation name, destination[, group]
+	consumedOK   []metric.AddOption
+	processOK    []metric.RecordOption
+	bus          []attribute.KeyValue // attrs + busline.handler.name
+	busRecordSet []metric.RecordOption
+	breakerOpt   metric.ObserveOption
+
+	breaker atomic.Int64
+
+	mu   sync.Mutex
+	errs map[string]*errOpts
+}
+
+func newHandlerTel(t *telemetry, name, topic, group string) *handlerTel {
+	h := &handlerTel{name: name, topic: topic, group: group, dest: topic, errs: make(map[string]*errOpts)}
+	attrs := []attribute.KeyValue{t.system, semconv.MessagingOperationName("process")}
+	if t.broker == BrokerAMQP {
+		// {exchange}:{routing key}:{queue}; the routing key is empty (fanout).
+		h.queue = amqp.QueueName(topic, group)
+		h.dest = amqp.ExchangeName(topic) + ":" + h.queue
+		attrs = append(attrs, semconv.MessagingDestinationName(h.dest))
+	} else {
+		attrs = append(attrs, semconv.MessagingDestinationName(topic), semconv.MessagingConsumerGroupName(group))
+	}
+	h.attrs = attrs
+	h.processName = "process " + h.dest
+	start := append(attrs[:len(attrs):len(attrs)], semconv.MessagingOperationTypeProcess, AttrHandlerName.String(name))
+	h.startOpts = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(start...)}
+	h.rootOpts = append(h.startOpts[:2:2], trace.WithNewRoot())
+	set := metric.WithAttributeSet(attribute.NewSet(attrs...))
+	h.consumedOK = []metric.AddOption{set}
+	h.processOK = []metric.RecordOption{set}
+	h.bus = append(attrs[:len(attrs):len(attrs)], AttrHandlerName.String(name))
+	bset := metric.WithAttributeSet(attribute.NewSet(h.bus...))
+	h.busRecordSet = []metric.RecordOption{bset}
+	h.breakerOpt = bset
+	return h
+}
+
+func (h *handlerTel) errOpts(et string) *errOpts {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if e := h.errs[et]; e != nil {
+		return e
+	}
+	a := append(h.attrs[:len(h.attrs):len(h.attrs)], semconv.ErrorTypeKey.String(et))
+	set := metric.WithAttributeSet(attribute.NewSet(a...))
+	e := &errOpts{add: []metric.AddOption{set}, record: []metric.RecordOption{set}}
+	if len(h.errs) < 64 {
+		h.errs[et] = e
+	}
+	return e
+}
+
+// withAttrs returns options for a busline.* metric of this handler with
+// extra attributes (not cached: these record rare events).
+func (h *handlerTel) withAttrs(extra ...attribute.KeyValue) metric.MeasurementOption {
+	return metric.WithAttributeSet(attribute.NewSet(append(h.bus[:len(h.bus):len(h.bus)], extra...)...))
+}
+
+// procCtx is the context of a message while its handler runs: the process
+// span's context plus what the stack's hooks report back. It is one
+// allocation per message.
+type procCtx struct {
+	context.Context
+	deadLetter string // busline.dlq.reason when dead-lettered
+	dlqErr     string
+	attempts   int
+}
+
+type procKey struct{}
+
+// Value implements context.Context.
+func (c *procCtx) Value(key any) any {
+	if key == (procKey{}) {
+		return c
+	}
+	return c.Context.Value(key)
+}
+
+func procFromContext(ctx context.Context) *procCtx {
+	pc, _ := ctx.Value(procKey{}).(*procCtx)
+	return pc
+}
+
+// handlerMiddleware is the outermost middleware of a handler: the process
+// span (a CONSUMER span, child of and linked to the producer's span), the
+// consumer metrics and the log line of a failure.
+func (t *telemetry) handlerMiddleware(ht *handlerTel) message.HandlerMiddleware {
+	t.pollHandler(ht)
+	if t.tracer == nil && t.m == nil {
+		return func(h message.HandlerFunc) message.HandlerFunc {
+			return func(msg *message.Message) ([]*message.Message, error) {
+				out, err := h(msg)
+				if err != nil {
+					t.logFailure(msg, err, ht)
+				}
+				return out, err
+			}
+		}
+	}
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			start := time.Now()
+			orig := msg.Context()
+			pc := &procCtx{Context: orig}
+			var sp trace.Span
+			if t.tracer != nil {
+				pc.Context, sp = t.startProcess(orig, msg, ht)
+			}
+			if t.m != nil {
+				t.m.consumed.Inst().Add(pc.Context, 1, ht.consumedOK...)
+			}
+			msg.SetContext(pc)
+			out, err := h(msg)
+
+			var et, desc string
+			switch {
+			case err != nil:
+				et, desc = errorType(err), err.Error()
+			case pc.deadLetter != "":
+				et, desc = pc.deadLetter, "dead-lettered: "+pc.dlqErr
+			}
+			if sp != nil {
+				if pc.attempts > 1 {
+					sp.SetAttributes(AttrAttempts.Int(pc.attempts))
+				}
+				if et != "" {
+					sp.SetStatus(codes.Error, desc)
+					sp.SetAttributes(semconv.ErrorTypeKey.String(et))
+				}
+				sp.End()
+			}
+			if t.m != nil {
+				ctx := pc.Context
+				d := time.Since(start).Seconds()
+				if et == "" {
+					t.m.processDuration.Inst().Record(ctx, d, ht.processOK...)
+				} else {
+					t.m.processDuration.Inst().Record(ctx, d, ht.errOpts(et).record...)
+				}
+				if age, ok := messageAge(msg.Metadata); ok {
+					t.m.endToEnd.Record(ctx, age.Seconds(), ht.busRecordSet...)
+				}
+			}
+			if err != nil {
+				t.logFailure(msg, err, ht)
+			}
+			return out, err
+		}
+	}
+}
+
+// startProcess starts the process span of msg. Its parent is the
+// producer's span extracted from the metadata (unless an ambient span is
+// in ctx or WithNewRootOnProcess was given) and it always links to it.
+func (t *telemetry) startProcess(ctx context.Context, msg *message.Message, ht *handlerTel) (context.Context, trace.Span) {
+	parent, opts := ctx, ht.startOpts
+	var link trace.Link
+	if t.hasCreationContext(msg.Metadata) || msg.Metadata["baggage"] != "" {
+		ectx := t.prop.Extract(ctx, propagation.MapCarrier(msg.Metadata))
+		link.SpanContext = trace.SpanContextFromContext(ectx)
+		ambient := trace.SpanContextFromContext(ctx).IsValid()
+		switch {
+		case ambient:
+			parent = baggage.ContextWithBaggage(ctx, baggage.FromContext(ectx))
+		case t.processRoot:
+			parent, opts = ectx, ht.rootOpts
+		default:
+			parent = ectx
+		}
+	}
+	sctx, sp := t.tracer.Start(parent, ht.processName, opts...)
+	if link.SpanContext.IsValid() {
+		sp.AddLink(link)
+	}
+	if sp.IsRecording() {
+		attrs := messageAttrs(msg)
+		switch t.broker {
+		case BrokerKafka:
+			if p, ok := wkafka.MessagePartitionFromCtx(ctx); ok {
+				attrs = append(attrs, semconv.MessagingDestinationPartitionID(strconv.Itoa(int(p))))
+			}
+			if o, ok := wkafka.MessagePartitionOffsetFromCtx(ctx); ok {
+				attrs = append(attrs, semconv.MessagingKafkaOffset(int(o)))
+			}
+		case BrokerAMQP:
+			if rk := msg.Metadata[amqp.KeyRoutingKey]; rk != "" {
+				attrs = append(attrs, semconv.MessagingRabbitMQDestinationRoutingKey(rk))
+			}
+		}
+		sp.SetAttributes(attrs...)
+	}
+	return sctx, sp
+}
+
+// messageAge is how long ago the message was created (ce_time) or
+// published (busline_sent_at).
+func messageAge(md message.Metadata) (time.Duration, bool) {
+	v := md[schema.KeyTime]
+	if v == "" {
+		v = md[KeySentAt]
+	}
+	if v == "" {
+		return 0, false
+	}
+	ts, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return 0, false
+	}
+	d := time.Since(ts)
+	if d < 0 {
+		d = 0
+	}
+	return d, true
+}
+
+// logFailure logs an error that escapes the stack: the message is nacked
+// and delivered again.
+func (t *telemetry) logFailure(msg *message.Message, err error, ht *handlerTel) {
+	ctx := msg.Context()
+	level := slog.LevelWarn
+	if ctx.Err() != nil {
+		level = slog.LevelDebug // shutdown: redelivered later, expected
+	}
+	if !t.logger.Enabled(ctx, level) {
+		return
+	}
+	t.logger.LogAttrs(ctx, level, "bus: handling failed, the message will be delivered again",
+		append(messageLogAttrs(ctx, msg),
+			slog.String("handler", ht.name),
+			slog.String("topic", ht.topic),
+			slog.String("error_type", errorType(err)),
+			slog.Any("error", err))...)
+}
