@@ -122,9 +122,14 @@ func (s *drainSubscriber) discard(in <-chan *message.Message) {
 	}()
 }
 
+// Close closes the broker's subscriber once and waits for the forwarding
+// goroutines; later calls wait too and return nil.
 func (s *drainSubscriber) Close() error {
-	s.once.Do(func() { close(s.closing) })
-	err := s.Subscriber.Close()
+	var err error
+	s.once.Do(func() {
+		close(s.closing)
+		err = s.Subscriber.Close()
+	})
 	s.wg.Wait()
 	return err
 }
@@ -175,4 +180,12 @@ func (t *tracker) wait(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// SubscribeInitialize passes through to the broker's subscriber, if it can.
+func (s *drainSubscriber) SubscribeInitialize(topic string) error {
+	if si, ok := s.Subscriber.(message.SubscribeInitializer); ok {
+		return si.SubscribeInitialize(topic)
+	}
+	return nil
 }
