@@ -32,6 +32,14 @@ type Config struct {
 	// again. Zero: 1s. A nack on Kafka blocks its partition, so keep it short
 	// but never zero (a zero delay is a hot loop).
 	NackDelay time.Duration
+	// RebalanceTimeout bounds how long a consumer group rebalance waits for
+	// each member to finish the message it has in flight. Zero: 60s
+	// (Sarama's default). A member whose message is still unacked then (a
+	// slow handler, a nack loop, a message nobody receives) is evicted from
+	// the group and its partitions go to the others, which deliver that
+	// message again. watermill-kafka does not abandon the in-flight message
+	// when a rebalance starts, so until this timeout the whole group stalls.
+	RebalanceTimeout time.Duration
 	// TLS configures TLS to the brokers. Zero: plaintext.
 	TLS TLSConfig
 	// SASL configures SASL authentication. Zero: none.
@@ -69,6 +77,9 @@ func (c Config) Validate() error {
 	}
 	if c.ReplicationFactor < 0 {
 		errs = append(errs, fmt.Errorf("kafka: replication factor %d is negative", c.ReplicationFactor))
+	}
+	if c.RebalanceTimeout < 0 {
+		errs = append(errs, fmt.Errorf("kafka: rebalance timeout %v is negative", c.RebalanceTimeout))
 	}
 	if c.NackDelay < 0 {
 		errs = append(errs, fmt.Errorf("kafka: nack delay %v is negative", c.NackDelay))

@@ -21,6 +21,8 @@ var saramaVersion = sarama.V2_8_0_0
 const (
 	defaultClientID  = "busline"
 	defaultNackDelay = time.Second
+	// defaultRebalanceTimeout is Sarama's default.
+	defaultRebalanceTimeout = 60 * time.Second
 	// reconnectRetrySleep is how long a subscriber waits before it tries
 	// again to reconnect its consumer after a failure (Watermill's default).
 	reconnectRetrySleep = time.Second
@@ -42,6 +44,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.NackDelay == 0 {
 		c.NackDelay = defaultNackDelay
+	}
+	if c.RebalanceTimeout == 0 {
+		c.RebalanceTimeout = defaultRebalanceTimeout
 	}
 	return c
 }
@@ -112,6 +117,7 @@ func (c Config) consumerSaramaConfig() (*sarama.Config, error) {
 		return nil, err
 	}
 	sc.Consumer.Return.Errors = true
+	sc.Consumer.Group.Rebalance.Timeout = c.RebalanceTimeout
 	sc.Consumer.Offsets.Initial = sarama.OffsetOldest
 	if strings.EqualFold(c.InitialOffset, "newest") {
 		sc.Consumer.Offsets.Initial = sarama.OffsetNewest

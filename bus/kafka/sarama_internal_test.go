@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"testing"
+	"time"
 
 	"github.com/IBM/sarama"
 )
@@ -41,6 +42,9 @@ func TestSaramaConfigDefaults(t *testing.T) {
 	}
 	if !c.Consumer.Return.Errors {
 		t.Error("Consumer.Return.Errors off")
+	}
+	if c.Consumer.Group.Rebalance.Timeout != 60*time.Second {
+		t.Errorf("Rebalance.Timeout %v, want 60s", c.Consumer.Group.Rebalance.Timeout)
 	}
 
 	cfg.InitialOffset = "newest"
