@@ -1,0 +1,149 @@
+package bus
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/busline/busline/bus/amqp"
+	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/bus/memory"
+)
+
+// Watermill's universal Pub/Sub suite against the publisher and subscriber
+// pair the bus builds for each broker: the broker's publisher with the bus's
+// decorators, and the broker's subscriber behind the bus's drain wrapper.
+// The adapters' own packages run the full suite on the bare adapters; here
+// the slow, message-heavy cases are shortened (ForceShort) for Kafka and
+// RabbitMQ to keep CI fast.
+
+// pair returns the bus's publisher and a subscriber in group as Handle
+// builds them.
+func (b *Bus) pair(t *testing.T, group string) (message.Publisher, message.Subscriber) {
+	sub, err := b.broker.Subscriber(group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.gate != nil {
+		sub = newDrainSubscriber(sub, b.gate)
+	}
+	return b.pub, sub
+}
+
+func TestConformanceMemory(t *testing.T) {
+	// The suite publishes up to 5,000 messages before it subscribes.
+	b, err := New(Config{Memory: memory.Config{Buffer: 10000, NackDelay: time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close(context.Background()) })
+	shared := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
+		_, s := b.pair(t, group)
+		return nopClosePublisher{b.pub}, s
+	}
+	tests.TestPubSub(t,
+		tests.Features{
+			ConsumerGroups:        true,
+			GuaranteedOrder:       true,
+			Persistent:            true, // for the broker's lifetime
+			RequireSingleInstance: true,
+		},
+		func(t *testing.T) (message.Publisher, message.Subscriber) { return shared(t, "default") },
+		shared,
+	)
+}
+
+type nopClosePublisher struct{ message.Publisher }
+
+func (nopClosePublisher) Close() error { return nil }
+
+func TestConformanceKafka(t *testing.T) {
+	addrs := bustest.Kafka(t, 1)
+	newPair := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
+		b, err := New(Config{Broker: BrokerKafka, Kafka: kafka.Config{Brokers: addrs, NackDelay: 10 * time.Millisecond}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close(context.Background()) })
+		return b.pair(t, group)
+	}
+	tests.TestPubSub(t,
+		tests.Features{ConsumerGroups: true, Persistent: true, GuaranteedOrder: true, ForceShort: true},
+		func(t *testing.T) (message.Publisher, message.Subscriber) {
+			return newPair(t, "conformance-"+strings.ReplaceAll(t.Name(), "/", "-"))
+		},
+		newPair,
+	)
+}
+
+func TestConformanceAMQP(t *testing.T) {
+	url := bustest.AMQPURL(t)
+	var mu sync.Mutex
+	topics := map[string]bool{}
+	groups := map[string]bool{"default": true, DeadLetterGroup: true}
+	dlq := bustest.Name("busline-conformance-dlq")
+	topics[dlq] = true
+	t.Cleanup(func() { deleteAMQP(t, url, topics, groups) })
+	newPair := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
+		mu.Lock()
+		groups[group] = true
+		mu.Unlock()
+		b, err := New(Config{Broker: BrokerAMQP, DeadLetterTopic: dlq, AMQP: amqp.Config{URL: url, NackDelay: 10 * time.Millisecond}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close(context.Background()) })
+		return b.pair(t, group)
+	}
+	tests.TestPubSub(t,
+		tests.Features{
+			ConsumerGroups:                      true,
+			GuaranteedOrder:                     true,
+			GuaranteedOrderWithSingleSubscriber: true,
+			Persistent:                          true,
+			ForceShort:                          true,
+			GenerateTopicFunc: func(tctx tests.TestContext) string {
+				name := "busline-bus-conformance-" + string(tctx.TestID)
+				mu.Lock()
+				topics[name] = true
+				mu.Unlock()
+				return name
+			},
+		},
+		func(t *testing.T) (message.Publisher, message.Subscriber) { return newPair(t, "default") },
+		newPair,
+	)
+}
+
+// deleteAMQP removes the exchanges and queues a test made. The suite derives
+// further topics from the generated ones by suffix, so every exchange and
+// queue starting with a recorded topic goes.
+func deleteAMQP(t *testing.T, url string, topics, groups map[string]bool) {
+	conn, err := amqp091.Dial(url)
+	if err != nil {
+		t.Logf("clean up: %v", err)
+		return
+	}
+	defer conn.Close()
+	for topic := range topics {
+		for _, suffix := range []string{"", "_1", "_2", "_3", "_4", "_5"} {
+			for group := range groups {
+				if ch, err := conn.Channel(); err == nil {
+					ch.QueueDelete(amqp.QueueName(topic+suffix, group), false, false, false)
+					ch.Close()
+				}
+			}
+			if ch, err := conn.Channel(); err == nil {
+				ch.ExchangeDelete(amqp.ExchangeName(topic+suffix), false, false)
+				ch.Close()
+			}
+		}
+	}
+}

@@ -1,0 +1,212 @@
+package bus_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/busline/busline/bus"
+	"github.com/busline/busline/bus/amqp"
+	"github.com/busline/busline/bus/bustest"
+)
+
+// A handler in the middle of a message when Close is called finishes with a
+// live context, its message is acked, and a new bus on the same queue does
+// not see it again.
+func TestShutdownFinishesMessageInFlight(t *testing.T) {
+	for _, tc := range shutdownBrokers(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := bustest.Name("shutdown-finish")
+			cfg := tc.cfg(topic)
+			b := mustNew(t, cfg)
+			started := make(chan struct{})
+			release := make(chan struct{})
+			finished := make(chan error, 1)
+			if err := b.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
+				if m.UUID != "first" {
+					return nil
+				}
+				close(started)
+				<-release
+				finished <- ctx.Err()
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			runErr := make(chan error, 1)
+			go func() { runErr <- b.Run(context.Background()) }()
+			<-b.Running()
+			if err := b.Publish(context.Background(), topic, message.NewMessage("first", nil)); err != nil {
+				t.Fatal(err)
+			}
+			<-started
+			closeErr := make(chan error, 1)
+			go func() { closeErr <- b.Close(bustest.Context(t, 30*time.Second)) }()
+			// Close has begun once publishing is refused; the handler is
+			// still in its message.
+			for !errors.Is(b.Publish(context.Background(), topic, message.NewMessage("late", nil)), bus.ErrClosed) {
+				select {
+				case err := <-closeErr:
+					t.Fatalf("Close returned %v while a handler was in flight", err)
+				default:
+				}
+			}
+			close(release)
+			if err := <-finished; err != nil {
+				t.Fatalf("handler context was cancelled during the drain: %v", err)
+			}
+			if err := <-closeErr; err != nil {
+				t.Fatalf("Close = %v", err)
+			}
+			if err := <-runErr; err != nil {
+				t.Fatalf("Run = %v", err)
+			}
+			if tc.restart == nil {
+				return
+			}
+			// A new bus on the same queue gets the next message, not the
+			// finished one again.
+			b2 := mustNew(t, cfg)
+			got := make(chan string, 100)
+			if err := b2.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
+				got <- m.UUID
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if err := b2.Publish(context.Background(), topic, message.NewMessage("marker", nil)); err != nil {
+				t.Fatal(err)
+			}
+			go b2.Run(context.Background())
+			defer b2.Close(context.Background())
+			// Messages published while Close began ("late") may come first;
+			// the finished one must not come at all.
+			for id := range got {
+				if id == "first" {
+					t.Fatal("after restart the finished message was delivered again")
+				}
+				if id == "marker" {
+					break
+				}
+			}
+		})
+	}
+}
+
+// A handler still running when the shutdown deadline passes is cancelled;
+// its message is nacked and delivered again after a restart.
+func TestShutdownDeadlineRedeliversInterrupted(t *testing.T) {
+	url := bustest.AMQPURL(t)
+	topic := bustest.Name("shutdown-deadline")
+	cfg := amqpShutdownConfig(url, topic)
+	t.Cleanup(func() { deleteQueues(t, url, topic, cfg) })
+	b := mustNew(t, cfg)
+	started := make(chan struct{})
+	cancelled := make(chan error, 1)
+	if err := b.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
+		close(started)
+		<-ctx.Done() // a handler that does not finish in time
+		cancelled <- ctx.Err()
+		return ctx.Err()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	go b.Run(context.Background())
+	<-b.Running()
+	if err := b.Publish(context.Background(), topic, message.NewMessage("slow", []byte("p"))); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := b.Close(ctx); err == nil {
+		t.Fatal("Close = nil, want the deadline reported")
+	}
+	if err := <-cancelled; err == nil {
+		t.Fatal("handler context was not cancelled at the deadline")
+	}
+
+	b2 := mustNew(t, cfg)
+	got := make(chan *message.Message, 1)
+	if err := b2.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
+		got <- m
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	go b2.Run(context.Background())
+	defer b2.Close(context.Background())
+	select {
+	case m := <-got:
+		if m.UUID != "slow" || string(m.Payload) != "p" {
+			t.Fatalf("redelivered %s %q", m.UUID, m.Payload)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the interrupted message was not delivered again after restart")
+	}
+}
+
+type shutdownBroker struct {
+	name    string
+	cfg     func(topic string) bus.Config
+	restart func() // non-nil where messages outlive the bus
+}
+
+func shutdownBrokers(t *testing.T) []shutdownBroker {
+	brokers := []shutdownBroker{{name: "memory", cfg: func(string) bus.Config { return bus.Config{} }}}
+	if url := bustest.AMQPURL(t); url != "" {
+		brokers = append(brokers, shutdownBroker{
+			name: "amqp",
+			cfg: func(topic string) bus.Config {
+				cfg := amqpShutdownConfig(url, topic)
+				t.Cleanup(func() { deleteQueues(t, url, topic, cfg) })
+				return cfg
+			},
+			restart: func() {},
+		})
+	}
+	return brokers
+}
+
+func amqpShutdownConfig(url, topic string) bus.Config {
+	return bus.Config{
+		Broker:          bus.BrokerAMQP,
+		Group:           topic,
+		DeadLetterTopic: topic + ".dlq",
+		AMQP:            amqp.Config{URL: url, NackDelay: 10 * time.Millisecond},
+	}
+}
+
+func mustNew(t *testing.T, cfg bus.Config) *bus.Bus {
+	t.Helper()
+	b, err := bus.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close(context.Background()) })
+	return b
+}
+
+// deleteQueues removes what a test bus declared on RabbitMQ: the handler's
+// queue and exchange, and the dead-letter ones.
+func deleteQueues(t *testing.T, url, topic string, cfg bus.Config) {
+	conn, err := amqp091.Dial(url)
+	if err != nil {
+		t.Logf("clean up: %v", err)
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	defer ch.Close()
+	ch.QueueDelete(amqp.QueueName(topic, cfg.Group+".h"), false, false, false)
+	ch.QueueDelete(amqp.QueueName(cfg.DeadLetterTopic, bus.DeadLetterGroup), false, false, false)
+	ch.ExchangeDelete(amqp.ExchangeName(topic), false, false)
+	ch.ExchangeDelete(amqp.ExchangeName(cfg.DeadLetterTopic), false, false)
+}
