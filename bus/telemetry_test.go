@@ -236,13 +236,13 @@ func TestTrace(t *testing.T) {
 				"cloudevents.event_type":     "com.example.started",
 			})
 			procWant := map[string]any{
-				"messaging.system":                 br.system,
-				"messaging.operation.name":         "process",
-				"messaging.operation.type":         "process",
-				"messaging.destination.name":       br.dest(first, cfg.Group+".forward"),
-				"messaging.message.id":             "in-1",
+				"messaging.system":                  br.system,
+				"messaging.operation.name":          "process",
+				"messaging.operation.type":          "process",
+				"messaging.destination.name":        br.dest(first, cfg.Group+".forward"),
+				"messaging.message.id":              "in-1",
 				"messaging.message.conversation_id": "in-1",
-				"busline.handler.name":             "forward",
+				"busline.handler.name":              "forward",
 			}
 			if br.name != "amqp" {
 				procWant["messaging.consumer.group.name"] = cfg.Group + ".forward"
