@@ -56,8 +56,11 @@
 // crash redelivers up to a second of acked messages; an ack that races with
 // Close or with a rebalance is dropped, and the message is delivered again.
 // A nacked message blocks its partition until it is acked: the bus's retry
-// and dead-letter middleware must end that. Each Subscribe call is its own
-// group member; a message reaches one member of each group.
+// and dead-letter middleware must end that. A rebalance waits for every
+// member's in-flight message, up to Config.RebalanceTimeout (60s); a member
+// still busy then is evicted and its message is delivered again elsewhere.
+// Each Subscribe call is its own group member; a message reaches one member
+// of each group.
 //
 // # Shutdown
 //
