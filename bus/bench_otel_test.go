@@ -1,0 +1,176 @@
+package bus
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/busline/busline/middleware"
+)
+
+// BenchmarkStackOTel extends BenchmarkStack (bench_test.go) with the
+// default stack under the bus's telemetry and the real OpenTelemetry SDK
+// (always sample, batch span processor with a discarding exporter, a
+// meter provider with a reader):
+//
+//   - default_otel: consumer side (process span, consumer metrics, stack
+//     hooks) around the default stack; messages are published bare, as in
+//     the other sub-benchmarks, so process spans are roots;
+//   - default_otel_publish: the same, with every message published through
+//     the instrumented publisher (send span, injected traceparent, producer
+//     metrics), so process spans are children of send spans.
+//   - default_noop: the bus's telemetry with no-op providers (the default
+//     when no provider is set): it must cost what default costs.
+//
+// Run: go test -run '^$' -bench 'BenchmarkStack' -benchmem ./bus/
+func BenchmarkStackOTel(b *testing.B) {
+	b.Run("default_otel", func(b *testing.B) { benchDefaultOTel(b, false) })
+	b.Run("default_otel_publish", func(b *testing.B) { benchDefaultOTel(b, true) })
+	b.Run("default_noop", func(b *testing.B) {
+		tel := newTelemetry(options{}, Config{Broker: BrokerMemory}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		benchRouterPub(b, nil, benchTelemetryStack(b, tel)...)
+	})
+}
+
+type discardExporter struct{}
+
+func (discardExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discardExporter) Shutdown(context.Context) error                             { return nil }
+
+func benchDefaultOTel(b *testing.B, publish bool) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}), sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+	b.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	tel := newTelemetry(options{tracerProvider: tp, meterProvider: mp, pollInterval: -1},
+		Config{Broker: BrokerMemory}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if tel.tracer == nil || tel.m == nil {
+		b.Fatal("telemetry is off")
+	}
+	var wrap func(message.Publisher) message.Publisher
+	if publish {
+		wrap = func(p message.Publisher) message.Publisher { return &instrumentedPublisher{next: p, t: tel} }
+	}
+	benchRouterPub(b, wrap, benchTelemetryStack(b, tel)...)
+}
+
+// benchTelemetryStack is the default stack with the bus's telemetry
+// around it, hooks set, as Bus.Handle builds it.
+func benchTelemetryStack(b *testing.B, tel *telemetry) []message.HandlerMiddleware {
+	cfg := middleware.StackConfig{
+		Name:       "bench",
+		DeadLetter: middleware.DeadLetterConfig{Publisher: benchDeadLetters(b), Topic: benchDeadLetterTopic},
+	}
+	ht := tel.handler("bench", benchTopic, "bench")
+	tel.hooks(&cfg, ht)
+	return []message.HandlerMiddleware{tel.handlerMiddleware(ht), middleware.Stack(cfg)}
+}
+
+// benchRouterPub is benchRouter (bench_test.go) with the publisher
+// optionally wrapped: wrap nil publishes to the broker directly.
+func benchRouterPub(b *testing.B, wrap func(message.Publisher) message.Publisher, mws ...message.HandlerMiddleware) {
+	if wrap == nil {
+		benchRouter(b, mws...)
+		return
+	}
+	logger := watermill.NopLogger{}
+	ps := benchPubSub(b)
+	pub := wrap(ps)
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, logger)
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := int64(b.N)
+	var handled atomic.Int64
+	done := make(chan struct{})
+	h := router.AddConsumerHandler("bench", benchTopic, ps, func(*message.Message) error {
+		if handled.Add(1) == n {
+			close(done)
+		}
+		return nil
+	})
+	h.AddMiddleware(mws...)
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- router.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-runErr; err != nil {
+			b.Error(err)
+		}
+	}()
+	select {
+	case <-router.Running():
+	case err := <-runErr:
+		b.Fatalf("router stopped: %v", err)
+	}
+	ids := make([]string, b.N)
+	for i := range ids {
+		ids[i] = "00000000-0000-4000-8000-" + strconv.FormatInt(100000000000+int64(i), 10)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	go func() {
+		for _, id := range ids {
+			if err := pub.Publish(benchTopic, message.NewMessage(id, message.Payload(id))); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute + time.Duration(b.N)*time.Millisecond):
+		b.Fatalf("handled %d of %d messages", handled.Load(), b.N)
+	}
+	b.StopTimer()
+}
+
+// BenchmarkTelemetryMiddleware measures the handler side without a router
+// or broker: the default stack called directly, bare and under the bus's
+// telemetry with the real SDK. The difference is what telemetry adds per
+// message, less noisy than the router benchmarks.
+func BenchmarkTelemetryMiddleware(b *testing.B) {
+	noop := func(*message.Message) ([]*message.Message, error) { return nil, nil }
+	run := func(b *testing.B, mws []message.HandlerMiddleware) {
+		h := middleware.Chain(mws...)(noop)
+		ids := make([]string, b.N)
+		for i := range ids {
+			ids[i] = "00000000-0000-4000-8000-" + strconv.FormatInt(100000000000+int64(i), 10)
+		}
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := range b.N {
+			if _, err := h(message.NewMessage(ids[i], nil)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Run("default", func(b *testing.B) {
+		run(b, []message.HandlerMiddleware{middleware.Stack(middleware.StackConfig{
+			DeadLetter: middleware.DeadLetterConfig{Publisher: benchDeadLetters(b), Topic: benchDeadLetterTopic},
+		})})
+	})
+	b.Run("default_noop", func(b *testing.B) {
+		tel := newTelemetry(options{}, Config{Broker: BrokerMemory}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		run(b, benchTelemetryStack(b, tel))
+	})
+	b.Run("default_otel", func(b *testing.B) {
+		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}), sdktrace.WithSampler(sdktrace.AlwaysSample()))
+		b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+		b.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+		tel := newTelemetry(options{tracerProvider: tp, meterProvider: mp, pollInterval: -1},
+			Config{Broker: BrokerMemory}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		run(b, benchTelemetryStack(b, tel))
+	})
+}
