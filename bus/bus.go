@@ -78,7 +78,7 @@ func New(cfg Config, opts ...Option) (*Bus, error) {
 	if o.logger == nil {
 		o.logger = slog.Default()
 	}
-	wlog := watermill.NewSlogLogger(o.logger)
+	wlog := newWatermillLogger(o.logger)
 
 	b := &Bus{
 		cfg:      cfg,
@@ -326,12 +326,13 @@ func (b *Bus) Close(ctx context.Context) error {
 			if err := b.router.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("bus: close router: %w", err))
 			}
-		} else {
-			// A router that never ran waits for its close timeout in Close.
-			for _, s := range b.subs {
-				if err := s.Close(); err != nil {
-					errs = append(errs, fmt.Errorf("bus: close subscriber: %w", err))
-				}
+		}
+		// The router closes subscribers from goroutines it does not wait
+		// for, and one that never ran closes none: close each here, and
+		// wait, so nothing outlives Close.
+		for _, s := range b.subs {
+			if err := s.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("bus: close subscriber: %w", err))
 			}
 		}
 		b.mu.Lock()

@@ -67,7 +67,13 @@ func (nopClosePublisher) Close() error { return nil }
 func TestConformanceKafka(t *testing.T) {
 	addrs := bustest.Kafka(t, 1)
 	newPair := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
-		b, err := New(Config{Broker: BrokerKafka, Kafka: kafka.Config{Brokers: addrs, NackDelay: 10 * time.Millisecond}})
+		b, err := New(Config{Broker: BrokerKafka, Kafka: kafka.Config{
+			Brokers:   addrs,
+			NackDelay: 10 * time.Millisecond,
+			// A member blocked on its in-flight message holds a rebalance up
+			// to this long (see bus/kafka); the suite rebalances often.
+			RebalanceTimeout: 3 * time.Second,
+		}})
 		if err != nil {
 			t.Fatal(err)
 		}
