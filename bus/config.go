@@ -50,6 +50,7 @@ type Config struct {
 	// Env: BUSLINE_KAFKA_BROKERS (comma-separated), BUSLINE_KAFKA_CLIENT_ID,
 	// BUSLINE_KAFKA_INITIAL_OFFSET, BUSLINE_KAFKA_PARTITIONS,
 	// BUSLINE_KAFKA_REPLICATION_FACTOR, BUSLINE_KAFKA_NACK_DELAY,
+	// BUSLINE_KAFKA_REBALANCE_TIMEOUT,
 	// BUSLINE_KAFKA_TLS, BUSLINE_KAFKA_TLS_CA_FILE,
 	// BUSLINE_KAFKA_TLS_CERT_FILE, BUSLINE_KAFKA_TLS_KEY_FILE,
 	// BUSLINE_KAFKA_TLS_SERVER_NAME, BUSLINE_KAFKA_TLS_INSECURE_SKIP_VERIFY,
@@ -141,6 +142,7 @@ func configFromLookup(lookup func(string) (string, bool)) (Config, error) {
 			Partitions:        int32(e.integer("BUSLINE_KAFKA_PARTITIONS")),
 			ReplicationFactor: int16(e.integer("BUSLINE_KAFKA_REPLICATION_FACTOR")),
 			NackDelay:         e.duration("BUSLINE_KAFKA_NACK_DELAY"),
+			RebalanceTimeout:  e.duration("BUSLINE_KAFKA_REBALANCE_TIMEOUT"),
 			TLS:               e.tls("BUSLINE_KAFKA_TLS"),
 			SASL: kafka.SASLConfig{
 				Mechanism: e.str("BUSLINE_KAFKA_SASL_MECHANISM"),
