@@ -1,0 +1,65 @@
+// Package bus is Busline's event bus: build one from a [Config] with [New],
+// register handlers with [Bus.Handle], publish with [Bus.Publish], and run
+// it with [Bus.Run] until its context ends or [Bus.Close] is called.
+//
+// # Brokers
+//
+// The broker is chosen by configuration alone ([Config].Broker, or
+// BUSLINE_BROKER through [ConfigFromEnv]): "memory", the default, an
+// in-process broker (package bus/memory); "kafka" (package bus/kafka,
+// watermill-kafka and Sarama); "amqp", RabbitMQ (package bus/amqp,
+// watermill-amqp). The same service code runs on each.
+//
+// Each handler named h consumes its topic as the consumer group
+// "<Config.Group>.<h>": every handler gets every message of its topic, and
+// instances of one service share the work. Handle prepares the topic for the
+// group at once (Kafka: topic created; RabbitMQ: durable queue bound), so
+// messages published before Run wait for the handler.
+//
+// # Middleware
+//
+// Every handler runs inside the default stack of package middleware
+// (correlation, nack delay, dead letter, dedup, circuit breaker, retry,
+// throttle, timeout, panic recovery; see that package for the order and
+// why), preceded by the bus's tracing and metrics. [WithStack] changes it for
+// every handler, [HandlerStack] for one.
+//
+// # Errors
+//
+// A handler returning nil acks its message. An error is retried with
+// exponential backoff and jitter; when the retries are exhausted, or at once
+// for a [Permanent] error (and schema errors), the message goes to the
+// dead-letter topic ([Config].DeadLetterTopic) with the reason in its
+// busline_dlq_* metadata, and is acked only once that publish succeeded.
+// [Bus.DeadLetters] reads the dead-letter topic, [Bus.Replay] sends a dead
+// letter back to its topic. A bad configuration fails [New] with every
+// problem listed.
+//
+// # Delivery semantics
+//
+// At least once, with idempotent handling: a message is acked only after its
+// handler succeeded or after it was safely dead-lettered, and the dedup step
+// skips a message whose id was already processed successfully. Order: per
+// partition (and so per key, ce_partitionkey) on Kafka; per queue on
+// RabbitMQ and on the in-process broker with one handler instance. A nacked
+// message comes back after a delay, never in a hot loop.
+//
+// The in-process broker is bounded: each queue holds Config.Memory.Buffer
+// messages and Publish waits while a queue is full (backpressure), failing
+// with memory.ErrQueueFull after Config.Memory.PublishTimeout. It keeps
+// nothing across a restart.
+//
+// # Shutdown
+//
+// [Bus.Close] (and Run when its context ends) stops fetching messages, lets
+// the handlers in flight finish with a live context until Close's context is
+// done, acks what finished, then cancels what is still running (those
+// messages are nacked and delivered again later), and closes the router,
+// publisher and broker connections. Watermill's own Router.Close cancels
+// handlers at once (Watermill #446); the bus does not call it until the
+// drain is over.
+//
+// # Concurrency
+//
+// A Bus is safe for concurrent use. Handlers must be registered before Run.
+package bus
