@@ -50,12 +50,11 @@ const maxTopicCache = 1024
 
 // topicTel is what the publisher precomputes for one topic.
 type topicTel struct {
-	sendName     string
-	producerOpts []trace.SpanStartOption // PRODUCER: its context is injected
-	clientOpts   []trace.SpanStartOption // CLIENT: the message already had one
-	sentOK       []metric.AddOption
-	durOK        []metric.RecordOption
-	attrs        []attribute.KeyValue // system, operation name, destination
+	sendName   string
+	startAttrs []attribute.KeyValue // + operation type
+	sentOK     []metric.AddOption
+	durOK      []metric.RecordOption
+	attrs      []attribute.KeyValue // system, operation name, destination
 
 	mu   sync.Mutex
 	errs map[string]*errOpts
@@ -81,17 +80,12 @@ func (t *telemetry) topic(name string) *topicTel {
 	}
 	startAttrs := append(attrs[:3:3], semconv.MessagingOperationTypeSend)
 	tt := &topicTel{
-		sendName: t.sendOpName + " " + dest,
-		producerOpts: []trace.SpanStartOption{
-			trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(startAttrs...),
-		},
-		clientOpts: []trace.SpanStartOption{
-			trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(startAttrs...),
-		},
-		sentOK: []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attrs...))},
-		durOK:  []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(startAttrs...))},
-		attrs:  attrs,
-		errs:   make(map[string]*errOpts),
+		sendName:   t.sendOpName + " " + dest,
+		startAttrs: startAttrs,
+		sentOK:     []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attrs...))},
+		durOK:      []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(startAttrs...))},
+		attrs:      attrs,
+		errs:       make(map[string]*errOpts),
 	}
 	if t.topicCount.Load() < maxTopicCache {
 		if v, loaded := t.topics.LoadOrStore(name, tt); loaded {
@@ -185,22 +179,29 @@ func (p *instrumentedPublisher) Close() error { return p.next.Close() }
 func (t *telemetry) startSend(m *message.Message, tt *topicTel) trace.Span {
 	ctx := m.Context()
 	carrier := propagation.MapCarrier(m.Metadata)
-	var sp trace.Span
+	a := getSpanArgs()
+	defer putSpanArgs(a)
+	a.attrs = appendMessageAttrs(append(a.attrs, tt.startAttrs...), m)
 	if t.hasCreationContext(m.Metadata) {
-		_, sp = t.tracer.Start(ctx, tt.sendName, tt.clientOpts...)
+		a.opts = append(a.opts, clientKind, trace.WithAttributes(a.attrs...))
 		if sc := trace.SpanContextFromContext(t.prop.Extract(context.Background(), carrier)); sc.IsValid() {
-			sp.AddLink(trace.Link{SpanContext: sc})
+			a.opts = append(a.opts, trace.WithLinks(trace.Link{SpanContext: sc}))
 		}
-	} else {
-		var sctx context.Context
-		sctx, sp = t.tracer.Start(ctx, tt.sendName, tt.producerOpts...)
-		t.prop.Inject(sctx, carrier)
+		_, sp := t.tracer.Start(ctx, tt.sendName, a.opts...)
+		return sp
 	}
-	if sp.IsRecording() {
-		sp.SetAttributes(messageAttrs(m)...)
-	}
+	a.opts = append(a.opts, producerKind, trace.WithAttributes(a.attrs...))
+	sctx, sp := t.tracer.Start(ctx, tt.sendName, a.opts...)
+	t.prop.Inject(sctx, carrier)
 	return sp
 }
+
+var (
+	producerKind = trace.WithSpanKind(trace.SpanKindProducer)
+	clientKind   = trace.WithSpanKind(trace.SpanKindClient)
+	consumerKind = trace.WithSpanKind(trace.SpanKindConsumer)
+	newRoot      = trace.WithNewRoot()
+)
 
 func (t *telemetry) hasCreationContext(md message.Metadata) bool {
 	for _, f := range t.ctxFields {
@@ -211,16 +212,15 @@ func (t *telemetry) hasCreationContext(md message.Metadata) bool {
 	return false
 }
 
-// messageAttrs are the attributes of one message, for send and process
-// spans.
-func messageAttrs(m *message.Message) []attribute.KeyValue {
+// appendMessageAttrs appends the attributes of one message, for send and
+// process spans.
+func appendMessageAttrs(attrs []attribute.KeyValue, m *message.Message) []attribute.KeyValue {
 	md := m.Metadata
 	id := md[schema.KeyID]
 	if id == "" {
 		id = m.UUID
 	}
-	attrs := make([]attribute.KeyValue, 1, 8)
-	attrs[0] = semconv.MessagingMessageID(id)
+	attrs = append(attrs, semconv.MessagingMessageID(id))
 	if v := md[schema.KeyCorrelationID]; v != "" {
 		attrs = append(attrs, semconv.MessagingMessageConversationID(v))
 	}
@@ -243,6 +243,27 @@ func messageAttrs(m *message.Message) []attribute.KeyValue {
 	return attrs
 }
 
+// spanArgs are the reusable per-span buffers: every attribute is given at
+// span start (samplers see them, and the span grows its attribute slice
+// once). The SDK copies both slices.
+type spanArgs struct {
+	attrs []attribute.KeyValue
+	opts  []trace.SpanStartOption
+}
+
+var spanArgsPool = sync.Pool{New: func() any {
+	return &spanArgs{attrs: make([]attribute.KeyValue, 0, 24), opts: make([]trace.SpanStartOption, 0, 4)}
+}}
+
+func getSpanArgs() *spanArgs { return spanArgsPool.Get().(*spanArgs) }
+
+func putSpanArgs(a *spanArgs) {
+	clear(a.attrs)
+	clear(a.opts)
+	a.attrs, a.opts = a.attrs[:0], a.opts[:0]
+	spanArgsPool.Put(a)
+}
+
 // publishErrorType is the error.type of a failed publish.
 func publishErrorType(err error) string {
 	if et := errorType(err); et != "handler_error" {
@@ -258,8 +279,7 @@ type handlerTel struct {
 	dest               string
 
 	processName string
-	startOpts   []trace.SpanStartOption
-	rootOpts    []trace.SpanStartOption
+	startAttrs  []attribute.KeyValue
 
 	attrs        []attribute.KeyValue // system, operation name, destination[, group]
 	consumedOK   []metric.AddOption
@@ -288,8 +308,7 @@ func newHandlerTel(t *telemetry, name, topic, group string) *handlerTel {
 	h.attrs = attrs
 	h.processName = "process " + h.dest
 	start := append(attrs[:len(attrs):len(attrs)], semconv.MessagingOperationTypeProcess, AttrHandlerName.String(name))
-	h.startOpts = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(start...)}
-	h.rootOpts = append(h.startOpts[:2:2], trace.WithNewRoot())
+	h.startAttrs = start
 	set := metric.WithAttributeSet(attribute.NewSet(attrs...))
 	h.consumedOK = []metric.AddOption{set}
 	h.processOK = []metric.RecordOption{set}
@@ -372,7 +391,7 @@ func (t *telemetry) handlerMiddleware(ht *handlerTel) message.HandlerMiddleware 
 				pc.Context, sp = t.startProcess(orig, msg, ht)
 			}
 			if t.m != nil {
-				t.m.consumed.Inst().Add(pc.Context, 1, ht.consumedOK...)
+				t.m.consumed.Inst().Add(context.Background(), 1, ht.consumedOK...)
 			}
 			msg.SetContext(pc)
 			out, err := h(msg)
@@ -395,7 +414,7 @@ func (t *telemetry) handlerMiddleware(ht *handlerTel) message.HandlerMiddleware 
 				sp.End()
 			}
 			if t.m != nil {
-				ctx := pc.Context
+				ctx := context.Background() // exemplars: off the hot path
 				d := time.Since(start).Seconds()
 				if et == "" {
 					t.m.processDuration.Inst().Record(ctx, d, ht.processOK...)
@@ -418,43 +437,41 @@ func (t *telemetry) handlerMiddleware(ht *handlerTel) message.HandlerMiddleware 
 // producer's span extracted from the metadata (unless an ambient span is
 // in ctx or WithNewRootOnProcess was given) and it always links to it.
 func (t *telemetry) startProcess(ctx context.Context, msg *message.Message, ht *handlerTel) (context.Context, trace.Span) {
-	parent, opts := ctx, ht.startOpts
-	var link trace.Link
+	a := getSpanArgs()
+	defer putSpanArgs(a)
+	a.opts = append(a.opts, consumerKind)
+	parent := ctx
 	if t.hasCreationContext(msg.Metadata) || msg.Metadata["baggage"] != "" {
 		ectx := t.prop.Extract(ctx, propagation.MapCarrier(msg.Metadata))
-		link.SpanContext = trace.SpanContextFromContext(ectx)
-		ambient := trace.SpanContextFromContext(ctx).IsValid()
+		if sc := trace.SpanContextFromContext(ectx); sc.IsValid() {
+			a.opts = append(a.opts, trace.WithLinks(trace.Link{SpanContext: sc}))
+		}
 		switch {
-		case ambient:
+		case trace.SpanContextFromContext(ctx).IsValid(): // an ambient span: stay its child
 			parent = baggage.ContextWithBaggage(ctx, baggage.FromContext(ectx))
 		case t.processRoot:
-			parent, opts = ectx, ht.rootOpts
+			parent = ectx
+			a.opts = append(a.opts, newRoot)
 		default:
 			parent = ectx
 		}
 	}
-	sctx, sp := t.tracer.Start(parent, ht.processName, opts...)
-	if link.SpanContext.IsValid() {
-		sp.AddLink(link)
-	}
-	if sp.IsRecording() {
-		attrs := messageAttrs(msg)
-		switch t.broker {
-		case BrokerKafka:
-			if p, ok := wkafka.MessagePartitionFromCtx(ctx); ok {
-				attrs = append(attrs, semconv.MessagingDestinationPartitionID(strconv.Itoa(int(p))))
-			}
-			if o, ok := wkafka.MessagePartitionOffsetFromCtx(ctx); ok {
-				attrs = append(attrs, semconv.MessagingKafkaOffset(int(o)))
-			}
-		case BrokerAMQP:
-			if rk := msg.Metadata[amqp.KeyRoutingKey]; rk != "" {
-				attrs = append(attrs, semconv.MessagingRabbitMQDestinationRoutingKey(rk))
-			}
+	a.attrs = appendMessageAttrs(append(a.attrs, ht.startAttrs...), msg)
+	switch t.broker {
+	case BrokerKafka:
+		if p, ok := wkafka.MessagePartitionFromCtx(ctx); ok {
+			a.attrs = append(a.attrs, semconv.MessagingDestinationPartitionID(strconv.Itoa(int(p))))
 		}
-		sp.SetAttributes(attrs...)
+		if o, ok := wkafka.MessagePartitionOffsetFromCtx(ctx); ok {
+			a.attrs = append(a.attrs, semconv.MessagingKafkaOffset(int(o)))
+		}
+	case BrokerAMQP:
+		if rk := msg.Metadata[amqp.KeyRoutingKey]; rk != "" {
+			a.attrs = append(a.attrs, semconv.MessagingRabbitMQDestinationRoutingKey(rk))
+		}
 	}
-	return sctx, sp
+	a.opts = append(a.opts, trace.WithAttributes(a.attrs...))
+	return t.tracer.Start(parent, ht.processName, a.opts...)
 }
 
 // messageAge is how long ago the message was created (ce_time) or
