@@ -9,32 +9,30 @@ import (
 	"sync"
 
 	"github.com/ThreeDotsLabs/watermill"
-	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
-// Errors returned by the broker.
-var (
-	// ErrClosed is returned by operations on a closed Broker or subscriber.
-	ErrClosed = errors.New("amqp: closed")
-	// ErrQueueNotFound is returned by [Broker.QueueDepth] for a queue that
-	// does not exist (nobody prepared or subscribed the group yet).
-	ErrQueueNotFound = errors.New("amqp: queue not found")
+// Client names of the broker's two connections, shown in RabbitMQ's
+// management UI and rabbitmqctl list_connections.
+const (
+	publishConnectionName = "busline-publish"
+	consumeConnectionName = "busline-consume"
 )
 
-// connectionName is shown for Busline's connections in RabbitMQ's
-// management UI and rabbitmqctl list_connections.
-const connectionName = "busline"
-
-// Broker is the RabbitMQ adapter of the bus: one AMQP connection shared by
-// one publisher (with a channel pool in confirm mode) and every subscriber.
+// Broker is the RabbitMQ adapter of the bus: one AMQP connection for its
+// one publisher (a pool of channels with pipelined publisher confirms) and
+// one for every subscriber, Prepare, Ping and QueueDepth. Publishing and
+// consuming use separate connections, as RabbitMQ advises: when RabbitMQ
+// throttles publishers (flow control, memory alarms) it blocks their
+// connection, and acks sent on it would stall too.
 // All methods are safe for concurrent use.
 type Broker struct {
 	cfg    Config
 	logger watermill.LoggerAdapter
-	conn   *wamqp.ConnectionWrapper
-	pub    *wamqp.Publisher
+	pubc   *connection
+	sub    *connection
+	pub    *publisher
 
 	mu     sync.Mutex
 	closed bool
@@ -43,9 +41,8 @@ type Broker struct {
 	ops sync.WaitGroup // channel operations started by Prepare, Ping, QueueDepth
 }
 
-// New connects to RabbitMQ and opens the publisher's channel pool. cfg is
-// validated first; zero fields take their defaults. A nil logger logs
-// nothing.
+// New connects to RabbitMQ. cfg is validated first; zero fields take their
+// defaults. A nil logger logs nothing.
 func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -68,45 +65,32 @@ func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 		u.Scheme = "amqps"
 		uri = u.String()
 	}
-	props := amqp091.NewConnectionProperties()
-	props.SetClientConnectionName(connectionName)
+	acfg := amqp091.Config{TLSClientConfig: tlsCfg}
 
 	b := &Broker{cfg: cfg, logger: logger}
-	b.conn, err = wamqp.NewConnection(wamqp.ConnectionConfig{
-		AmqpURI:    uri,
-		AmqpConfig: &amqp091.Config{Properties: props, TLSClientConfig: tlsCfg},
-	}, logger)
+	b.pubc, err = dial(uri, acfg, publishConnectionName, logger)
 	if err != nil {
-		return nil, fmt.Errorf("amqp: connect: %w", err)
+		return nil, fmt.Errorf("amqp: connect: cannot connect to AMQP: %w", err)
 	}
-	b.pub, err = wamqp.NewPublisherWithConnection(b.config(""), logger, b.conn)
+	b.sub, err = dial(uri, acfg, consumeConnectionName, logger)
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("amqp: publisher: %w", err), b.conn.Close())
+		return nil, errors.Join(fmt.Errorf("amqp: connect: cannot connect to AMQP: %w", err), b.pubc.Close())
 	}
+	b.pub = newPublisher(b.pubc, cfg, logger)
 	return b, nil
 }
 
-// config is the watermill-amqp configuration of the group's subscriber, or
-// of the publisher for group "". It is NewDurablePubSubConfig with the
-// safe settings: confirms and a channel pool for publishing, a bounded
-// prefetch and the tolerant marshaler.
-func (b *Broker) config(group string) wamqp.Config {
-	c := wamqp.NewDurablePubSubConfig(b.cfg.URL, func(topic string) string {
-		return QueueName(topic, group)
-	})
-	c.Exchange.GenerateName = ExchangeName
-	c.Marshaler = marshaler{}
-	c.Publish.ConfirmDelivery = true
-	c.Publish.ChannelPoolSize = b.cfg.ChannelPoolSize
-	c.Consume.Qos.PrefetchCount = b.cfg.Prefetch
-	return c
-}
-
 // Publisher returns the broker's one publisher. Publish declares the
-// topic's exchange on first use and returns only after RabbitMQ confirmed
-// every message (publisher confirms); a message published to a topic no
-// queue is bound to is confirmed and dropped, so call [Broker.Prepare] for
-// every consumer group first. Closing it closes it for every user.
+// topic's exchange on first use, sends the messages in order on one
+// channel of the pool without waiting for each confirm (up to
+// Config.PublishWindow unconfirmed per channel), and returns once RabbitMQ
+// confirmed every one. When some were not confirmed it returns a
+// *[PublishError] that names each failed message and why: nacked
+// ([ErrNacked]), unroutable ([ErrUnroutable]: no queue is bound to the
+// topic; call [Broker.Prepare] for every consumer group first), or lost
+// with the connection ([ErrChannelClosed], [ErrNotConnected]). While the
+// connection is down Publish fails at once; the broker reconnects in the
+// background. Closing the publisher closes it for every user.
 func (b *Broker) Publisher() message.Publisher { return b.pub }
 
 // Subscriber returns a new subscriber of the consumer group: its
@@ -124,11 +108,7 @@ func (b *Broker) Subscriber(group string) (message.Subscriber, error) {
 	if b.closed {
 		return nil, ErrClosed
 	}
-	up, err := wamqp.NewSubscriberWithConnection(b.config(group), b.logger, b.conn)
-	if err != nil {
-		return nil, fmt.Errorf("amqp: subscriber: %w", err)
-	}
-	s := newSubscriber(up, b.cfg.NackDelay, b.forget)
+	s := newSubscriber(b, group)
 	b.subs = append(b.subs, s)
 	return s, nil
 }
@@ -147,21 +127,25 @@ func (b *Broker) Prepare(ctx context.Context, topic, group string) error {
 	if err := checkNames(topic, group); err != nil {
 		return err
 	}
-	cfg := b.config(group)
-	err := b.withChannel(ctx, func(ch *amqp091.Channel) error {
-		return cfg.TopologyBuilder.BuildTopology(ch, QueueName(topic, group), ExchangeName(topic), cfg, b.logger)
-	})
-	if err != nil {
+	if err := b.prepare(ctx, topic, group); err != nil {
 		return fmt.Errorf("amqp: prepare %s for %s: %w", topic, group, err)
 	}
 	return nil
 }
 
-// Ping checks that the connection is up and RabbitMQ answers: it opens
-// and closes a channel.
+func (b *Broker) prepare(ctx context.Context, topic, group string) error {
+	return b.withChannel(ctx, b.sub, func(ch *amqp091.Channel) error {
+		return declareTopology(ch, topic, group)
+	})
+}
+
+// Ping checks that both connections are up and RabbitMQ answers: it opens
+// and closes a channel on each.
 func (b *Broker) Ping(ctx context.Context) error {
-	if err := b.withChannel(ctx, func(*amqp091.Channel) error { return nil }); err != nil {
-		return fmt.Errorf("amqp: ping: %w", err)
+	for _, c := range []*connection{b.pubc, b.sub} {
+		if err := b.withChannel(ctx, c, func(*amqp091.Channel) error { return nil }); err != nil {
+			return fmt.Errorf("amqp: ping: %w", err)
+		}
 	}
 	return nil
 }
@@ -175,7 +159,7 @@ func (b *Broker) QueueDepth(ctx context.Context, topic, group string) (int, erro
 		return 0, err
 	}
 	var n int
-	err := b.withChannel(ctx, func(ch *amqp091.Channel) error {
+	err := b.withChannel(ctx, b.sub, func(ch *amqp091.Channel) error {
 		q, err := ch.QueueDeclarePassive(QueueName(topic, group), true, false, false, false, nil)
 		if err != nil {
 			var aerr *amqp091.Error
@@ -193,21 +177,21 @@ func (b *Broker) QueueDepth(ctx context.Context, topic, group string) (int, erro
 	return n, nil
 }
 
-// withChannel runs fn on a short-lived channel of the shared connection.
+// withChannel runs fn on a short-lived channel of connection c.
 // amqp091-go takes no context, so fn runs in a goroutine owned by the
 // broker (Close waits for it; closing the connection ends it) and
 // withChannel returns ctx's error as soon as ctx ends.
-func (b *Broker) withChannel(ctx context.Context, fn func(*amqp091.Channel) error) error {
+func (b *Broker) withChannel(ctx context.Context, c *connection, fn func(*amqp091.Channel) error) error {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return ErrClosed
 	}
-	if !b.conn.IsConnected() {
+	conn, _, err := c.current()
+	if err != nil {
 		b.mu.Unlock()
-		return errors.New("not connected to RabbitMQ")
+		return err
 	}
-	conn := b.conn.Connection()
 	b.ops.Add(1)
 	b.mu.Unlock()
 
@@ -234,7 +218,7 @@ func (b *Broker) withChannel(ctx context.Context, fn func(*amqp091.Channel) erro
 }
 
 // Close closes the subscribers still open (their in-flight deliveries go
-// back to their queues), the publisher and the connection. It is
+// back to their queues), the publisher and the connections. It is
 // idempotent.
 func (b *Broker) Close() error {
 	b.mu.Lock()
@@ -255,8 +239,10 @@ func (b *Broker) Close() error {
 	if err := b.pub.Close(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := b.conn.Close(); err != nil {
-		errs = append(errs, err)
+	for _, c := range []*connection{b.pubc, b.sub} {
+		if err := c.Close(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	b.ops.Wait()
 	if err := errors.Join(errs...); err != nil {

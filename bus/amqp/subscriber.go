@@ -3,32 +3,37 @@ package amqp
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
-	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
-// subscriber wraps a watermill-amqp subscriber so that a nacked delivery is
-// handed back to RabbitMQ only after the nack delay, instead of at once.
-//
-// Each subscription runs one forwarding goroutine, owned by the
-// subscriber: Close ends it, and every wait in it selects on the close
-// signal, so Close never waits for a nack delay (nor for a reader that
-// stopped reading, the trap of Watermill's MessageTransformSubscriberDecorator).
+// subscriber consumes the queues of one consumer group. Each subscription
+// has its own channel (prefetch Config.Prefetch) and one goroutine that
+// hands deliveries out while fewer than Config.Concurrency handed-out
+// messages are unsettled; each handed-out message gets a goroutine that
+// waits for its ack or nack and settles the delivery (a nack after the
+// nack delay). Close ends them all, and every wait in them selects on the
+// close signal, so Close never waits for a nack delay nor for a reader
+// that stopped reading (the trap of Watermill's
+// MessageTransformSubscriberDecorator).
 type subscriber struct {
-	up        *wamqp.Subscriber
-	nackDelay time.Duration
-	onClose   func(*subscriber)
+	b           *Broker
+	group       string
+	concurrency int
+	prefetch    int
+	nackDelay   time.Duration
+	logger      watermill.LoggerAdapter
 
 	closing   chan struct{}
 	closeOnce sync.Once
-	closeErr  error
 
 	// mu is held for reading while a subscription starts, and for writing
-	// by Close to set closed: watermill-amqp must not start a subscription
-	// while it closes.
+	// by Close to set closed: no subscription starts once Close waits.
 	mu     sync.RWMutex
 	closed bool
 	wg     sync.WaitGroup
@@ -39,17 +44,21 @@ var (
 	_ message.SubscribeInitializer = (*subscriber)(nil)
 )
 
-func newSubscriber(up *wamqp.Subscriber, nackDelay time.Duration, onClose func(*subscriber)) *subscriber {
+func newSubscriber(b *Broker, group string) *subscriber {
 	return &subscriber{
-		up:        up,
-		nackDelay: nackDelay,
-		onClose:   onClose,
-		closing:   make(chan struct{}),
+		b:           b,
+		group:       group,
+		concurrency: b.cfg.Concurrency,
+		prefetch:    b.cfg.Prefetch,
+		nackDelay:   b.cfg.NackDelay,
+		logger:      b.logger,
+		closing:     make(chan struct{}),
 	}
 }
 
-// Subscribe consumes the group's queue of topic. See the package
-// documentation for the delivery semantics.
+// Subscribe declares the group's queue of topic (and the exchange and
+// binding) and consumes it. See the package documentation for the
+// delivery semantics.
 func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	if err := checkTopic(topic); err != nil {
 		return nil, err
@@ -59,13 +68,12 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if s.closed {
 		return nil, ErrClosed
 	}
-	in, err := s.up.Subscribe(ctx, topic)
-	if err != nil {
-		return nil, errors.Join(errors.New("amqp: subscribe "+topic), err)
+	if err := s.b.prepare(ctx, topic, s.group); err != nil {
+		return nil, fmt.Errorf("amqp: subscribe %s: %w", topic, err)
 	}
 	out := make(chan *message.Message)
 	s.wg.Add(1)
-	go s.forward(ctx, in, out)
+	go s.run(ctx, topic, out)
 	return out, nil
 }
 
@@ -80,8 +88,8 @@ func (s *subscriber) SubscribeInitialize(topic string) error {
 	if s.closed {
 		return ErrClosed
 	}
-	if err := s.up.SubscribeInitialize(topic); err != nil {
-		return errors.Join(errors.New("amqp: declare "+topic), err)
+	if err := s.b.prepare(context.Background(), topic, s.group); err != nil {
+		return fmt.Errorf("amqp: declare %s: %w", topic, err)
 	}
 	return nil
 }
@@ -95,94 +103,204 @@ func (s *subscriber) Close() error {
 		s.closed = true
 		s.mu.Unlock()
 		close(s.closing)
-		s.closeErr = s.up.Close()
 		s.wg.Wait()
-		if s.onClose != nil {
-			s.onClose(s)
-		}
+		s.b.forget(s)
 	})
-	return s.closeErr
+	return nil
 }
 
-// forward hands messages from in to out until the subscription ends, then
-// closes out and gives back, unprocessed, whatever watermill-amqp still
-// hands over before it notices the end.
-func (s *subscriber) forward(ctx context.Context, in <-chan *message.Message, out chan<- *message.Message) {
+// subscription is the state of one Subscribe call.
+type subscription struct {
+	s     *subscriber
+	ctx   context.Context
+	queue string
+	out   chan *message.Message
+	sem   chan struct{}  // one token per handed-out, unsettled message
+	wg    sync.WaitGroup // settle goroutines
+}
+
+// run consumes until ctx ends or the subscriber closes, opening a new
+// channel (on the connection re-established, if it dropped) whenever the
+// current one dies.
+func (s *subscriber) run(ctx context.Context, topic string, out chan *message.Message) {
 	defer s.wg.Done()
+	sub := &subscription{
+		s:     s,
+		ctx:   ctx,
+		queue: QueueName(topic, s.group),
+		out:   out,
+		sem:   make(chan struct{}, s.concurrency),
+	}
+	fields := watermill.LogFields{"topic": topic, "amqp_queue_name": sub.queue}
+	retry := reconnectMin
+	var ch *amqp091.Channel
+	for first := true; ; first = false {
+		if !first {
+			// The channel died. Wait for the connection, then declare
+			// again: the queue may be gone with a restarted server.
+			if _, err := s.b.sub.wait(ctx, s.closing); err != nil {
+				break
+			}
+			if err := s.b.prepare(ctx, topic, s.group); err != nil {
+				s.logger.Error("AMQP subscription: declare again failed, retrying", err, fields)
+				if !sub.pause(retry) {
+					break
+				}
+				retry = min(retry*2, reconnectMax)
+				continue
+			}
+		}
+		var deliveries <-chan amqp091.Delivery
+		var err error
+		ch, deliveries, err = sub.consume()
+		if err != nil {
+			s.logger.Error("AMQP subscription: consume failed, retrying", err, fields)
+			if !sub.pause(retry) {
+				break
+			}
+			retry = min(retry*2, reconnectMax)
+			continue
+		}
+		retry = reconnectMin
+		if sub.loop(deliveries) {
+			break
+		}
+		_ = ch.Close() // the consumer may have been cancelled on a live channel
+		ch = nil
+		s.logger.Info("AMQP subscription: channel closed, consuming again", fields)
+	}
+	// Nothing more is handed out. The messages in the readers' hands may
+	// still be acked; then closing the channel returns what it prefetched.
+	close(out)
+	sub.wg.Wait()
+	if ch != nil {
+		_ = ch.Close()
+	}
+}
+
+// pause waits d, or less when the subscription ends first; it reports
+// whether the subscription goes on.
+func (sub *subscription) pause(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-sub.ctx.Done():
+	case <-sub.s.closing:
+	}
+	return false
+}
+
+// consume opens a channel with the prefetch and starts consuming the queue.
+func (sub *subscription) consume() (*amqp091.Channel, <-chan amqp091.Delivery, error) {
+	conn, _, err := sub.s.b.sub.current()
+	if err != nil {
+		return nil, nil, err
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := ch.Qos(sub.s.prefetch, 0, false); err != nil {
+		_ = ch.Close()
+		return nil, nil, err
+	}
+	deliveries, err := ch.Consume(sub.queue, "", false, false, false, false, nil)
+	if err != nil {
+		_ = ch.Close()
+		return nil, nil, err
+	}
+	return ch, deliveries, nil
+}
+
+// loop hands deliveries out, at most concurrency unsettled at a time,
+// until the subscription ends (it returns true) or the channel dies
+// (false).
+func (sub *subscription) loop(deliveries <-chan amqp091.Delivery) (stop bool) {
+	s := sub.s
 	for {
-		var up *message.Message
+		select {
+		case sub.sem <- struct{}{}:
+		case <-sub.ctx.Done():
+			return true
+		case <-s.closing:
+			return true
+		}
+		var d amqp091.Delivery
 		var ok bool
 		select {
-		case up, ok = <-in:
+		case d, ok = <-deliveries:
+		case <-sub.ctx.Done():
 		case <-s.closing:
-		case <-ctx.Done():
 		}
 		if !ok {
-			break
+			<-sub.sem
+			return sub.ctx.Err() != nil || sub.isClosing()
 		}
-		if !s.handle(ctx, up, out) {
-			break
-		}
-	}
-	close(out)
-	for {
+		msg, _ := marshaler{}.Unmarshal(d) // never fails
+		// The message's context ends once it is settled.
+		ctx, cancel := context.WithCancel(sub.ctx)
+		msg.SetContext(ctx)
 		select {
-		case up, ok := <-in:
-			if !ok {
-				return
-			}
-			up.Nack()
+		case sub.out <- msg:
+		case <-sub.ctx.Done():
+			cancel()
+			_ = d.Nack(false, true)
+			<-sub.sem
+			return true
 		case <-s.closing:
-			return
+			cancel()
+			_ = d.Nack(false, true)
+			<-sub.sem
+			return true
 		}
+		sub.wg.Add(1)
+		go sub.settle(d, msg, cancel)
 	}
 }
 
-// handle passes one message on and settles the delivery the way the reader
-// settled the copy. It reports whether the subscription goes on.
-func (s *subscriber) handle(ctx context.Context, up *message.Message, out chan<- *message.Message) bool {
-	if ctx.Err() != nil {
-		up.Nack()
+func (sub *subscription) isClosing() bool {
+	select {
+	case <-sub.s.closing:
+		return true
+	default:
 		return false
 	}
-	down := message.NewMessage(up.UUID, up.Payload)
-	down.Metadata = up.Metadata
-	down.SetContext(up.Context())
+}
 
+// settle acks or nacks d the way the reader settled msg, then frees its
+// place. A nack waits the nack delay first, unless the subscription ends.
+// When the subscriber closes first, d goes back to the queue at once.
+func (sub *subscription) settle(d amqp091.Delivery, msg *message.Message, cancel context.CancelFunc) {
+	defer sub.wg.Done()
+	defer func() { <-sub.sem }()
+	defer cancel()
+	var err error
 	select {
-	case out <- down:
-	case <-s.closing:
-		up.Nack()
-		return false
-	case <-ctx.Done():
-		up.Nack()
-		return false
+	case <-msg.Acked():
+		err = d.Ack(false)
+	case <-msg.Nacked():
+		sub.delay()
+		err = d.Nack(false, true)
+	case <-sub.s.closing:
+		err = d.Nack(false, true)
 	}
-
-	select {
-	case <-down.Acked():
-		up.Ack()
-		return true
-	case <-down.Nacked():
-		s.delay(ctx)
-		up.Nack()
-		return true
-	case <-s.closing:
-		up.Nack()
-		return false
+	if err != nil && !errors.Is(err, amqp091.ErrClosed) {
+		sub.s.logger.Error("AMQP subscription: settle delivery", err, watermill.LogFields{"message_uuid": msg.UUID})
 	}
 }
 
 // delay waits the nack delay, or less when the subscription ends first.
-func (s *subscriber) delay(ctx context.Context) {
-	if s.nackDelay <= 0 {
+func (sub *subscription) delay() {
+	if sub.s.nackDelay <= 0 || sub.ctx.Err() != nil {
 		return
 	}
-	t := time.NewTimer(s.nackDelay)
+	t := time.NewTimer(sub.s.nackDelay)
 	defer t.Stop()
 	select {
 	case <-t.C:
-	case <-s.closing:
-	case <-ctx.Done():
+	case <-sub.s.closing:
+	case <-sub.ctx.Done():
 	}
 }
