@@ -164,6 +164,7 @@ func TestTrace(t *testing.T) {
 			}
 			in := message.NewMessage("in-1", []byte("start"))
 			in.Metadata.Set("ce_type", "com.example.started")
+			in.Metadata.Set("ce_partitionkey", "k1")
 			if err := b.Publish(context.Background(), first, in); err != nil {
 				t.Fatal(err)
 			}
@@ -250,6 +251,7 @@ func TestTrace(t *testing.T) {
 			if br.name == "kafka" {
 				procWant["messaging.destination.partition.id"] = "0"
 				procWant["messaging.kafka.offset"] = 0
+				procWant["messaging.kafka.message.key"] = "k1"
 			}
 			wantAttrs(t, proc1.Name, proc1.Attributes, procWant)
 			wantAttrs(t, proc2.Name, proc2.Attributes, map[string]any{

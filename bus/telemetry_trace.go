@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -19,6 +20,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/busline/busline/bus/amqp"
+	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/bus/memory"
 	"github.com/busline/busline/schema"
 )
 
@@ -181,7 +184,7 @@ func (t *telemetry) startSend(m *message.Message, tt *topicTel) trace.Span {
 	carrier := propagation.MapCarrier(m.Metadata)
 	a := getSpanArgs()
 	defer putSpanArgs(a)
-	a.attrs = appendMessageAttrs(append(a.attrs, tt.startAttrs...), m)
+	a.attrs = appendMessageAttrs(append(a.attrs, tt.startAttrs...), m, t.broker == BrokerKafka)
 	if t.hasCreationContext(m.Metadata) {
 		a.opts = append(a.opts, clientKind, trace.WithAttributes(a.attrs...))
 		if sc := trace.SpanContextFromContext(t.prop.Extract(context.Background(), carrier)); sc.IsValid() {
@@ -214,7 +217,7 @@ func (t *telemetry) hasCreationContext(md message.Metadata) bool {
 
 // appendMessageAttrs appends the attributes of one message, for send and
 // process spans.
-func appendMessageAttrs(attrs []attribute.KeyValue, m *message.Message) []attribute.KeyValue {
+func appendMessageAttrs(attrs []attribute.KeyValue, m *message.Message, kafkaKey bool) []attribute.KeyValue {
 	md := m.Metadata
 	id := md[schema.KeyID]
 	if id == "" {
@@ -237,7 +240,7 @@ func appendMessageAttrs(attrs []attribute.KeyValue, m *message.Message) []attrib
 			attrs = append(attrs, AttrSchemaVersion.String(v))
 		}
 	}
-	if v := md[schema.KeyPartitionKey]; v != "" {
+	if v := md[schema.KeyPartitionKey]; v != "" && kafkaKey { // the record key
 		attrs = append(attrs, semconv.MessagingKafkaMessageKey(v))
 	}
 	return attrs
@@ -266,8 +269,15 @@ func putSpanArgs(a *spanArgs) {
 
 // publishErrorType is the error.type of a failed publish.
 func publishErrorType(err error) string {
-	if et := errorType(err); et != "handler_error" {
-		return et
+	switch {
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, memory.ErrQueueFull):
+		return "queue_full"
+	case errors.Is(err, memory.ErrClosed), errors.Is(err, kafka.ErrClosed), errors.Is(err, amqp.ErrClosed):
+		return "closed"
 	}
 	return semconv.ErrorType(err).Value.AsString()
 }
@@ -456,7 +466,7 @@ func (t *telemetry) startProcess(ctx context.Context, msg *message.Message, ht *
 			parent = ectx
 		}
 	}
-	a.attrs = appendMessageAttrs(append(a.attrs, ht.startAttrs...), msg)
+	a.attrs = appendMessageAttrs(append(a.attrs, ht.startAttrs...), msg, t.broker == BrokerKafka)
 	switch t.broker {
 	case BrokerKafka:
 		if p, ok := wkafka.MessagePartitionFromCtx(ctx); ok {
