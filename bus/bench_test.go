@@ -25,6 +25,10 @@ import (
 //   - default: Busline's default stack (middleware.Stack with a dead-letter
 //     publisher and the in-memory dedup store).
 //
+// Besides wall time per message (ns/op), it reports the CPU time the whole
+// process spent per message (cpu-ns/op: publisher, router, middleware, GC),
+// which other processes competing for the cores disturb much less.
+//
 // Sub-benchmarks for other stacks (default_otel, in bench_otel_test.go)
 // reuse benchRouter. Results and commands: docs/benchmarks.md.
 func BenchmarkStack(b *testing.B) {
@@ -127,6 +131,7 @@ func benchRouter(b *testing.B, mws ...message.HandlerMiddleware) {
 		ids[i] = "00000000-0000-4000-8000-" + strconv.FormatInt(100000000000+int64(i), 10)
 	}
 	b.ReportAllocs()
+	cpu0, cpuOK := processCPU()
 	b.ResetTimer()
 	go func() {
 		for _, id := range ids {
@@ -142,4 +147,7 @@ func benchRouter(b *testing.B, mws ...message.HandlerMiddleware) {
 		b.Fatalf("handled %d of %d messages", handled.Load(), b.N)
 	}
 	b.StopTimer()
+	if cpu1, ok := processCPU(); ok && cpuOK {
+		b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
+	}
 }
