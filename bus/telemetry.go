@@ -25,6 +25,34 @@ import (
 
 // ScopeName is the OpenTelemetry instrumentation scope of the bus's tracer
 // and meter: this package's import path.
+//
+// # Telemetry
+//
+// The bus follows the OpenTelemetry messaging semantic conventions
+// (semconv 1.43.0, its schema URL on the tracer and meter):
+//
+//   - Publishing makes one "send {topic}" PRODUCER span per message ("publish
+//     {exchange}" on RabbitMQ) and injects its context into the message's
+//     metadata with the propagator: traceparent, tracestate, baggage. A
+//     message that already carries a span context (forwarded, dead-lettered,
+//     replayed) keeps it; its send span is then a CLIENT span linked to it.
+//   - Each handler runs inside a "process {destination}" CONSUMER span, a
+//     child of the producer's span and linked to it ([WithNewRootOnProcess]:
+//     link only). The handler's ctx carries it, so what the handler
+//     publishes with ctx is its child. Retries, dead letters, duplicates and
+//     throttle waits are span events; a message a retry saved ends without
+//     error; failures and dead letters set status Error and error.type (no
+//     RecordError).
+//   - Metrics: the four messaging metrics and busline.* (see the Metric*
+//     constants and docs/monitoring.md). Measurements are recorded without
+//     the span context: no exemplars, which keeps the hot path cheap.
+//
+// Providers come from [WithTracerProvider], [WithMeterProvider] and
+// [WithPropagators], else the globals, resolved once in [New]. No-op
+// providers (the globals before they are set) switch tracing or metrics
+// off entirely: nothing is added to messages or to the hot path. The
+// default propagator is the global one once set, else W3C Trace Context
+// plus Baggage, so traces cross brokers without any set-up.
 const ScopeName = "github.com/busline/busline/bus"
 
 // DefaultTelemetryPollInterval is how often the bus polls the broker for
