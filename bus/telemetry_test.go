@@ -645,3 +645,36 @@ func TestMetricQueueDepth(t *testing.T) {
 		t.Errorf("queue depth %d, want 3", n)
 	}
 }
+
+// TestTraceNewRootOnProcess checks that WithNewRootOnProcess makes the
+// process span a new trace's root, linked to the producer's span.
+func TestTraceNewRootOnProcess(t *testing.T) {
+	exp, tp := newTracing()
+	b, err := bus.New(bus.Config{DeadLetterTopic: bustest.Name("dlq")}, bus.WithTracerProvider(tp), bus.WithNewRootOnProcess())
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic := bustest.Name("t")
+	done := make(chan struct{})
+	if err := b.Handle("h", topic, func(context.Context, *message.Message) error { close(done); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(context.Background(), topic, message.NewMessage("m", nil)); err != nil {
+		t.Fatal(err)
+	}
+	stop := runBus(t, b)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler not called within 10s")
+	}
+	stop()
+	spans := exp.GetSpans()
+	send, proc := findSpan(t, spans, "send "+topic), findSpan(t, spans, "process "+topic)
+	if proc.Parent.IsValid() || proc.SpanContext.TraceID() == send.SpanContext.TraceID() {
+		t.Errorf("process span: parent %v, trace %s: want a new root", proc.Parent, proc.SpanContext.TraceID())
+	}
+	if len(proc.Links) != 1 || proc.Links[0].SpanContext.SpanID() != send.SpanContext.SpanID() {
+		t.Errorf("process span links %v, want one to the send span", proc.Links)
+	}
+}
