@@ -16,18 +16,24 @@ import (
 // confirm-mode channels.
 //
 // A Publish call takes one channel of the pool (round robin) and sends its
-// messages on it in order, without waiting for each confirm: up to
-// window messages per channel are unconfirmed at a time (across the calls
-// sharing the channel). It returns when every message is confirmed,
-// returned or lost with its channel, so concurrent calls pipeline on the
-// pool's channels and one call's batch keeps its order in the queues.
+// messages on it in order with PublishWithDeferredConfirmWithContext,
+// without waiting for each confirm: a message takes one of the channel's
+// window slots until its confirm arrives, so at most window messages per
+// channel are unconfirmed at a time (across the calls sharing it). A call
+// waiting for a slot frees the slots of its own confirmed messages, so
+// calls sharing a channel never wait on each other for good. Publish
+// returns when every message is confirmed, nacked, or lost with its
+// channel; concurrent calls pipeline on the pool's channels, and one
+// call's batch keeps its order in the queues.
 //
-// Each channel has one dispatcher goroutine that reads its confirms and
-// returns. Both arrive on unbuffered Go channels from amqp091-go's reader
-// goroutine, in the order RabbitMQ sent them, and RabbitMQ sends the
-// basic.return of an unroutable mandatory message before its basic.ack:
-// the dispatcher has seen the return before the confirm, and reports the
-// message unroutable instead of confirmed.
+// Returns (mandatory messages RabbitMQ could not route) arrive on a Go
+// channel that one goroutine per AMQP channel reads and records by message
+// UUID. amqp091-go's reader goroutine hands it each return before it
+// processes the confirm that follows (RabbitMQ sends basic.return before
+// basic.ack), on an unbuffered channel, so the return is received before
+// the confirm resolves. Publish then asks that goroutine to flush (one
+// round trip per call, served only after it recorded what it received)
+// and finds the returns of its messages recorded.
 type publisher struct {
 	conn      *connection
 	logger    watermill.LoggerAdapter
@@ -43,7 +49,7 @@ type publisher struct {
 	closed    atomic.Bool
 	closing   chan struct{}
 	closeOnce sync.Once
-	wg        sync.WaitGroup // dispatchers
+	wg        sync.WaitGroup // returns dispatchers
 }
 
 var _ message.Publisher = (*publisher)(nil)
@@ -70,42 +76,16 @@ type poolSlot struct {
 	ch *confirmChannel
 }
 
-// confirmChannel is one confirm-mode channel and the messages in flight
-// on it.
+// confirmChannel is one confirm-mode channel of the pool.
 type confirmChannel struct {
 	ch    *amqp091.Channel
 	gen   uint64        // connection generation
 	slots chan struct{} // one token per unconfirmed message: the window
-	dead  chan struct{} // closed when the dispatcher ended
-
-	pubMu sync.Mutex // serialises publishes, so lastTag predicts the next tag
-	last  uint64     // delivery tag of the last publish; under pubMu
+	flush chan chan struct{}
+	dead  chan struct{} // closed when the returns dispatcher ended
 
 	mu       sync.Mutex
-	closed   bool
-	pending  map[uint64]pendingMsg // by delivery tag
-	returned map[string]int        // returns not yet matched to a confirm, by UUID
-}
-
-type pendingMsg struct {
-	uuid string
-	b    *batch
-}
-
-// batch collects the outcome of one Publish call.
-type batch struct {
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	failed map[string]error
-}
-
-func (b *batch) fail(uuid string, err error) {
-	b.mu.Lock()
-	if b.failed == nil {
-		b.failed = make(map[string]error)
-	}
-	b.failed[uuid] = err
-	b.mu.Unlock()
+	returned map[string]int // returns not yet claimed, by message UUID
 }
 
 // Publish publishes msgs to topic's exchange and returns when RabbitMQ has
@@ -116,105 +96,136 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	failAll := func(err error) error {
-		pe := &PublishError{Topic: topic, Total: len(msgs), Failed: make(map[string]error, len(msgs))}
-		for _, m := range msgs {
-			pe.Failed[m.UUID] = err
+	var failed map[string]error
+	fail := func(uuid string, err error) {
+		if failed == nil {
+			failed = make(map[string]error)
 		}
-		return pe
+		failed[uuid] = err
+	}
+	result := func() error {
+		if len(failed) == 0 {
+			return nil
+		}
+		return &PublishError{Topic: topic, Total: len(msgs), Failed: failed}
 	}
 	if err := checkTopic(topic); err != nil {
-		return failAll(err)
+		for _, m := range msgs {
+			fail(m.UUID, err)
+		}
+		return result()
 	}
 	if p.closed.Load() {
-		return failAll(ErrClosed)
+		for _, m := range msgs {
+			fail(m.UUID, ErrClosed)
+		}
+		return result()
 	}
 	cc, err := p.channel(topic)
 	if err != nil {
-		return failAll(err)
+		for _, m := range msgs {
+			fail(m.UUID, err)
+		}
+		return result()
 	}
 
-	var b batch
 	exchange := ExchangeName(topic)
-	for i, m := range msgs {
-		if err := p.publishOne(cc, &b, exchange, m); err != nil {
-			for _, rest := range msgs[i:] {
-				b.fail(rest.UUID, err)
+	dcs := make([]*amqp091.DeferredConfirmation, 0, len(msgs))
+	released := 0 // dcs[:released] gave their slot back
+	var sendErr error
+send:
+	for _, m := range msgs {
+		for acquired := false; !acquired; {
+			var oldest <-chan struct{}
+			if released < len(dcs) {
+				oldest = dcs[released].Done()
+			}
+			select {
+			case cc.slots <- struct{}{}:
+				acquired = true
+			case <-oldest:
+				<-cc.slots
+				released++
+			case <-p.closing:
+				sendErr = ErrClosed
+				break send
+			}
+		}
+		pub, _ := marshaler{}.Marshal(m) // never fails
+		ctx := m.Context()
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		dc, err := cc.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, "", p.mandatory, false, pub)
+		if err == nil && dc == nil {
+			err = errors.New("channel not in confirm mode")
+		}
+		if err != nil {
+			<-cc.slots
+			sendErr = err
+			if ctx.Err() == nil {
+				sendErr = fmt.Errorf("%w: %w", ErrChannelClosed, err)
 			}
 			break
 		}
+		dcs = append(dcs, dc)
 	}
-	b.wg.Wait()
-	if len(b.failed) == 0 {
-		return nil
+	for i, dc := range dcs {
+		<-dc.Done()
+		if i >= released {
+			<-cc.slots
+		}
 	}
-	return &PublishError{Topic: topic, Total: len(msgs), Failed: b.failed}
+	for _, m := range msgs[len(dcs):] {
+		fail(m.UUID, sendErr)
+	}
+
+	returned := p.mandatory && cc.flushReturns()
+	closed := cc.ch.IsClosed()
+	for i, dc := range dcs {
+		uuid := msgs[i].UUID
+		switch {
+		case returned && cc.claimReturn(uuid):
+			fail(uuid, ErrUnroutable)
+		case dc.Acked():
+		case closed:
+			fail(uuid, ErrChannelClosed)
+		default:
+			fail(uuid, ErrNacked)
+		}
+	}
+	return result()
 }
 
-// publishOne sends m on cc once the window has room and registers it for
-// its confirm. An error means m was not sent (nor any later message).
-func (p *publisher) publishOne(cc *confirmChannel, b *batch, exchange string, m *message.Message) error {
-	pub, _ := marshaler{}.Marshal(m) // never fails
+// flushReturns waits until the dispatcher recorded every return it
+// received so far, and reports whether any is waiting to be claimed.
+func (cc *confirmChannel) flushReturns() bool {
+	reply := make(chan struct{})
 	select {
-	case cc.slots <- struct{}{}:
+	case cc.flush <- reply:
+		<-reply
 	case <-cc.dead:
-		return ErrChannelClosed
-	case <-p.closing:
-		return ErrClosed
 	}
-	cc.pubMu.Lock()
-	defer cc.pubMu.Unlock()
-	tag := cc.last + 1
 	cc.mu.Lock()
-	if cc.closed {
-		cc.mu.Unlock()
-		<-cc.slots
-		return ErrChannelClosed
-	}
-	b.wg.Add(1)
-	cc.pending[tag] = pendingMsg{uuid: m.UUID, b: b}
-	cc.mu.Unlock()
-
-	ctx := m.Context()
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	dc, err := cc.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, "", p.mandatory, false, pub)
-	if err != nil {
-		// Not sent: amqp091-go gave the delivery tag back. Unless the
-		// dispatcher failed it already (the channel died), take it back.
-		if cc.settle(tag) != nil {
-			b.wg.Done()
-		}
-		if ctx.Err() == nil {
-			return fmt.Errorf("%w: %w", ErrChannelClosed, err)
-		}
-		return err
-	}
-	cc.last = tag
-	if dc == nil || dc.DeliveryTag != tag {
-		// Only if something else published on the channel: a bug.
-		p.logger.Error("AMQP publisher: delivery tag out of step, closing the channel", nil, watermill.LogFields{"expected": tag})
-		_ = cc.ch.Close()
-	}
-	return nil
+	defer cc.mu.Unlock()
+	return len(cc.returned) > 0
 }
 
-// settle removes the message with delivery tag tag from those in flight
-// and frees its window slot. It returns nil when the tag was not in
-// flight (settled already).
-func (cc *confirmChannel) settle(tag uint64) *pendingMsg {
+// claimReturn reports whether a return of the message uuid is recorded,
+// and removes it.
+func (cc *confirmChannel) claimReturn(uuid string) bool {
 	cc.mu.Lock()
-	pm, ok := cc.pending[tag]
-	if ok {
-		delete(cc.pending, tag)
+	defer cc.mu.Unlock()
+	n := cc.returned[uuid]
+	switch n {
+	case 0:
+		return false
+	case 1:
+		delete(cc.returned, uuid)
+	default:
+		cc.returned[uuid] = n - 1
 	}
-	cc.mu.Unlock()
-	if !ok {
-		return nil
-	}
-	<-cc.slots
-	return &pm
+	return true
 }
 
 // channel returns a live channel of the pool for a Publish to topic,
@@ -230,7 +241,7 @@ func (p *publisher) channel(topic string) (*confirmChannel, error) {
 	slot := p.pool[p.next.Add(1)%uint64(len(p.pool))]
 	slot.mu.Lock()
 	defer slot.mu.Unlock()
-	if cc := slot.ch; cc != nil && cc.gen == gen && !cc.isDead() {
+	if cc := slot.ch; cc != nil && cc.gen == gen && !cc.ch.IsClosed() {
 		return cc, nil
 	}
 	if p.closed.Load() {
@@ -247,35 +258,24 @@ func (p *publisher) channel(topic string) (*confirmChannel, error) {
 	return cc, nil
 }
 
-func (cc *confirmChannel) isDead() bool {
-	select {
-	case <-cc.dead:
-		return true
-	default:
-		return false
-	}
-}
-
-// open opens a confirm-mode channel and starts its dispatcher.
+// open opens a confirm-mode channel and starts its returns dispatcher.
 func (p *publisher) open(conn *amqp091.Connection, gen uint64) (*confirmChannel, error) {
 	ch, err := conn.Channel()
 	if err != nil {
 		return nil, fmt.Errorf("amqp: open publishing channel: %w", err)
 	}
-	// Unbuffered, so that they reach the dispatcher in the order RabbitMQ
-	// sent them (see publisher).
-	returns := ch.NotifyReturn(make(chan amqp091.Return))
-	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation))
 	cc := &confirmChannel{
 		ch:       ch,
 		gen:      gen,
 		slots:    make(chan struct{}, p.window),
+		flush:    make(chan chan struct{}),
 		dead:     make(chan struct{}),
-		pending:  make(map[uint64]pendingMsg),
 		returned: make(map[string]int),
 	}
+	// Unbuffered: see publisher.
+	returns := ch.NotifyReturn(make(chan amqp091.Return))
 	p.wg.Add(1)
-	go p.dispatch(cc, confirms, returns)
+	go p.dispatchReturns(cc, returns)
 	if err := ch.Confirm(false); err != nil {
 		_ = ch.Close()
 		return nil, fmt.Errorf("amqp: confirm mode: %w", err)
@@ -283,60 +283,25 @@ func (p *publisher) open(conn *amqp091.Connection, gen uint64) (*confirmChannel,
 	return cc, nil
 }
 
-// dispatch settles each message of cc as its confirm arrives, until the
-// channel closes; then it fails the messages still in flight.
-func (p *publisher) dispatch(cc *confirmChannel, confirms <-chan amqp091.Confirmation, returns <-chan amqp091.Return) {
+// dispatchReturns records the returns of cc and serves flush requests,
+// until the channel closes.
+func (p *publisher) dispatchReturns(cc *confirmChannel, returns <-chan amqp091.Return) {
 	defer p.wg.Done()
-	for confirms != nil || returns != nil {
+	defer close(cc.dead)
+	for {
 		select {
 		case r, ok := <-returns:
 			if !ok {
-				returns = nil
-				continue
+				return
 			}
 			uuid, _ := r.Headers[uuidHeader].(string)
 			cc.mu.Lock()
 			cc.returned[uuid]++
 			cc.mu.Unlock()
-		case c, ok := <-confirms:
-			if !ok {
-				confirms = nil
-				continue
-			}
-			pm := cc.settle(c.DeliveryTag)
-			if pm == nil {
-				continue
-			}
-			var err error
-			cc.mu.Lock()
-			if cc.returned[pm.uuid] > 0 {
-				err = ErrUnroutable
-				if cc.returned[pm.uuid]--; cc.returned[pm.uuid] == 0 {
-					delete(cc.returned, pm.uuid)
-				}
-			} else if !c.Ack {
-				err = ErrNacked
-			}
-			cc.mu.Unlock()
-			if err != nil {
-				pm.b.fail(pm.uuid, err)
-			}
-			pm.b.wg.Done()
+		case reply := <-cc.flush:
+			close(reply)
 		}
 	}
-	cc.mu.Lock()
-	cc.closed = true
-	left := cc.pending
-	cc.pending = nil
-	cc.mu.Unlock()
-	for range left {
-		<-cc.slots
-	}
-	for _, pm := range left {
-		pm.b.fail(pm.uuid, ErrChannelClosed)
-		pm.b.wg.Done()
-	}
-	close(cc.dead)
 }
 
 // declare declares topic's durable fanout exchange once per connection.
@@ -362,7 +327,7 @@ func (p *publisher) declare(conn *amqp091.Connection, gen uint64, topic string) 
 }
 
 // Close fails the messages still waiting for a confirm with
-// [ErrChannelClosed], closes the pool's channels and makes later Publish
+// [ErrChannelClosed] (they may have been stored), closes the pool's channels and makes later Publish
 // calls fail with [ErrClosed]. It is idempotent.
 func (p *publisher) Close() error {
 	p.closeOnce.Do(func() {
