@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/busline/busline/internal/inflight"
 )
 
 // drainer is a broker that can stop fetching and wait for the messages in
@@ -20,14 +22,14 @@ type drainer interface {
 type gate struct {
 	stopOnce sync.Once
 	stopping chan struct{}
-	inflight tracker
+	inflight inflight.Tracker
 }
 
 func newGate() *gate { return &gate{stopping: make(chan struct{})} }
 
 func (g *gate) StopFetching() { g.stopOnce.Do(func() { close(g.stopping) }) }
 
-func (g *gate) Drain(ctx context.Context) error { return g.inflight.wait(ctx) }
+func (g *gate) Drain(ctx context.Context) error { return g.inflight.Wait(ctx) }
 
 // drainSubscriber forwards a broker subscription to the router until the
 // gate stops fetching, and counts the messages in flight until they are
@@ -69,24 +71,24 @@ func (s *drainSubscriber) forward(ctx context.Context, in <-chan *message.Messag
 			if !ok {
 				return
 			}
-			s.g.inflight.add()
+			s.g.inflight.Add()
 			select {
 			case out <- m:
 			case <-ctx.Done():
 				m.Nack()
-				s.g.inflight.done()
+				s.g.inflight.Done()
 				s.discard(in)
 				return
 			case <-s.closing:
 				m.Nack()
-				s.g.inflight.done()
+				s.g.inflight.Done()
 				s.discard(in)
 				return
 			}
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
-				defer s.g.inflight.done()
+				defer s.g.inflight.Done()
 				select {
 				case <-m.Acked():
 				case <-m.Nacked():
@@ -132,54 +134,6 @@ func (s *drainSubscriber) Close() error {
 	})
 	s.wg.Wait()
 	return err
-}
-
-// tracker counts messages in flight and lets callers wait for zero.
-type tracker struct {
-	mu      sync.Mutex
-	n       int
-	waiters []chan struct{}
-}
-
-func (t *tracker) add() {
-	t.mu.Lock()
-	t.n++
-	t.mu.Unlock()
-}
-
-func (t *tracker) done() {
-	t.mu.Lock()
-	t.n--
-	if t.n == 0 {
-		for _, w := range t.waiters {
-			close(w)
-		}
-		t.waiters = nil
-	}
-	t.mu.Unlock()
-}
-
-func (t *tracker) count() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.n
-}
-
-func (t *tracker) wait(ctx context.Context) error {
-	t.mu.Lock()
-	if t.n == 0 {
-		t.mu.Unlock()
-		return nil
-	}
-	w := make(chan struct{})
-	t.waiters = append(t.waiters, w)
-	t.mu.Unlock()
-	select {
-	case <-w:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // SubscribeInitialize passes through to the broker's subscriber, if it can.

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/busline/busline/internal/inflight"
 )
 
 // Errors returned by the in-process broker.
@@ -39,7 +41,7 @@ type Broker struct {
 	stopOnce  sync.Once
 	closeOnce sync.Once
 	subs      sync.WaitGroup
-	inflight  tracker
+	inflight  inflight.Tracker
 }
 
 type topic struct {
@@ -173,7 +175,7 @@ func (b *Broker) StopFetching() {
 
 // Drain waits until no message is in flight (delivered and neither acked nor
 // nacked), or ctx is done.
-func (b *Broker) Drain(ctx context.Context) error { return b.inflight.wait(ctx) }
+func (b *Broker) Drain(ctx context.Context) error { return b.inflight.Wait(ctx) }
 
 // Close stops every subscription, closing their channels. Messages still in
 // queues are dropped: the in-process broker keeps nothing across a restart.
@@ -365,7 +367,7 @@ func (s *Subscriber) deliver(ctx context.Context, q *queue, out chan<- *message.
 	for {
 		mctx, cancel := context.WithCancel(ctx)
 		m.SetContext(mctx)
-		b.inflight.add()
+		b.inflight.Add()
 		select {
 		case out <- m:
 		case <-ctx.Done():
@@ -378,7 +380,7 @@ func (s *Subscriber) deliver(ctx context.Context, q *queue, out chan<- *message.
 		select {
 		case <-m.Acked():
 			cancel()
-			b.inflight.done()
+			b.inflight.Done()
 			return true
 		case <-m.Nacked():
 		case <-ctx.Done():
@@ -390,7 +392,7 @@ func (s *Subscriber) deliver(ctx context.Context, q *queue, out chan<- *message.
 		}
 		cancel()
 		m = m.Copy() // a message is acked or nacked once; the next try needs a fresh one
-		b.inflight.done()
+		b.inflight.Done()
 		select {
 		case <-b.stopping:
 			q.putBack(m)
@@ -426,48 +428,6 @@ func (s *Subscriber) interrupted(q *queue, m *message.Message, cancel context.Ca
 		m = m.Copy()
 	}
 	q.putBack(m)
-	s.b.inflight.done()
+	s.b.inflight.Done()
 	return false
-}
-
-// tracker counts messages in flight and lets callers wait for zero.
-type tracker struct {
-	mu      sync.Mutex
-	n       int
-	waiters []chan struct{}
-}
-
-func (t *tracker) add() {
-	t.mu.Lock()
-	t.n++
-	t.mu.Unlock()
-}
-
-func (t *tracker) done() {
-	t.mu.Lock()
-	t.n--
-	if t.n == 0 {
-		for _, w := range t.waiters {
-			close(w)
-		}
-		t.waiters = nil
-	}
-	t.mu.Unlock()
-}
-
-func (t *tracker) wait(ctx context.Context) error {
-	t.mu.Lock()
-	if t.n == 0 {
-		t.mu.Unlock()
-		return nil
-	}
-	w := make(chan struct{})
-	t.waiters = append(t.waiters, w)
-	t.mu.Unlock()
-	select {
-	case <-w:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
