@@ -19,10 +19,6 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 )
 
-// ErrClosed is returned by the methods of a closed [Broker] and by Publish
-// on its closed publisher.
-var ErrClosed = errors.New("kafka: closed")
-
 // Broker is the Kafka broker of a bus: one shared publisher, a subscriber
 // per consumer group, and an admin client for topics, health and lag.
 // It is safe for concurrent use.
@@ -65,13 +61,7 @@ func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka: admin client: %w", err)
 	}
-	pub, err := wkafka.NewPublisher(wkafka.PublisherConfig{
-		Brokers:               cfg.Brokers,
-		Marshaler:             marshaler{},
-		OverwriteSaramaConfig: prodCfg,
-		// OTELEnabled and Tracer stay off: watermill-kafka's tracer
-		// rewrites traceparent; Busline propagates trace context itself.
-	}, logger)
+	pub, err := newPublisher(cfg.Brokers, prodCfg)
 	if err != nil {
 		kcl.Close()
 		return nil, fmt.Errorf("kafka: publisher: %w", err)
@@ -79,16 +69,20 @@ func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 	return &Broker{
 		cfg:    cfg,
 		logger: logger,
-		pub:    &publisher{pub: pub},
+		pub:    pub,
 		kcl:    kcl,
 		admin:  kadm.NewClient(kcl),
 	}, nil
 }
 
-// Publisher returns the broker's one shared publisher. Publish returns once
-// every message was acknowledged by all in-sync replicas, one message after
-// the other; on the first failure it returns the error and does not send the
-// rest. It is safe for concurrent use.
+// Publisher returns the broker's one shared publisher. Publish sends all
+// its messages to Sarama at once (one SendMessages call, produce requests
+// batched per broker) and returns once every message was acknowledged by
+// all in-sync replicas or failed. Order per partition, and so per key, is
+// the order of the messages. When some fail, the others are still written
+// and the error is a *[PublishError] listing exactly the failed ones.
+// Close waits for the Publish calls in flight; Publish after Close returns
+// [ErrClosed]. It is safe for concurrent use.
 func (b *Broker) Publisher() message.Publisher { return b.pub }
 
 // Subscriber returns a new subscriber in the consumer group group, which
@@ -256,37 +250,4 @@ func (c Config) kgoOptions() ([]kgo.Opt, error) {
 		opts = append(opts, kgo.SASL(mech))
 	}
 	return opts, nil
-}
-
-// publisher guards watermill-kafka's publisher, whose closed flag is an
-// unsynchronised bool: Close waits for the Publish calls in flight, and a
-// Publish after Close returns ErrClosed.
-type publisher struct {
-	mu     sync.RWMutex
-	closed bool
-	pub    *wkafka.Publisher
-}
-
-// Publish implements message.Publisher.
-func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	if p.closed {
-		return ErrClosed
-	}
-	return p.pub.Publish(topic, msgs...)
-}
-
-// Close implements message.Publisher. It is idempotent.
-func (p *publisher) Close() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return nil
-	}
-	p.closed = true
-	if err := p.pub.Close(); err != nil {
-		return fmt.Errorf("kafka: close publisher: %w", err)
-	}
-	return nil
 }

@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"strconv"
 
@@ -24,13 +25,39 @@ type marshaler struct{}
 
 var _ wkafka.MarshalerUnmarshaler = marshaler{}
 
-// Marshal implements wkafka.Marshaler.
+// Marshal implements wkafka.Marshaler. The record is what
+// wkafka.DefaultMarshaler makes (the same headers), built with fewer
+// allocations: the header slice at its final size, and every header key and
+// value in one buffer. The payload is not copied: the message must not
+// change until Publish returns.
 func (marshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
-	rec, err := wkafka.DefaultMarshaler{}.Marshal(topic, msg)
-	if err != nil {
-		return nil, err
+	if msg.Metadata[wkafka.UUIDHeaderKey] != "" {
+		return nil, fmt.Errorf("metadata %s is reserved by watermill for message UUID", wkafka.UUIDHeaderKey)
 	}
-	if key := msg.Metadata.Get(schema.KeyPartitionKey); key != "" {
+	n := len(wkafka.UUIDHeaderKey) + len(msg.UUID)
+	for k, v := range msg.Metadata {
+		n += len(k) + len(v)
+	}
+	buf := make([]byte, 0, n)
+	headers := make([]sarama.RecordHeader, 0, 1+len(msg.Metadata))
+	add := func(k, v string) {
+		s := len(buf)
+		buf = append(buf, k...)
+		kb := buf[s:len(buf):len(buf)]
+		s = len(buf)
+		buf = append(buf, v...)
+		headers = append(headers, sarama.RecordHeader{Key: kb, Value: buf[s:len(buf):len(buf)]})
+	}
+	add(wkafka.UUIDHeaderKey, msg.UUID)
+	for k, v := range msg.Metadata {
+		add(k, v)
+	}
+	rec := &sarama.ProducerMessage{
+		Topic:   topic,
+		Value:   sarama.ByteEncoder(msg.Payload),
+		Headers: headers,
+	}
+	if key := msg.Metadata[schema.KeyPartitionKey]; key != "" {
 		rec.Key = sarama.StringEncoder(key)
 	}
 	return rec, nil
