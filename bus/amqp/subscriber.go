@@ -117,6 +117,7 @@ type subscription struct {
 	out   chan *message.Message
 	sem   chan struct{}  // one token per handed-out, unsettled message
 	wg    sync.WaitGroup // settle goroutines
+	acker *acker         // of the current channel
 }
 
 // run consumes until ctx ends or the subscriber closes, opening a new
@@ -153,6 +154,9 @@ func (s *subscriber) run(ctx context.Context, topic string, out chan *message.Me
 		var deliveries <-chan amqp091.Delivery
 		var err error
 		ch, deliveries, err = sub.consume()
+		if err == nil {
+			sub.acker = newAcker(ch)
+		}
 		if err != nil {
 			s.logger.Error("AMQP subscription: consume failed, retrying", err, fields)
 			if !sub.pause(retry) {
@@ -162,7 +166,16 @@ func (s *subscriber) run(ctx context.Context, topic string, out chan *message.Me
 			continue
 		}
 		retry = reconnectMin
-		if sub.loop(deliveries) {
+		flushed := make(chan struct{})
+		stopFlush := make(chan struct{})
+		go func(a *acker) {
+			defer close(flushed)
+			sub.flushLoop(a, stopFlush)
+		}(sub.acker)
+		stop := sub.loop(deliveries)
+		close(stopFlush)
+		<-flushed
+		if stop {
 			break
 		}
 		_ = ch.Close() // the consumer may have been cancelled on a live channel
@@ -174,7 +187,24 @@ func (s *subscriber) run(ctx context.Context, topic string, out chan *message.Me
 	close(out)
 	sub.wg.Wait()
 	if ch != nil {
+		if err := sub.acker.flush(); err != nil && !errors.Is(err, amqp091.ErrClosed) {
+			s.logger.Error("AMQP subscription: ack", err, fields)
+		}
 		_ = ch.Close()
+	}
+}
+
+// flushLoop sends the acks of a as they become sendable, until stop.
+func (sub *subscription) flushLoop(a *acker, stop <-chan struct{}) {
+	for {
+		select {
+		case <-a.kick:
+			if err := a.flush(); err != nil && !errors.Is(err, amqp091.ErrClosed) {
+				sub.s.logger.Error("AMQP subscription: ack", err, nil)
+			}
+		case <-stop:
+			return
+		}
 	}
 }
 
@@ -246,17 +276,17 @@ func (sub *subscription) loop(deliveries <-chan amqp091.Delivery) (stop bool) {
 		case sub.out <- msg:
 		case <-sub.ctx.Done():
 			cancel()
-			_ = d.Nack(false, true)
+			_ = sub.acker.nack(d.DeliveryTag)
 			<-sub.sem
 			return true
 		case <-s.closing:
 			cancel()
-			_ = d.Nack(false, true)
+			_ = sub.acker.nack(d.DeliveryTag)
 			<-sub.sem
 			return true
 		}
 		sub.wg.Add(1)
-		go sub.settle(d, msg, cancel)
+		go sub.settle(sub.acker, d, msg, cancel)
 	}
 }
 
@@ -272,19 +302,19 @@ func (sub *subscription) isClosing() bool {
 // settle acks or nacks d the way the reader settled msg, then frees its
 // place. A nack waits the nack delay first, unless the subscription ends.
 // When the subscriber closes first, d goes back to the queue at once.
-func (sub *subscription) settle(d amqp091.Delivery, msg *message.Message, cancel context.CancelFunc) {
+func (sub *subscription) settle(a *acker, d amqp091.Delivery, msg *message.Message, cancel context.CancelFunc) {
 	defer sub.wg.Done()
 	defer func() { <-sub.sem }()
 	defer cancel()
 	var err error
 	select {
 	case <-msg.Acked():
-		err = d.Ack(false)
+		a.ack(d.DeliveryTag)
 	case <-msg.Nacked():
 		sub.delay()
-		err = d.Nack(false, true)
+		err = a.nack(d.DeliveryTag)
 	case <-sub.s.closing:
-		err = d.Nack(false, true)
+		err = a.nack(d.DeliveryTag)
 	}
 	if err != nil && !errors.Is(err, amqp091.ErrClosed) {
 		sub.s.logger.Error("AMQP subscription: settle delivery", err, watermill.LogFields{"message_uuid": msg.UUID})
