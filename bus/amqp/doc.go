@@ -1,6 +1,8 @@
-// Package amqp is the RabbitMQ broker of the bus (BUSLINE_BROKER=amqp),
-// built on watermill-amqp v2 and amqp091-go, with safe defaults where
-// watermill-amqp has unsafe ones.
+// Package amqp is the RabbitMQ broker of the bus (BUSLINE_BROKER=amqp):
+// a Watermill publisher and subscriber written on amqp091-go (it replaced
+// watermill-amqp v2, whose publisher waits for each confirm and whose
+// subscriber hands out one message at a time), wire-compatible with
+// watermill-amqp's durable pub/sub and with safe defaults.
 //
 // # Topology
 //
@@ -18,25 +20,47 @@
 // group) before publishing, and messages published before the group
 // subscribes wait in its queue.
 //
-// One AMQP connection (client name "busline") is shared by the publisher
-// and every subscriber; watermill-amqp reconnects it with backoff when it
-// drops, and subscribers declare their topology again.
+// The broker holds two AMQP connections: "busline-publish" for its
+// publisher and "busline-consume" for every subscriber and for Prepare,
+// Ping and QueueDepth (RabbitMQ blocks a publishing connection under flow
+// control; acks on it would stall too). When one drops, the broker
+// redials it in the background with backoff (250ms doubling to 30s, with
+// jitter). Meanwhile Publish fails at once with [ErrNotConnected] (or
+// [ErrChannelClosed] for messages in flight), and the next Publish after
+// the reconnect goes through; subscriptions wait for the connection,
+// declare their topology again and resume.
 //
 // # Defaults
 //
 //   - Durable: exchanges and queues are durable, messages are published
 //     persistent (delivery mode 2), so they survive a broker restart.
-//   - Publisher confirms: Publish returns only after RabbitMQ confirmed each
-//     message (for a persistent message on a durable queue: after it was
-//     written). Publishing uses a pool of ChannelPoolSize channels (default
-//     [DefaultChannelPoolSize]) in confirm mode, instead of watermill-amqp's
-//     channel per Publish.
+//   - Pipelined publisher confirms: Publish returns only after RabbitMQ
+//     confirmed each message (for a persistent message on a durable queue:
+//     after it was written), but does not wait for one confirm before it
+//     sends the next: up to PublishWindow (default [DefaultPublishWindow])
+//     messages per channel are unconfirmed at once. Publishing uses a pool
+//     of ChannelPoolSize channels (default [DefaultChannelPoolSize]) in
+//     confirm mode; one Publish call sends its batch on one channel, in
+//     order. Publish a batch in one call: its cost is about one round trip
+//     and one disk sync, not one per message.
+//   - Per-message outcome: when some messages of a call fail, Publish
+//     returns a *[PublishError] that maps each failed message's UUID to
+//     its cause: [ErrNacked] (RabbitMQ refused it, e.g. a full queue with
+//     x-overflow reject-publish), [ErrUnroutable], [ErrChannelClosed] or
+//     [ErrNotConnected]. Messages not listed were confirmed.
+//   - Mandatory: messages are published mandatory, and one no queue is
+//     bound to comes back as [ErrUnroutable] instead of being confirmed
+//     and dropped. Config.AllowUnroutable turns this off.
 //   - Manual acks: a delivery is acked only when the handler acks the
-//     message.
-//   - Bounded prefetch: each subscription's channel holds at most Prefetch
-//     (default [DefaultPrefetch]) unacknowledged deliveries. watermill-amqp
-//     hands them to the reader one at a time, so prefetch buffers but does
-//     not add parallelism; run several subscriptions for that.
+//     message. Acks of a run of consecutive deliveries go out as one
+//     multiple ack when they pile up; nacks go out at once.
+//   - Bounded parallelism: a subscription hands out up to Concurrency
+//     (default [DefaultConcurrency], 1) messages before one of them is
+//     settled; the router runs a handler per message, so at most
+//     Concurrency handlers of a subscription run at once. Its channel
+//     holds at most Prefetch (default: the larger of [DefaultPrefetch] and
+//     Concurrency) unacknowledged deliveries, those in the handlers
+//     included; Prefetch below Concurrency is a configuration error.
 //   - Nack delay: RabbitMQ requeues a nacked delivery at once, which makes a
 //     failing message a hot loop. Here a Nack waits NackDelay (default
 //     [DefaultNackDelay]) before the delivery is returned to the queue. The
@@ -72,17 +96,21 @@
 // A nacked message, one in flight when its subscriber closes, and one held
 // by a consumer whose connection dies return to the queue and are
 // delivered again, possibly to another subscription of the group, with
-// [KeyRedelivered] "true". Within one subscription messages arrive in
-// queue order and the next is handed out only after the previous one was
-// acked or nacked; across the competing subscriptions of a group there is
-// no order.
+// [KeyRedelivered] "true". With Concurrency 1, within one subscription
+// messages arrive in queue order and the next is handed out only after
+// the previous one was acked or nacked; with Concurrency above 1 they are
+// handed out in queue order but handled in parallel, so they finish (and
+// a nacked one comes back) out of order. Across the competing
+// subscriptions of a group there is no order. Watermill's conformance
+// suite runs with the default Concurrency, ordered features on.
 //
 // # Shutdown
 //
 // Cancelling the context given to Subscribe stops fetching: no further
-// message is handed out, the message being processed may still be acked
-// (a nack returns it at once, without the delay), then the channel is
-// closed. Closing a subscriber returns its in-flight deliveries to the
+// message is handed out and the messages channel is closed; the messages
+// being processed may still be acked (a nack returns them at once,
+// without the delay), then the AMQP channel is closed, which returns what
+// it prefetched. Closing a subscriber returns its in-flight deliveries to the
 // queue at once, also one waiting out a nack delay, and closes its
 // channels; Close never waits for a nack delay or for a reader. The bus
 // closes subscribers and the publisher before [Broker.Close], which closes
