@@ -60,6 +60,8 @@ type Config struct {
 	// AMQP configures the RabbitMQ broker.
 	// Env: BUSLINE_AMQP_URL, BUSLINE_AMQP_PREFETCH,
 	// BUSLINE_AMQP_CHANNEL_POOL_SIZE, BUSLINE_AMQP_NACK_DELAY,
+	// BUSLINE_AMQP_CONCURRENCY, BUSLINE_AMQP_PUBLISH_WINDOW,
+	// BUSLINE_AMQP_ALLOW_UNROUTABLE,
 	// BUSLINE_AMQP_TLS, BUSLINE_AMQP_TLS_CA_FILE, BUSLINE_AMQP_TLS_CERT_FILE,
 	// BUSLINE_AMQP_TLS_KEY_FILE, BUSLINE_AMQP_TLS_SERVER_NAME,
 	// BUSLINE_AMQP_TLS_INSECURE_SKIP_VERIFY.
@@ -155,6 +157,9 @@ func configFromLookup(lookup func(string) (string, bool)) (Config, error) {
 			Prefetch:        e.integer("BUSLINE_AMQP_PREFETCH"),
 			ChannelPoolSize: e.integer("BUSLINE_AMQP_CHANNEL_POOL_SIZE"),
 			NackDelay:       e.duration("BUSLINE_AMQP_NACK_DELAY"),
+			Concurrency:     e.integer("BUSLINE_AMQP_CONCURRENCY"),
+			PublishWindow:   e.integer("BUSLINE_AMQP_PUBLISH_WINDOW"),
+			AllowUnroutable: e.boolean("BUSLINE_AMQP_ALLOW_UNROUTABLE"),
 			TLS:             e.tls("BUSLINE_AMQP_TLS"),
 		},
 	}
