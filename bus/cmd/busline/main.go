@@ -376,7 +376,11 @@ func (c *cli) consume(ctx context.Context, cmd string, want map[string]int, upto
 	if c.opts.verbose {
 		logger = slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	b, err := bus.New(c.cfg, bus.WithLogger(logger))
+	cfg := c.cfg
+	// One dead letter at a time, in backlog order: the next delivery then
+	// also shows that the previous ack was settled (see below).
+	cfg.AMQP.Concurrency = 1
+	b, err := bus.New(cfg, bus.WithLogger(logger))
 	if err != nil {
 		return 0, err
 	}
