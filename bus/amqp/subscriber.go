@@ -314,7 +314,14 @@ func (sub *subscription) settle(a *acker, d amqp091.Delivery, msg *message.Messa
 		sub.delay()
 		err = a.nack(d.DeliveryTag)
 	case <-sub.s.closing:
-		err = a.nack(d.DeliveryTag)
+		// select picks at random among ready cases: an ack that raced the
+		// close still counts, or the message would come back as a duplicate.
+		select {
+		case <-msg.Acked():
+			a.ack(d.DeliveryTag)
+		default:
+			err = a.nack(d.DeliveryTag)
+		}
 	}
 	if err != nil && !errors.Is(err, amqp091.ErrClosed) {
 		sub.s.logger.Error("AMQP subscription: settle delivery", err, watermill.LogFields{"message_uuid": msg.UUID})
