@@ -13,54 +13,118 @@ import (
 )
 
 // marshaler turns a Watermill message into a Kafka record: metadata become
-// headers 1:1 (Watermill's DefaultMarshaler; the UUID travels in the
-// _watermill_message_uuid header), and the record key is the metadata value
-// schema.KeyPartitionKey when it is set. A message without that key gets no
-// record key (not an empty one, which Watermill's partitioning marshaler
-// would send and which would put every such message on one partition), so
-// the partitioner spreads such messages over the partitions.
+// headers 1:1 (as Watermill's DefaultMarshaler does), and the record key is
+// the metadata value schema.KeyPartitionKey when it is set. A message
+// without that key gets no record key (not an empty one, which Watermill's
+// partitioning marshaler would send and which would put every such message
+// on one partition), so the partitioner spreads such messages over the
+// partitions.
+//
+// The UUID travels once: in the ce_id header when ce_id is the UUID (every
+// message the bus publishes), else in Watermill's
+// _watermill_message_uuid header. Unmarshal takes the UUID from either, so
+// Busline reads both; a consumer using watermill-kafka's DefaultMarshaler
+// sees an empty UUID on the former, and ce_id in its metadata.
 //
 // Unmarshal never fails: see [marshaler.Unmarshal].
 type marshaler struct{}
 
 var _ wkafka.MarshalerUnmarshaler = marshaler{}
 
-// Marshal implements wkafka.Marshaler. The record is what
-// wkafka.DefaultMarshaler makes (the same headers), built with fewer
-// allocations: the header slice at its final size, and every header key and
-// value in one buffer. The payload is not copied: the message must not
-// change until Publish returns.
+// Marshal implements wkafka.Marshaler (see [marshalRecords]).
 func (marshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
-	if msg.Metadata[wkafka.UUIDHeaderKey] != "" {
-		return nil, fmt.Errorf("metadata %s is reserved by watermill for message UUID", wkafka.UUIDHeaderKey)
+	rb := marshalRecords(topic, []*message.Message{msg})
+	if len(rb.failed) > 0 {
+		return nil, rb.failed[0].Err
 	}
-	n := len(wkafka.UUIDHeaderKey) + len(msg.UUID)
-	for k, v := range msg.Metadata {
-		n += len(k) + len(v)
+	return rb.recs[0], nil
+}
+
+// records are the Kafka records of the messages of one Publish call.
+type records struct {
+	// recs are the records of the messages that marshaled, in order.
+	recs []*sarama.ProducerMessage
+	// pos[i] is the position in the Publish call of recs[i]; nil when
+	// every message marshaled (pos[i] == i).
+	pos []int
+	// failed are the messages that did not marshal.
+	failed []FailedMessage
+}
+
+// at returns the position in the Publish call of recs[i].
+func (r *records) at(i int) int {
+	if r.pos == nil {
+		return i
 	}
-	buf := make([]byte, 0, n)
-	headers := make([]sarama.RecordHeader, 0, 1+len(msg.Metadata))
-	add := func(k, v string) {
+	return r.pos[i]
+}
+
+// marshalRecords marshals msgs into records of topic (see [marshaler])
+// with a fixed number of allocations, whatever the number of messages: the
+// records, their encoders and their headers live in one slice each, and
+// every header key and value, and every record key, in one byte buffer. The
+// payloads are not copied: a message must not change until Publish returns.
+// A message whose metadata holds _watermill_message_uuid, reserved by
+// Watermill, fails.
+func marshalRecords(topic string, msgs []*message.Message) records {
+	nHeaders, nBytes := 0, 0
+	for _, m := range msgs {
+		if m.Metadata[schema.KeyID] != m.UUID {
+			nHeaders++
+			nBytes += len(wkafka.UUIDHeaderKey) + len(m.UUID)
+		}
+		nHeaders += len(m.Metadata)
+		for k, v := range m.Metadata {
+			nBytes += len(k) + len(v)
+		}
+		nBytes += len(m.Metadata[schema.KeyPartitionKey])
+	}
+	var (
+		out     = records{recs: make([]*sarama.ProducerMessage, 0, len(msgs))}
+		store   = make([]sarama.ProducerMessage, len(msgs))
+		encs    = make([]sarama.ByteEncoder, 2*len(msgs)) // value, key
+		headers = make([]sarama.RecordHeader, 0, nHeaders)
+		buf     = make([]byte, 0, nBytes)
+	)
+	bytes := func(v string) []byte {
 		s := len(buf)
-		buf = append(buf, k...)
-		kb := buf[s:len(buf):len(buf)]
-		s = len(buf)
 		buf = append(buf, v...)
-		headers = append(headers, sarama.RecordHeader{Key: kb, Value: buf[s:len(buf):len(buf)]})
+		return buf[s:len(buf):len(buf)]
 	}
-	add(wkafka.UUIDHeaderKey, msg.UUID)
-	for k, v := range msg.Metadata {
-		add(k, v)
+	for i, m := range msgs {
+		if m.Metadata[wkafka.UUIDHeaderKey] != "" {
+			if out.pos == nil {
+				out.pos = make([]int, len(out.recs), len(msgs))
+				for j := range out.pos {
+					out.pos[j] = j
+				}
+			}
+			out.failed = append(out.failed, FailedMessage{Index: i, UUID: m.UUID,
+				Err: fmt.Errorf("kafka: marshal: metadata %s is reserved by watermill for message UUID", wkafka.UUIDHeaderKey)})
+			continue
+		}
+		h := len(headers)
+		if m.Metadata[schema.KeyID] != m.UUID {
+			headers = append(headers, sarama.RecordHeader{Key: bytes(wkafka.UUIDHeaderKey), Value: bytes(m.UUID)})
+		}
+		for k, v := range m.Metadata {
+			headers = append(headers, sarama.RecordHeader{Key: bytes(k), Value: bytes(v)})
+		}
+		rec := &store[i]
+		rec.Topic = topic
+		rec.Headers = headers[h:len(headers):len(headers)]
+		encs[2*i] = sarama.ByteEncoder(m.Payload)
+		rec.Value = &encs[2*i]
+		if key := m.Metadata[schema.KeyPartitionKey]; key != "" {
+			encs[2*i+1] = bytes(key)
+			rec.Key = &encs[2*i+1]
+		}
+		out.recs = append(out.recs, rec)
+		if out.pos != nil {
+			out.pos = append(out.pos, i)
+		}
 	}
-	rec := &sarama.ProducerMessage{
-		Topic:   topic,
-		Value:   sarama.ByteEncoder(msg.Payload),
-		Headers: headers,
-	}
-	if key := msg.Metadata[schema.KeyPartitionKey]; key != "" {
-		rec.Key = sarama.StringEncoder(key)
-	}
-	return rec, nil
+	return out
 }
 
 // Unmarshal implements wkafka.Unmarshaler and never returns an error: in

@@ -50,46 +50,19 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 		return nil
 	}
 
-	recs := make([]*sarama.ProducerMessage, 0, len(msgs))
-	var (
-		failed []FailedMessage
-		idx    []int // idx[i] is the position in msgs of recs[i], once a message failed to marshal
-	)
-	for i, m := range msgs {
-		rec, err := marshaler{}.Marshal(topic, m)
-		if err != nil {
-			if idx == nil {
-				idx = make([]int, len(recs), len(msgs))
-				for j := range idx {
-					idx[j] = j
-				}
-			}
-			failed = append(failed, FailedMessage{Index: i, UUID: m.UUID, Err: fmt.Errorf("kafka: marshal: %w", err)})
-			continue
-		}
-		recs = append(recs, rec)
-		if idx != nil {
-			idx = append(idx, i)
-		}
-	}
-	pos := func(i int) int {
-		if idx == nil {
-			return i
-		}
-		return idx[i]
-	}
-
+	rb := marshalRecords(topic, msgs)
+	recs, failed := rb.recs, rb.failed
 	switch len(recs) {
 	case 0:
 	case 1:
 		// SendMessages starts a goroutine; one message needs none.
 		if _, _, err := p.prod.SendMessage(recs[0]); err != nil {
-			i := pos(0)
+			i := rb.at(0)
 			failed = append(failed, FailedMessage{Index: i, UUID: msgs[i].UUID, Err: err})
 		}
 	default:
 		if err := p.prod.SendMessages(recs); err != nil {
-			failed = appendFailed(failed, err, msgs, recs, pos)
+			failed = appendFailed(failed, err, msgs, &rb)
 		}
 	}
 	if len(failed) == 0 {
@@ -100,21 +73,21 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 }
 
 // appendFailed appends to failed the messages that err, returned by
-// SendMessages(recs), reports. recs[i] is msgs[pos(i)].
-func appendFailed(failed []FailedMessage, err error, msgs []*message.Message, recs []*sarama.ProducerMessage, pos func(int) int) []FailedMessage {
+// SendMessages(rb.recs), reports.
+func appendFailed(failed []FailedMessage, err error, msgs []*message.Message, rb *records) []FailedMessage {
 	var perrs sarama.ProducerErrors
 	if !errors.As(err, &perrs) {
 		// SendMessages reports nothing else today; if it ever does, no
 		// message is known to be written.
-		for i := range recs {
-			j := pos(i)
+		for i := range rb.recs {
+			j := rb.at(i)
 			failed = append(failed, FailedMessage{Index: j, UUID: msgs[j].UUID, Err: err})
 		}
 		return failed
 	}
-	at := make(map[*sarama.ProducerMessage]int, len(recs))
-	for i, r := range recs {
-		at[r] = pos(i)
+	at := make(map[*sarama.ProducerMessage]int, len(rb.recs))
+	for i, r := range rb.recs {
+		at[r] = rb.at(i)
 	}
 	for _, pe := range perrs {
 		j, ok := at[pe.Msg]

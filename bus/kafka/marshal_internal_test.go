@@ -1,0 +1,105 @@
+package kafka
+
+import (
+	"maps"
+	"slices"
+	"testing"
+
+	"github.com/IBM/sarama"
+	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/busline/busline/schema"
+)
+
+// marshalRecords writes what watermill-kafka's DefaultMarshaler writes,
+// except the _watermill_message_uuid header when ce_id is the UUID; the
+// record key is ce_partitionkey; Unmarshal gives back UUID, metadata and
+// payload; a message with reserved metadata fails alone.
+func TestMarshalRecords(t *testing.T) {
+	withID := message.NewMessage("id-1", []byte("one"))
+	withID.Metadata.Set(schema.KeyID, "id-1")
+	withID.Metadata.Set(schema.KeyPartitionKey, "order-7")
+	withID.Metadata.Set("empty", "")
+	plain := message.NewMessage("id-2", []byte("two"))
+	plain.Metadata.Set(schema.KeyID, "other")
+	bare := message.NewMessage("id-3", nil)
+	bare.Metadata = nil
+	reserved := message.NewMessage("id-4", []byte("four"))
+	reserved.Metadata.Set(wkafka.UUIDHeaderKey, "x")
+	msgs := []*message.Message{withID, reserved, plain, bare}
+
+	rb := marshalRecords("t", msgs)
+	if len(rb.recs) != 3 || len(rb.failed) != 1 || rb.failed[0].Index != 1 || rb.failed[0].UUID != "id-4" {
+		t.Fatalf("recs %d, failed %+v", len(rb.recs), rb.failed)
+	}
+	if got := []int{rb.at(0), rb.at(1), rb.at(2)}; !slices.Equal(got, []int{0, 2, 3}) {
+		t.Fatalf("positions %v", got)
+	}
+	for i, rec := range rb.recs {
+		m := msgs[rb.at(i)]
+		want, err := wkafka.DefaultMarshaler{}.Marshal("t", m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantH := headerMap(want.Headers)
+		if m.Metadata[schema.KeyID] == m.UUID {
+			delete(wantH, wkafka.UUIDHeaderKey)
+		}
+		if got := headerMap(rec.Headers); !maps.Equal(got, wantH) {
+			t.Errorf("%s: headers %v, want %v", m.UUID, got, wantH)
+		}
+		if rec.Topic != "t" {
+			t.Errorf("%s: topic %q", m.UUID, rec.Topic)
+		}
+		val, _ := rec.Value.Encode()
+		if string(val) != string(m.Payload) {
+			t.Errorf("%s: value %q", m.UUID, val)
+		}
+		if k := m.Metadata[schema.KeyPartitionKey]; k != "" {
+			key, _ := rec.Key.Encode()
+			if string(key) != k {
+				t.Errorf("%s: key %q, want %q", m.UUID, key, k)
+			}
+		} else if rec.Key != nil {
+			t.Errorf("%s: key set without ce_partitionkey", m.UUID)
+		}
+
+		// Back from the wire.
+		cm := &sarama.ConsumerMessage{Topic: "t", Value: val}
+		if rec.Key != nil {
+			cm.Key, _ = rec.Key.Encode()
+		}
+		for _, h := range rec.Headers {
+			cm.Headers = append(cm.Headers, &sarama.RecordHeader{Key: h.Key, Value: h.Value})
+		}
+		back, err := marshaler{}.Unmarshal(cm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if back.UUID != m.UUID || string(back.Payload) != string(m.Payload) || !maps.Equal(back.Metadata, m.Metadata) && len(m.Metadata) > 0 {
+			t.Errorf("round trip: %s %q %v, want %s %q %v", back.UUID, back.Payload, back.Metadata, m.UUID, m.Payload, m.Metadata)
+		}
+	}
+}
+
+func headerMap(hs []sarama.RecordHeader) map[string]string {
+	m := map[string]string{}
+	for _, h := range hs {
+		m[string(h.Key)] = string(h.Value)
+	}
+	return m
+}
+
+// Marshal is marshalRecords of one message.
+func TestMarshalOne(t *testing.T) {
+	m := message.NewMessage("id", []byte("p"))
+	rec, err := marshaler{}.Marshal("t", m)
+	if err != nil || rec.Topic != "t" || headerMap(rec.Headers)[wkafka.UUIDHeaderKey] != "id" {
+		t.Fatalf("Marshal: %v %+v", err, rec)
+	}
+	m.Metadata.Set(wkafka.UUIDHeaderKey, "x")
+	if _, err := (marshaler{}).Marshal("t", m); err == nil {
+		t.Fatal("Marshal accepted reserved metadata")
+	}
+}
