@@ -7,9 +7,25 @@
 // [New] builds a [Broker] from a [Config]. [Broker.Publisher] is one shared
 // publisher; [Broker.Subscriber] makes a subscriber in a consumer group;
 // [Broker.Prepare] creates a topic; [Broker.Ping] checks the connection;
-// [Broker.Lag] reports a group's consumer lag per partition. Publishing and
-// consuming go through Sarama; topic creation, ping and lag go through a
-// franz-go admin client, which honours contexts.
+// [Broker.Lag] reports a group's consumer lag per partition. Publishing
+// goes through Busline's own small publisher on a Sarama SyncProducer,
+// consuming through watermill-kafka's subscriber (Sarama); topic creation,
+// ping and lag go through a franz-go admin client, which honours contexts.
+//
+// # Publishing
+//
+// A Publish call hands all its messages to Sarama at once (one
+// SyncProducer.SendMessages; watermill-kafka's publisher sends one message
+// per round trip) and returns when every message is acknowledged by all
+// in-sync replicas or has failed. Sarama packs the records of a partition
+// into as few produce requests as it can, in the order of the call. A
+// failure does not stop the others: the messages not listed in the
+// returned *[PublishError] were all written, so a caller can publish again
+// exactly the failed ones (their UUIDs, positions and errors; errors.Is
+// sees each error, for example sarama.ErrMessageSizeTooLarge). The
+// publisher's Close waits for the Publish calls in flight; Publish after
+// Close returns [ErrClosed]. Messages must not change until Publish
+// returns: payloads are not copied.
 //
 // # Defaults
 //
@@ -39,7 +55,23 @@
 // across partitions, and not for messages without a key on a topic with more
 // than one partition.
 //
-// # Records from other producers
+// Publishing keeps it: the records of one Publish call reach each
+// partition in the order of the call, and the idempotent producer's retries
+// neither reorder nor duplicate them (concurrent Publish calls interleave).
+// Consuming keeps it: a subscriber hands out the next message of a
+// partition only after the previous one was acked, and hands out messages
+// of different partitions at the same time, so on a bus (whose router runs
+// each message it receives in a goroutine of its own) a handler processes
+// one message per partition at a time, the partitions in parallel. The
+// parallelism is the number of partitions the member is assigned;
+// TestConsumeOrderedPerPartitionParallelAcross pins both properties.
+//
+// # Record format
+//
+// The message UUID travels once: in the ce_id header when it equals the
+// UUID (every message the bus publishes), else in Watermill's
+// _watermill_message_uuid header. Consumers using watermill-kafka's own
+// unmarshaler see an empty UUID on the former (and ce_id in the metadata).
 //
 // The unmarshaler never fails (in watermill-kafka an unmarshal error makes
 // the group rejoin forever and blocks the partition). Headers become
