@@ -20,6 +20,10 @@ const DefaultTimeout = 30 * time.Second
 // context is restored when the attempt ends, so an attempt after it (see
 // [Retry]) starts with a fresh budget. A handler that succeeds after the
 // deadline keeps its success. Timeout panics when d <= 0.
+//
+// The attempt's context behaves like context.WithTimeout's and is cancelled
+// when the attempt ends, but it starts no timer until the handler asks for
+// Done: a handler that never waits on its context pays for no timer.
 func Timeout(d time.Duration) message.HandlerMiddleware {
 	if d <= 0 {
 		panic("middleware: Timeout duration must be positive, got " + d.String())
@@ -27,11 +31,11 @@ func Timeout(d time.Duration) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
 			orig := msg.Context()
-			ctx, cancel := context.WithTimeout(orig, d)
+			ctx := newAttemptCtx(orig, d)
 			msg.SetContext(ctx)
 			out, err := h(msg)
 			timedOut := err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && orig.Err() == nil && !IsPermanent(err)
-			cancel()
+			ctx.cancel(context.Canceled)
 			msg.SetContext(orig)
 			if timedOut {
 				return nil, &TimeoutError{After: d, Err: err}
