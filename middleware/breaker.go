@@ -94,8 +94,10 @@ const (
 // context error is returned (the message is nacked, never dead-lettered).
 //
 // Place it outside [Retry] so that a message that failed all its attempts
-// counts as one failure. When closed, the cost is two uncontended mutex
-// operations per message.
+// counts as one failure. While closed with no failure counted, a message
+// costs one atomic load; concurrent handlers may then see a success that
+// raced a failure not reset the failure count, which can only make the
+// breaker trip sooner.
 func Breaker(cfg BreakerConfig) message.HandlerMiddleware {
 	if cfg.ConsecutiveFailures < 0 || cfg.OpenTimeout < 0 || cfg.HalfOpenProbes < 0 || cfg.Interval < 0 {
 		panic(fmt.Sprintf("middleware: BreakerConfig values must not be negative: %+v", cfg))
@@ -121,6 +123,12 @@ type breaker struct {
 	cb      *gobreaker.CircuitBreaker[[]*message.Message]
 	timeout time.Duration
 	waiters atomic.Int32
+	// clean is true while the breaker is closed and the last outcome it
+	// recorded was a success, so it counts no consecutive failures. Another
+	// success then changes nothing the breaker decides on (it trips on
+	// consecutive failures), and run skips gobreaker's two mutex sections
+	// and clock reads. Failures always go to gobreaker.
+	clean atomic.Bool
 
 	mu       sync.Mutex
 	openedAt time.Time     // when the breaker last opened
@@ -143,6 +151,9 @@ func newBreaker(cfg BreakerConfig) *breaker {
 			return errors.Is(err, context.Canceled) || IsRedelivery(err)
 		},
 		OnStateChange: func(name string, from, to gobreaker.State) {
+			if to != gobreaker.StateClosed {
+				b.clean.Store(false)
+			}
 			if to == gobreaker.StateOpen {
 				b.mu.Lock()
 				b.openedAt = time.Now()
@@ -153,6 +164,7 @@ func newBreaker(cfg BreakerConfig) *breaker {
 			}
 		},
 	})
+	b.clean.Store(true)
 	return b
 }
 
@@ -167,18 +179,38 @@ func breakerState(s gobreaker.State) BreakerState {
 }
 
 func (b *breaker) run(h message.HandlerFunc, msg *message.Message) ([]*message.Message, error) {
+	if b.clean.Load() {
+		out, err := h(msg)
+		if err == nil || IsPermanent(err) || errors.Is(err, context.Canceled) || IsRedelivery(err) {
+			return out, err // a success (or an excluded error): nothing to record
+		}
+		// A failure: record it as gobreaker would have. Should the breaker
+		// have opened meanwhile, Execute refuses and the failure is moot.
+		b.clean.Store(false)
+		b.cb.Execute(func() ([]*message.Message, error) { return nil, err })
+		return out, err
+	}
 	ran := false
 	out, err := b.cb.Execute(func() ([]*message.Message, error) {
 		ran = true
 		return h(msg)
 	})
 	if ran {
+		b.recorded(err)
 		if b.waiters.Load() > 0 {
 			b.notify()
 		}
 		return out, err
 	}
 	return b.wait(h, msg)
+}
+
+// recorded notes a success gobreaker recorded while closed: consecutive
+// failures are back to zero, so the fast path of run applies again.
+func (b *breaker) recorded(err error) {
+	if (err == nil || IsPermanent(err)) && b.cb.State() == gobreaker.StateClosed {
+		b.clean.Store(true)
+	}
 }
 
 // wait holds a rejected message until the breaker lets it through.
@@ -206,6 +238,7 @@ func (b *breaker) wait(h message.HandlerFunc, msg *message.Message) ([]*message.
 			return h(msg)
 		})
 		if ran {
+			b.recorded(err)
 			b.notify()
 			return out, err
 		}

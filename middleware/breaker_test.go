@@ -162,3 +162,47 @@ func TestBreakerWaitEndsOnShutdown(t *testing.T) {
 		}
 	})
 }
+
+// The breaker trips on consecutive failures only: a success between
+// failures resets the count, whether it took the closed fast path or not.
+func TestBreakerTripsOnConsecutiveFailuresOnly(t *testing.T) {
+	var opened atomic.Int32
+	var fail atomic.Bool
+	h := middleware.Breaker(middleware.BreakerConfig{
+		ConsecutiveFailures: 3,
+		OpenTimeout:         time.Hour,
+		OnStateChange: func(i middleware.BreakerInfo) {
+			if i.To == middleware.BreakerOpen {
+				opened.Add(1)
+			}
+		},
+	})(func(*message.Message) ([]*message.Message, error) {
+		if fail.Load() {
+			return nil, errTransient
+		}
+		return nil, nil
+	})
+	run := func(failing bool) {
+		t.Helper()
+		fail.Store(failing)
+		_, err := h(newMsg("m", ""))
+		if failing != (err != nil) {
+			t.Fatalf("failing=%v, err=%v", failing, err)
+		}
+	}
+	for range 5 {
+		run(true)
+		run(true)
+		run(false)
+		run(false)
+	}
+	if n := opened.Load(); n != 0 {
+		t.Fatalf("opened %d times after runs of 2 failures, want 0", n)
+	}
+	run(true)
+	run(true)
+	run(true)
+	if n := opened.Load(); n != 1 {
+		t.Fatalf("opened %d times after 3 consecutive failures, want 1", n)
+	}
+}
