@@ -179,10 +179,11 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	stack := b.stack
 	stack.Name = name
 	group := b.cfg.Group + "." + name
-	b.instrumentStack(&stack, name, topic, group)
 	for _, fn := range ho.stack {
 		fn(&stack)
 	}
+	// Telemetry wraps the hooks the options set, so both run.
+	b.instrumentStack(&stack, name, topic, group)
 	ctx, cancel := context.WithTimeout(b.prepCtx, 30*time.Second)
 	defer cancel()
 	if err := b.broker.Prepare(ctx, topic, group); err != nil {
