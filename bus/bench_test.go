@@ -29,8 +29,11 @@ import (
 // process spent per message (cpu-ns/op: publisher, router, middleware, GC),
 // which other processes competing for the cores disturb much less.
 //
-// Sub-benchmarks for other stacks (default_otel, in bench_otel_test.go)
-// reuse benchRouter. Results and commands: docs/benchmarks.md.
+//   - default_otel: the default stack with tracing and metrics on (real SDK,
+//     always sample, batch span processor, discarding exporter; see
+//     bench_otel_test.go).
+//
+// BenchmarkStackOTel has variants of default_otel; it reuses benchRouter. Results and commands: docs/benchmarks.md.
 func BenchmarkStack(b *testing.B) {
 	b.Run("bare", func(b *testing.B) { benchRouter(b) })
 	b.Run("watermill_stock", func(b *testing.B) { benchRouter(b, watermillStockStack(b)...) })
@@ -39,6 +42,7 @@ func BenchmarkStack(b *testing.B) {
 			DeadLetter: middleware.DeadLetterConfig{Publisher: benchDeadLetters(b), Topic: benchDeadLetterTopic},
 		}))
 	})
+	b.Run("default_otel", func(b *testing.B) { benchDefaultOTel(b, false) })
 }
 
 // benchWindow bounds the messages published and not yet handled. Without
