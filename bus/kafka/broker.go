@@ -223,6 +223,12 @@ func (b *Broker) isClosed() bool {
 	return b.closed
 }
 
+// ClientOptions returns franz-go client options that connect the way the
+// broker does: seed brokers, client id, TLS and SASL from c, defaults
+// applied. Tools use them to read topics without joining a consumer group
+// (the dead-letter CLI's list and show).
+func (c Config) ClientOptions() ([]kgo.Opt, error) { return c.withDefaults().kgoOptions() }
+
 // kgoOptions configures the franz-go client behind Prepare, Ping and Lag:
 // unlike Sarama's admin it honours contexts. c has its defaults applied.
 func (c Config) kgoOptions() ([]kgo.Opt, error) {

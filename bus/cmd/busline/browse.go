@@ -16,9 +16,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/sasl"
-	"github.com/twmb/franz-go/pkg/sasl/plain"
-	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/schema"
@@ -186,35 +183,15 @@ func kafkaMessage(r *kgo.Record) *message.Message {
 	return m
 }
 
-// kgoOptions configures a franz-go client like the bus's Kafka broker:
-// seed brokers, client id, TLS and SASL from cfg.Kafka.
+// kgoOptions configures a franz-go client like the bus's Kafka broker
+// (seed brokers, TLS, SASL), with the client id suffixed "-cli".
 func kgoOptions(cfg bus.Config) ([]kgo.Opt, error) {
 	k := cfg.Kafka
-	clientID := k.ClientID
-	if clientID == "" {
-		clientID = "busline"
+	if k.ClientID == "" {
+		k.ClientID = "busline"
 	}
-	opts := []kgo.Opt{kgo.SeedBrokers(k.Brokers...), kgo.ClientID(clientID + "-cli")}
-	tlsCfg, err := k.TLS.Load()
-	if err != nil {
-		return nil, fmt.Errorf("kafka TLS: %w", err)
-	}
-	if tlsCfg != nil {
-		opts = append(opts, kgo.DialTLSConfig(tlsCfg))
-	}
-	var mech sasl.Mechanism
-	switch strings.ToUpper(k.SASL.Mechanism) {
-	case "PLAIN":
-		mech = plain.Auth{User: k.SASL.User, Pass: k.SASL.Password}.AsMechanism()
-	case "SCRAM-SHA-256":
-		mech = scram.Auth{User: k.SASL.User, Pass: k.SASL.Password}.AsSha256Mechanism()
-	case "SCRAM-SHA-512":
-		mech = scram.Auth{User: k.SASL.User, Pass: k.SASL.Password}.AsSha512Mechanism()
-	}
-	if mech != nil {
-		opts = append(opts, kgo.SASL(mech))
-	}
-	return opts, nil
+	k.ClientID += "-cli"
+	return k.ClientOptions()
 }
 
 // browseAMQP reads the group's dead-letter queue with basic.get and manual
