@@ -351,13 +351,17 @@ func (h *handlerTel) withAttrs(extra ...attribute.KeyValue) metric.MeasurementOp
 }
 
 // procCtx is the context of a message while its handler runs: the process
-// span's context plus what the stack's hooks report back. It is one
+// span's context plus what the stack's hooks report back, and the state
+// the telemetry middleware needs when the handler returns. It is one
 // allocation per message.
 type procCtx struct {
 	context.Context
 	deadLetter string // busline.dlq.reason when dead-lettered
 	dlqErr     string
 	attempts   int
+
+	start time.Time
+	span  trace.Span // nil: tracing off
 }
 
 type procKey struct{}
@@ -378,6 +382,13 @@ func procFromContext(ctx context.Context) *procCtx {
 // handlerMiddleware is the outermost middleware of a handler: the process
 // span (a CONSUMER span, child of and linked to the producer's span), the
 // consumer metrics and the log line of a failure.
+//
+// The work is done in beginProcess and endProcess, which return before
+// the handler runs or after it returned: the closure's own frame stays
+// small. Watermill runs each message in a new goroutine, whose stack
+// starts small; every byte the telemetry keeps on the stack while the
+// SDK's span start or the handler's stack runs deeper can make the
+// goroutine grow (copy) its stack once more per message.
 func (t *telemetry) handlerMiddleware(ht *handlerTel) message.HandlerMiddleware {
 	t.pollHandler(ht)
 	if t.tracer == nil && t.m == nil {
@@ -393,62 +404,89 @@ func (t *telemetry) handlerMiddleware(ht *handlerTel) message.HandlerMiddleware 
 	}
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
-			start := time.Now()
-			orig := msg.Context()
-			pc := &procCtx{Context: orig}
-			var sp trace.Span
-			if t.tracer != nil {
-				pc.Context, sp = t.startProcess(orig, msg, ht)
-			}
-			if t.m != nil {
-				t.m.consumed.Inst().Add(context.Background(), 1, ht.consumedOK...)
-			}
-			msg.SetContext(pc)
+			pc := t.beginProcess(msg, ht)
 			out, err := h(msg)
-
-			var et, desc string
-			switch {
-			case err != nil:
-				et, desc = errorType(err), err.Error()
-			case pc.deadLetter != "":
-				et, desc = pc.deadLetter, "dead-lettered: "+pc.dlqErr
-			}
-			if sp != nil {
-				if pc.attempts > 1 {
-					sp.SetAttributes(AttrAttempts.Int(pc.attempts))
-				}
-				if et != "" {
-					sp.SetStatus(codes.Error, desc)
-					sp.SetAttributes(semconv.ErrorTypeKey.String(et))
-				}
-				sp.End()
-			}
-			if t.m != nil {
-				ctx := context.Background() // exemplars: off the hot path
-				d := time.Since(start).Seconds()
-				if et == "" {
-					t.m.processDuration.Inst().Record(ctx, d, ht.processOK...)
-				} else {
-					t.m.processDuration.Inst().Record(ctx, d, ht.errOpts(et).record...)
-				}
-				if age, ok := messageAge(msg.Metadata); ok {
-					t.m.endToEnd.Record(ctx, age.Seconds(), ht.busRecordSet...)
-				}
-			}
-			if err != nil {
-				t.logFailure(msg, err, ht)
-			}
+			t.endProcess(pc, msg, err, ht)
 			return out, err
 		}
+	}
+}
+
+// beginProcess starts the process span and counts the message consumed;
+// msg's context becomes the returned procCtx.
+//
+//go:noinline
+func (t *telemetry) beginProcess(msg *message.Message, ht *handlerTel) *procCtx {
+	orig := msg.Context()
+	pc := &procCtx{Context: orig, start: time.Now()}
+	if t.tracer != nil {
+		pc.Context, pc.span = t.startProcess(orig, msg, ht)
+	}
+	if t.m != nil {
+		t.m.consumed.Inst().Add(context.Background(), 1, ht.consumedOK...)
+	}
+	msg.SetContext(pc)
+	return pc
+}
+
+// endProcess ends the process span, records the process and end-to-end
+// durations, and logs a failure.
+//
+//go:noinline
+func (t *telemetry) endProcess(pc *procCtx, msg *message.Message, err error, ht *handlerTel) {
+	var et, desc string
+	switch {
+	case err != nil:
+		et, desc = errorType(err), err.Error()
+	case pc.deadLetter != "":
+		et, desc = pc.deadLetter, "dead-lettered: "+pc.dlqErr
+	}
+	if sp := pc.span; sp != nil {
+		if pc.attempts > 1 {
+			sp.SetAttributes(AttrAttempts.Int(pc.attempts))
+		}
+		if et != "" {
+			sp.SetStatus(codes.Error, desc)
+			sp.SetAttributes(semconv.ErrorTypeKey.String(et))
+		}
+		sp.End()
+	}
+	if t.m != nil {
+		ctx := context.Background() // exemplars: off the hot path
+		now := time.Now()
+		d := now.Sub(pc.start).Seconds()
+		if et == "" {
+			t.m.processDuration.Inst().Record(ctx, d, ht.processOK...)
+		} else {
+			t.m.processDuration.Inst().Record(ctx, d, ht.errOpts(et).record...)
+		}
+		if age, ok := messageAge(msg.Metadata, now); ok {
+			t.m.endToEnd.Record(ctx, age.Seconds(), ht.busRecordSet...)
+		}
+	}
+	if err != nil {
+		t.logFailure(msg, err, ht)
 	}
 }
 
 // startProcess starts the process span of msg. Its parent is the
 // producer's span extracted from the metadata (unless an ambient span is
 // in ctx or WithNewRootOnProcess was given) and it always links to it.
+// The options are built by processArgs, whose large frame (attribute
+// values) is gone by the time the SDK runs.
 func (t *telemetry) startProcess(ctx context.Context, msg *message.Message, ht *handlerTel) (context.Context, trace.Span) {
 	a := getSpanArgs()
-	defer putSpanArgs(a)
+	parent := t.processArgs(ctx, msg, ht, a)
+	pctx, sp := t.tracer.Start(parent, ht.processName, a.opts...)
+	putSpanArgs(a)
+	return pctx, sp
+}
+
+// processArgs fills a with the process span's start options and returns
+// its parent context.
+//
+//go:noinline
+func (t *telemetry) processArgs(ctx context.Context, msg *message.Message, ht *handlerTel, a *spanArgs) context.Context {
 	a.opts = append(a.opts, consumerKind)
 	parent := ctx
 	if t.hasCreationContext(msg.Metadata) || msg.Metadata["baggage"] != "" {
@@ -481,12 +519,12 @@ func (t *telemetry) startProcess(ctx context.Context, msg *message.Message, ht *
 		}
 	}
 	a.opts = append(a.opts, trace.WithAttributes(a.attrs...))
-	return t.tracer.Start(parent, ht.processName, a.opts...)
+	return parent
 }
 
 // messageAge is how long ago the message was created (ce_time) or
 // published (busline_sent_at).
-func messageAge(md message.Metadata) (time.Duration, bool) {
+func messageAge(md message.Metadata, now time.Time) (time.Duration, bool) {
 	v := md[schema.KeyTime]
 	if v == "" {
 		v = md[KeySentAt]
@@ -498,7 +536,7 @@ func messageAge(md message.Metadata) (time.Duration, bool) {
 	if err != nil {
 		return 0, false
 	}
-	d := time.Since(ts)
+	d := now.Sub(ts)
 	if d < 0 {
 		d = 0
 	}
