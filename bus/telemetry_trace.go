@@ -186,14 +186,14 @@ func (t *telemetry) startSend(m *message.Message, tt *topicTel) trace.Span {
 	defer putSpanArgs(a)
 	a.attrs = appendMessageAttrs(append(a.attrs, tt.startAttrs...), m, t.broker == BrokerKafka)
 	if t.hasCreationContext(m.Metadata) {
-		a.opts = append(a.opts, clientKind, trace.WithAttributes(a.attrs...))
+		a.opts = append(a.opts, clientKind, a.attrsOption())
 		if sc := trace.SpanContextFromContext(t.prop.Extract(context.Background(), carrier)); sc.IsValid() {
 			a.opts = append(a.opts, trace.WithLinks(trace.Link{SpanContext: sc}))
 		}
 		_, sp := t.tracer.Start(ctx, tt.sendName, a.opts...)
 		return sp
 	}
-	a.opts = append(a.opts, producerKind, trace.WithAttributes(a.attrs...))
+	a.opts = append(a.opts, producerKind, a.attrsOption())
 	sctx, sp := t.tracer.Start(ctx, tt.sendName, a.opts...)
 	t.prop.Inject(sctx, carrier)
 	return sp
@@ -248,19 +248,42 @@ func appendMessageAttrs(attrs []attribute.KeyValue, m *message.Message, kafkaKey
 
 // spanArgs are the reusable per-span buffers: every attribute is given at
 // span start (samplers see them, and the span grows its attribute slice
-// once). The SDK copies both slices.
+// once). The SDK copies both slices during Start and keeps neither.
 type spanArgs struct {
 	attrs []attribute.KeyValue
 	opts  []trace.SpanStartOption
+
+	// withAttrs[n] is trace.WithAttributes(attrs[:n]...), boxed once: an
+	// option holds the slice, not a copy, so the boxed option of the
+	// pooled backing array is reused instead of allocated per span.
+	withAttrs [spanArgsCap + 1]trace.SpanStartOption
 }
 
+const spanArgsCap = 24
+
 var spanArgsPool = sync.Pool{New: func() any {
-	return &spanArgs{attrs: make([]attribute.KeyValue, 0, 24), opts: make([]trace.SpanStartOption, 0, 4)}
+	return &spanArgs{attrs: make([]attribute.KeyValue, 0, spanArgsCap), opts: make([]trace.SpanStartOption, 0, 4)}
 }}
 
 func getSpanArgs() *spanArgs { return spanArgsPool.Get().(*spanArgs) }
 
+// attrsOption returns trace.WithAttributes(a.attrs...).
+func (a *spanArgs) attrsOption() trace.SpanStartOption {
+	n := len(a.attrs)
+	if cap(a.attrs) != spanArgsCap { // grown past the pooled array
+		return trace.WithAttributes(a.attrs...)
+	}
+	if a.withAttrs[n] == nil {
+		a.withAttrs[n] = trace.WithAttributes(a.attrs[:n:spanArgsCap]...)
+	}
+	return a.withAttrs[n]
+}
+
 func putSpanArgs(a *spanArgs) {
+	if cap(a.attrs) != spanArgsCap { // grown: the boxed options hold the old array
+		a.attrs = make([]attribute.KeyValue, 0, spanArgsCap)
+		a.withAttrs = [spanArgsCap + 1]trace.SpanStartOption{}
+	}
 	clear(a.attrs)
 	clear(a.opts)
 	a.attrs, a.opts = a.attrs[:0], a.opts[:0]
@@ -518,7 +541,7 @@ func (t *telemetry) processArgs(ctx context.Context, msg *message.Message, ht *h
 			a.attrs = append(a.attrs, semconv.MessagingRabbitMQDestinationRoutingKey(rk))
 		}
 	}
-	a.opts = append(a.opts, trace.WithAttributes(a.attrs...))
+	a.opts = append(a.opts, a.attrsOption())
 	return parent
 }
 
