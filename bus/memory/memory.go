@@ -55,8 +55,9 @@ type topic struct {
 type queue struct {
 	ch chan *message.Message
 
-	mu      sync.Mutex
-	pending []*message.Message // interrupted in flight; delivered first
+	mu       sync.Mutex
+	pending  []*message.Message // interrupted in flight; delivered first
+	npending atomic.Int32       // len(pending), read without the lock
 }
 
 // New returns an in-process broker.
@@ -258,10 +259,14 @@ func (b *Broker) queue(topicName, group string) *queue {
 func (q *queue) putBack(m *message.Message) {
 	q.mu.Lock()
 	q.pending = append(q.pending, m)
+	q.npending.Store(int32(len(q.pending)))
 	q.mu.Unlock()
 }
 
 func (q *queue) popPending() *message.Message {
+	if q.npending.Load() == 0 {
+		return nil
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if len(q.pending) == 0 {
@@ -270,6 +275,7 @@ func (q *queue) popPending() *message.Message {
 	m := q.pending[0]
 	q.pending[0] = nil
 	q.pending = q.pending[1:]
+	q.npending.Store(int32(len(q.pending)))
 	return m
 }
 
@@ -306,13 +312,30 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	}
 	q := s.b.queue(topic, s.group)
 	out := make(chan *message.Message)
-	s.b.subs.Add(1)
-	s.wg.Add(1)
+	// quit is closed when ctx is done or the subscriber or the broker
+	// closes: the delivery loop waits on this one channel instead of three.
+	quit := make(chan struct{})
+	ended := make(chan struct{})
+	s.b.subs.Add(2)
+	s.wg.Add(2)
+	go func() {
+		defer s.b.subs.Done()
+		defer s.wg.Done()
+		select {
+		case <-ctx.Done():
+		case <-s.closing:
+		case <-s.b.closing:
+		case <-ended:
+		}
+		close(quit)
+	}()
 	go func() {
 		defer s.b.subs.Done()
 		defer s.wg.Done()
 		defer close(out)
-		s.run(ctx, q, out)
+		defer close(ended)
+		sub := subscription{s: s, q: q, out: out, quit: quit, ctx: ctx}
+		sub.run()
 	}()
 	return out, nil
 }
@@ -324,37 +347,42 @@ func (s *Subscriber) Close() error {
 	return nil
 }
 
-func (s *Subscriber) run(ctx context.Context, q *queue, out chan<- *message.Message) {
-	b := s.b
+// subscription is one Subscribe call's delivery loop.
+type subscription struct {
+	s    *Subscriber
+	q    *queue
+	out  chan<- *message.Message
+	quit <-chan struct{} // the subscription ends
+	ctx  context.Context
+}
+
+func (u *subscription) run() {
+	b := u.s.b
 	for {
 		select {
 		case <-b.stopping:
 			// Graceful shutdown: take nothing new, but keep the channel open
 			// (a closed channel makes the router close itself, cancelling
 			// the handlers still draining) until the end.
-			select {
-			case <-ctx.Done():
-			case <-s.closing:
-			case <-b.closing:
-			}
+			<-u.quit
 			return
 		default:
 		}
-		m := q.popPending()
+		m := u.q.popPending()
 		if m == nil {
 			select {
-			case m = <-q.ch:
-			case <-ctx.Done():
-				return
-			case <-s.closing:
-				return
-			case <-b.closing:
-				return
-			case <-b.stopping:
-				continue
+			case m = <-u.q.ch: // the usual case while consumers keep up
+			default:
+				select {
+				case m = <-u.q.ch:
+				case <-u.quit:
+					return
+				case <-b.stopping:
+					continue
+				}
 			}
 		}
-		if !s.deliver(ctx, q, out, m) {
+		if !u.deliver(m) {
 			return
 		}
 	}
@@ -362,72 +390,71 @@ func (s *Subscriber) run(ctx context.Context, q *queue, out chan<- *message.Mess
 
 // deliver hands m to the subscription and waits for its ack, delivering it
 // again after a nack. It reports false when the subscription must end.
-func (s *Subscriber) deliver(ctx context.Context, q *queue, out chan<- *message.Message, m *message.Message) bool {
-	b := s.b
+func (u *subscription) deliver(m *message.Message) bool {
+	b := u.s.b
 	for {
-		mctx, cancel := context.WithCancel(ctx)
+		mctx := newMsgCtx(u.ctx)
 		m.SetContext(mctx)
 		b.inflight.Add()
 		select {
-		case out <- m:
-		case <-ctx.Done():
-			return s.interrupted(q, m, cancel, false)
-		case <-s.closing:
-			return s.interrupted(q, m, cancel, false)
-		case <-b.closing:
-			return s.interrupted(q, m, cancel, false)
+		case u.out <- m:
+		default:
+			select {
+			case u.out <- m:
+			case <-u.quit:
+				return u.interrupted(m, mctx, false)
+			}
 		}
 		select {
 		case <-m.Acked():
-			cancel()
+			mctx.cancel()
 			b.inflight.Done()
 			return true
 		case <-m.Nacked():
-		case <-ctx.Done():
-			return s.interrupted(q, m, cancel, true)
-		case <-s.closing:
-			return s.interrupted(q, m, cancel, true)
-		case <-b.closing:
-			return s.interrupted(q, m, cancel, true)
+		case <-u.quit:
+			return u.interrupted(m, mctx, true)
 		}
-		cancel()
+		mctx.cancel()
 		m = m.Copy() // a message is acked or nacked once; the next try needs a fresh one
 		b.inflight.Done()
-		select {
-		case <-b.stopping:
-			q.putBack(m)
-			return true
-		default:
-		}
-		t := time.NewTimer(b.cfg.NackDelay)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			q.putBack(m)
-			return false
-		case <-s.closing:
-			t.Stop()
-			q.putBack(m)
-			return false
-		case <-b.closing:
-			t.Stop()
-			q.putBack(m)
-			return false
-		case <-b.stopping:
-			t.Stop()
-			q.putBack(m)
-			return true
+		if again, ok := u.nackWait(m); !again {
+			return ok
 		}
 	}
 }
 
-func (s *Subscriber) interrupted(q *queue, m *message.Message, cancel context.CancelFunc, delivered bool) bool {
-	cancel()
+// nackWait waits Config.NackDelay before a nacked message m is delivered
+// again (again true). When a graceful shutdown begins meanwhile, or the
+// subscription ends (ok false), m is kept for the group's next
+// subscription instead.
+func (u *subscription) nackWait(m *message.Message) (again, ok bool) {
+	b := u.s.b
+	select {
+	case <-b.stopping:
+		u.q.putBack(m)
+		return false, true
+	default:
+	}
+	t := time.NewTimer(b.cfg.NackDelay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true, true
+	case <-u.quit:
+		u.q.putBack(m)
+		return false, false
+	case <-b.stopping:
+		u.q.putBack(m)
+		return false, true
+	}
+}
+
+func (u *subscription) interrupted(m *message.Message, mctx *msgCtx, delivered bool) bool {
+	mctx.cancel()
 	if delivered {
 		m = m.Copy()
 	}
-	q.putBack(m)
-	s.b.inflight.Done()
+	u.q.putBack(m)
+	u.s.b.inflight.Done()
 	return false
 }
