@@ -99,6 +99,16 @@ const (
 // raced a failure not reset the failure count, which can only make the
 // breaker trip sooner.
 func Breaker(cfg BreakerConfig) message.HandlerMiddleware {
+	cfg = cfg.withDefaults()
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		b := newBreaker(cfg)
+		return func(msg *message.Message) ([]*message.Message, error) {
+			return b.run(h, msg)
+		}
+	}
+}
+
+func (cfg BreakerConfig) withDefaults() BreakerConfig {
 	if cfg.ConsecutiveFailures < 0 || cfg.OpenTimeout < 0 || cfg.HalfOpenProbes < 0 || cfg.Interval < 0 {
 		panic(fmt.Sprintf("middleware: BreakerConfig values must not be negative: %+v", cfg))
 	}
@@ -111,12 +121,7 @@ func Breaker(cfg BreakerConfig) message.HandlerMiddleware {
 	if cfg.HalfOpenProbes == 0 {
 		cfg.HalfOpenProbes = 1
 	}
-	return func(h message.HandlerFunc) message.HandlerFunc {
-		b := newBreaker(cfg)
-		return func(msg *message.Message) ([]*message.Message, error) {
-			return b.run(h, msg)
-		}
-	}
+	return cfg
 }
 
 type breaker struct {
@@ -181,15 +186,31 @@ func breakerState(s gobreaker.State) BreakerState {
 func (b *breaker) run(h message.HandlerFunc, msg *message.Message) ([]*message.Message, error) {
 	if b.clean.Load() {
 		out, err := h(msg)
-		if err == nil || IsPermanent(err) || errors.Is(err, context.Canceled) || IsRedelivery(err) {
-			return out, err // a success (or an excluded error): nothing to record
+		if err != nil {
+			b.cleanFailed(err)
 		}
-		// A failure: record it as gobreaker would have. Should the breaker
-		// have opened meanwhile, Execute refuses and the failure is moot.
-		b.clean.Store(false)
-		b.cb.Execute(func() ([]*message.Message, error) { return nil, err })
 		return out, err
 	}
+	return b.slow(h, msg)
+}
+
+// cleanFailed records err, returned by a message run on the fast path
+// (the breaker clean), as gobreaker would have: a failure, unless it is a
+// success or an excluded error.
+//
+//go:noinline
+func (b *breaker) cleanFailed(err error) {
+	if IsPermanent(err) || errors.Is(err, context.Canceled) || IsRedelivery(err) {
+		return // a success (or an excluded error): nothing to record
+	}
+	// A failure: record it as gobreaker would have. Should the breaker
+	// have opened meanwhile, Execute refuses and the failure is moot.
+	b.clean.Store(false)
+	b.cb.Execute(func() ([]*message.Message, error) { return nil, err })
+}
+
+// slow runs msg through gobreaker: the breaker is not clean.
+func (b *breaker) slow(h message.HandlerFunc, msg *message.Message) ([]*message.Message, error) {
 	ran := false
 	out, err := b.cb.Execute(func() ([]*message.Message, error) {
 		ran = true

@@ -25,14 +25,7 @@ import (
 func Correlation() message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
-			corr := msg.Metadata.Get(schema.KeyCorrelationID)
-			if corr == "" {
-				corr = msg.UUID
-				if msg.Metadata == nil {
-					msg.Metadata = make(message.Metadata, 1)
-				}
-				msg.Metadata.Set(schema.KeyCorrelationID, corr)
-			}
+			corr := correlationOf(msg)
 			orig := msg.Context()
 			msg.SetContext(withHandled(orig, corr, msg.UUID))
 			out, err := h(msg)
@@ -43,6 +36,25 @@ func Correlation() message.HandlerMiddleware {
 			return out, err
 		}
 	}
+}
+
+// correlationOf returns msg's correlation id, starting a correlation (its
+// own UUID, set in the metadata) when it has none.
+func correlationOf(msg *message.Message) string {
+	if corr := msg.Metadata[schema.KeyCorrelationID]; corr != "" {
+		return corr
+	}
+	return startCorrelation(msg)
+}
+
+//go:noinline
+func startCorrelation(msg *message.Message) string {
+	corr := msg.UUID
+	if msg.Metadata == nil {
+		msg.Metadata = make(message.Metadata, 1)
+	}
+	msg.Metadata.Set(schema.KeyCorrelationID, corr)
+	return corr
 }
 
 // Propagate stamps correlation metadata on messages about to be published

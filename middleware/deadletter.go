@@ -105,6 +105,20 @@ const DefaultDeadLetterNackDelay = time.Second
 // handler's error and the publish error: the message is nacked, nothing is
 // lost.
 func DeadLetter(cfg DeadLetterConfig) message.HandlerMiddleware {
+	cfg = cfg.withDefaults()
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			orig := msg.Context()
+			out, err := h(msg)
+			if err == nil {
+				return out, nil
+			}
+			return nil, deadLetterFailed(&cfg, msg, orig, err)
+		}
+	}
+}
+
+func (cfg DeadLetterConfig) withDefaults() DeadLetterConfig {
 	if cfg.Publisher == nil {
 		panic("middleware: DeadLetterConfig.Publisher is nil")
 	}
@@ -114,23 +128,23 @@ func DeadLetter(cfg DeadLetterConfig) message.HandlerMiddleware {
 	if cfg.NackDelay == 0 {
 		cfg.NackDelay = DefaultDeadLetterNackDelay
 	}
-	return func(h message.HandlerFunc) message.HandlerFunc {
-		return func(msg *message.Message) ([]*message.Message, error) {
-			orig := msg.Context()
-			out, err := h(msg)
-			if err == nil {
-				return out, nil
-			}
-			msg.SetContext(orig)
-			if orig.Err() != nil || IsRedelivery(err) {
-				return nil, err
-			}
-			return nil, deadLetter(cfg, msg, orig, err)
-		}
-	}
+	return cfg
 }
 
-func deadLetter(cfg DeadLetterConfig, msg *message.Message, ctx context.Context, err error) error {
+// deadLetterFailed is [DeadLetter] after the handling failed with err: it
+// restores msg's context orig, and returns err for a redelivery, or nil
+// once msg was dead-lettered.
+//
+//go:noinline
+func deadLetterFailed(cfg *DeadLetterConfig, msg *message.Message, orig context.Context, err error) error {
+	msg.SetContext(orig)
+	if orig.Err() != nil || IsRedelivery(err) {
+		return err
+	}
+	return deadLetter(cfg, msg, orig, err)
+}
+
+func deadLetter(cfg *DeadLetterConfig, msg *message.Message, ctx context.Context, err error) error {
 	now := time.Now()
 	attempts, first, last := 1, now, now
 	var re *RetryError

@@ -143,25 +143,9 @@ const (
 // either side of it; place it inside [DeadLetter] (a dead-lettered message
 // must not be committed).
 func Dedup(cfg DedupConfig) message.HandlerMiddleware {
-	if cfg.Lease < 0 || cfg.TTL < 0 || cfg.StoreTimeout < 0 {
-		panic("middleware: DedupConfig durations must not be negative")
-	}
-	if cfg.Lease == 0 {
-		cfg.Lease = DefaultDedupLease
-	}
-	if cfg.TTL == 0 {
-		cfg.TTL = DefaultDedupTTL
-	}
-	if cfg.StoreTimeout == 0 {
-		cfg.StoreTimeout = DefaultDedupStoreTimeout
-	}
+	cfg = cfg.withDefaults()
 	return func(h message.HandlerFunc) message.HandlerFunc {
-		d := &dedup{cfg: cfg, store: cfg.Store}
-		if d.store == nil {
-			d.store = NewMemoryStore(MemoryStoreConfig{})
-			d.private = true
-		}
-		d.mem, _ = d.store.(*MemoryStore)
+		d := newDedup(cfg)
 		if d.mem != nil {
 			return func(msg *message.Message) ([]*message.Message, error) {
 				key, err := d.key(msg)
@@ -175,6 +159,34 @@ func Dedup(cfg DedupConfig) message.HandlerMiddleware {
 			return d.handle(h, msg)
 		}
 	}
+}
+
+func (cfg DedupConfig) withDefaults() DedupConfig {
+	if cfg.Lease < 0 || cfg.TTL < 0 || cfg.StoreTimeout < 0 {
+		panic("middleware: DedupConfig durations must not be negative")
+	}
+	if cfg.Lease == 0 {
+		cfg.Lease = DefaultDedupLease
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultDedupTTL
+	}
+	if cfg.StoreTimeout == 0 {
+		cfg.StoreTimeout = DefaultDedupStoreTimeout
+	}
+	return cfg
+}
+
+// newDedup returns the state of one handler's [Dedup]; cfg has its
+// defaults.
+func newDedup(cfg DedupConfig) *dedup {
+	d := &dedup{cfg: cfg, store: cfg.Store}
+	if d.store == nil {
+		d.store = NewMemoryStore(MemoryStoreConfig{})
+		d.private = true
+	}
+	d.mem, _ = d.store.(*MemoryStore)
+	return d
 }
 
 type dedup struct {

@@ -38,8 +38,15 @@ type memEntry struct {
 	owner   string // claim owner; "" once done
 	token   uint64 // claim owner inside this process (the Dedup fast path)
 	done    bool
-	expires time.Time
+	expires int64 // monoNow() at which the claim or record expires
 }
+
+// monoEpoch is where monoNow counts from.
+var monoEpoch = time.Now()
+
+// monoNow reads the monotonic clock, in nanoseconds since monoEpoch: the
+// store's clock, which needs no wall time.
+func monoNow() int64 { return int64(time.Since(monoEpoch)) }
 
 // NewMemoryStore returns an empty [MemoryStore]. It panics when
 // MaxEntries is negative.
@@ -73,47 +80,54 @@ func (s *MemoryStore) Release(_ context.Context, key, owner string) error {
 
 // claim is Claim for an owner given as a string or, from [Dedup] in this
 // process, as a token; it also returns the slot, for commit and release.
+// It runs on the handler goroutine's stack under the whole middleware
+// stack, so it keeps its frame small: no defer, no entry temporaries.
 func (s *MemoryStore) claim(key, owner string, token uint64, lease time.Duration) (ClaimState, int) {
-	now := time.Now()
+	now := monoNow()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if i, ok := s.index[key]; ok {
 		e := &s.ring[i]
-		if now.Before(e.expires) {
+		if now < e.expires {
+			st := InProgress
 			if e.done {
-				return AlreadyDone, i
+				st = AlreadyDone
 			}
-			return InProgress, i
+			s.mu.Unlock()
+			return st, i
 		}
-		e.owner, e.token, e.done, e.expires = owner, token, false, now.Add(lease)
+		e.owner, e.token, e.done, e.expires = owner, token, false, now+int64(lease)
+		s.mu.Unlock()
 		return Claimed, i
 	}
-	return Claimed, s.insert(memEntry{key: key, owner: owner, token: token, expires: now.Add(lease)})
+	i := s.slotFor(key)
+	e := &s.ring[i]
+	e.owner, e.token, e.expires = owner, token, now+int64(lease)
+	s.mu.Unlock()
+	return Claimed, i
 }
 
 // commit marks key done. slot is where claim found or put key, or -1.
 func (s *MemoryStore) commit(key string, slot int, ttl time.Duration) {
-	now := time.Now()
+	expires := monoNow() + int64(ttl)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if slot < 0 || s.ring[slot].key != key {
 		var ok bool
 		if slot, ok = s.index[key]; !ok {
-			s.insert(memEntry{key: key, done: true, expires: now.Add(ttl)})
-			return
+			slot = s.slotFor(key)
 		}
 	}
 	e := &s.ring[slot]
-	e.owner, e.token, e.done, e.expires = "", 0, true, now.Add(ttl)
+	e.owner, e.token, e.done, e.expires = "", 0, true, expires
+	s.mu.Unlock()
 }
 
 // release drops key's claim if the owner (string or token) still holds it.
 func (s *MemoryStore) release(key string, slot int, owner string, token uint64) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if slot < 0 || s.ring[slot].key != key {
 		var ok bool
 		if slot, ok = s.index[key]; !ok {
+			s.mu.Unlock()
 			return
 		}
 	}
@@ -122,6 +136,7 @@ func (s *MemoryStore) release(key string, slot int, owner string, token uint64) 
 		delete(s.index, key)
 		*e = memEntry{}
 	}
+	s.mu.Unlock()
 }
 
 // Len returns the number of keys stored, expired ones not yet overwritten
@@ -132,20 +147,36 @@ func (s *MemoryStore) Len() int {
 	return len(s.index)
 }
 
-// insert stores a new key, forgetting the oldest inserted one when full,
-// and returns its slot. s.mu must be held.
-func (s *MemoryStore) insert(e memEntry) int {
-	if len(s.ring) < s.max {
-		s.index[e.key] = len(s.ring)
-		s.ring = append(s.ring, e)
-		return len(s.ring) - 1
+// slotFor stores a new key, forgetting the oldest inserted one when full,
+// and returns its slot, whose other fields the caller sets. s.mu must be
+// held.
+func (s *MemoryStore) slotFor(key string) int {
+	var i int
+	if n := len(s.ring); n < s.max {
+		if n == cap(s.ring) {
+			s.grow()
+		}
+		i = n
+		s.ring = s.ring[:n+1]
+	} else {
+		i = s.next
+		s.next = (s.next + 1) % s.max
+		if old := s.ring[i].key; old != "" {
+			delete(s.index, old)
+		}
 	}
-	i := s.next
-	s.next = (s.next + 1) % s.max
-	if old := s.ring[i].key; old != "" {
-		delete(s.index, old)
-	}
-	s.ring[i] = e
-	s.index[e.key] = i
+	e := &s.ring[i]
+	e.key, e.owner, e.token, e.done, e.expires = key, "", 0, false, 0
+	s.index[key] = i
 	return i
+}
+
+// grow makes room in the ring for more entries, up to s.max.
+//
+//go:noinline
+func (s *MemoryStore) grow() {
+	c := min(max(2*cap(s.ring), 64), s.max)
+	ring := make([]memEntry, len(s.ring), c)
+	copy(ring, s.ring)
+	s.ring = ring
 }

@@ -38,6 +38,22 @@ const (
 // messages are nacked at once. NackDelay holds no timers or goroutines
 // between messages.
 func NackDelay(cfg NackDelayConfig) message.HandlerMiddleware {
+	cfg = cfg.withDefaults()
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		n := &nackDelay{cfg: cfg}
+		return func(msg *message.Message) ([]*message.Message, error) {
+			out, err := h(msg)
+			if err == nil {
+				n.succeeded()
+				return out, nil
+			}
+			n.failed(msg)
+			return out, err
+		}
+	}
+}
+
+func (cfg NackDelayConfig) withDefaults() NackDelayConfig {
 	if cfg.InitialDelay < 0 || cfg.MaxDelay < 0 {
 		panic("middleware: NackDelayConfig delays must not be negative")
 	}
@@ -50,32 +66,39 @@ func NackDelay(cfg NackDelayConfig) message.HandlerMiddleware {
 	if cfg.MaxDelay < cfg.InitialDelay {
 		cfg.MaxDelay = cfg.InitialDelay
 	}
-	return func(h message.HandlerFunc) message.HandlerFunc {
-		var consecutive atomic.Int32
-		return func(msg *message.Message) ([]*message.Message, error) {
-			out, err := h(msg)
-			if err == nil {
-				if consecutive.Load() != 0 {
-					consecutive.Store(0)
-				}
-				return out, nil
-			}
-			ctx := msg.Context()
-			if ctx.Err() != nil {
-				return out, err
-			}
-			n := consecutive.Load()
-			if n < 64 {
-				consecutive.Add(1)
-			}
-			d := cfg.InitialDelay
-			for ; n > 0 && d < cfg.MaxDelay; n-- {
-				d *= 2
-			}
-			d = min(d, cfg.MaxDelay)
-			d = time.Duration(float64(d) * (0.75 + 0.5*rand.Float64()))
-			sleep(ctx, d)
-			return out, err
-		}
+	return cfg
+}
+
+// nackDelay is the state of one handler's [NackDelay].
+type nackDelay struct {
+	cfg         NackDelayConfig
+	consecutive atomic.Int32
+}
+
+// succeeded resets the error streak.
+func (n *nackDelay) succeeded() {
+	if n.consecutive.Load() != 0 {
+		n.consecutive.Store(0)
 	}
+}
+
+// failed waits before an error escapes, unless msg's context is done.
+//
+//go:noinline
+func (n *nackDelay) failed(msg *message.Message) {
+	ctx := msg.Context()
+	if ctx.Err() != nil {
+		return
+	}
+	c := n.consecutive.Load()
+	if c < 64 {
+		n.consecutive.Add(1)
+	}
+	d := n.cfg.InitialDelay
+	for ; c > 0 && d < n.cfg.MaxDelay; c-- {
+		d *= 2
+	}
+	d = min(d, n.cfg.MaxDelay)
+	d = time.Duration(float64(d) * (0.75 + 0.5*rand.Float64()))
+	sleep(ctx, d)
 }

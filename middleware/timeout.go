@@ -34,13 +34,27 @@ func Timeout(d time.Duration) message.HandlerMiddleware {
 			ctx := newAttemptCtx(orig, d)
 			msg.SetContext(ctx)
 			out, err := h(msg)
-			timedOut := err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && orig.Err() == nil && !IsPermanent(err)
-			ctx.cancel(context.Canceled)
-			msg.SetContext(orig)
-			if timedOut {
+			if err != nil && attemptTimedOut(msg, ctx, orig, err) {
 				return nil, &TimeoutError{After: d, Err: err}
 			}
+			ctx.cancel(context.Canceled)
+			msg.SetContext(orig)
 			return out, err
 		}
 	}
+}
+
+// attemptTimedOut reports whether the attempt of [Timeout] with context ctx,
+// which failed with err, ran out of time: its deadline passed while the
+// message's own context orig is live, and err is not permanent. When it
+// did, it also ends ctx and restores orig.
+//
+//go:noinline
+func attemptTimedOut(msg *message.Message, ctx *attemptCtx, orig context.Context, err error) bool {
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) || orig.Err() != nil || IsPermanent(err) {
+		return false
+	}
+	ctx.cancel(context.Canceled)
+	msg.SetContext(orig)
+	return true
 }
