@@ -34,7 +34,14 @@ type attemptCtx struct {
 type afterFunc struct{ f func() }
 
 func newAttemptCtx(parent context.Context, d time.Duration) *attemptCtx {
-	return &attemptCtx{parent: parent, deadline: time.Now().Add(d)}
+	c := new(attemptCtx)
+	c.init(parent, d)
+	return c
+}
+
+// init sets up a zero attemptCtx.
+func (c *attemptCtx) init(parent context.Context, d time.Duration) {
+	c.parent, c.deadline = parent, time.Now().Add(d)
 }
 
 // Deadline returns the earlier of the attempt's deadline and the parent's.

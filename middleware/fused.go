@@ -39,14 +39,25 @@ type fused struct {
 	retried message.HandlerFunc // retry -> timeout -> recover -> h, composed: the breaker's slow path
 }
 
+// fusedCtxs are the contexts [fused.handle] gives a message, allocated
+// together.
+type fusedCtxs struct {
+	handled handledCtx
+	attempt attemptCtx
+}
+
 // handle is the stack: correlation -> nack-delay -> dead-letter -> dedup ->
 // breaker -> retry -> timeout -> recover -> h, each step where it is on.
 func (s *fused) handle(msg *message.Message) (out []*message.Message, err error) {
 	// Correlation.
 	orig := msg.Context()
+	// One allocation for the contexts of a message that succeeds at once:
+	// correlation's and the first attempt's.
+	c := new(fusedCtxs)
 	var hc *handledCtx
 	if s.correlation {
-		hc = &handledCtx{Context: orig, correlationID: correlationOf(msg), messageID: msg.UUID}
+		hc = &c.handled
+		*hc = handledCtx{Context: orig, correlationID: correlationOf(msg), messageID: msg.UUID}
 		msg.SetContext(hc)
 	}
 	// The context dead-letter restores and nack-delay waits on.
@@ -77,7 +88,7 @@ func (s *fused) handle(msg *message.Message) (out []*message.Message, err error)
 			// Breaker open, half-open or counting failures: gobreaker decides.
 			out, err = s.br.slow(s.retried, msg)
 		} else {
-			out, err = s.attempt(msg)
+			out, err = s.attempt(msg, &c.attempt)
 		}
 		// Dedup: commit or release.
 		if claimed {
@@ -124,10 +135,10 @@ func stampAll(out []*message.Message, hc *handledCtx) {
 // recover -> h), then, when it failed, retry and the breaker's count. It is
 // a frame of its own, under which only the handler runs, so that the frame
 // of handle, under which the dedup store runs too, stays small.
-func (s *fused) attempt(msg *message.Message) (out []*message.Message, err error) {
+func (s *fused) attempt(msg *message.Message, actx *attemptCtx) (out []*message.Message, err error) {
 	if s.timeout > 0 {
 		orig := msg.Context()
-		actx := newAttemptCtx(orig, s.timeout)
+		actx.init(orig, s.timeout)
 		msg.SetContext(actx)
 		out, err = s.call(msg)
 		if err != nil && attemptTimedOut(msg, actx, orig, err) {
