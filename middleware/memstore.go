@@ -2,6 +2,7 @@ package middleware
 
 import (
 	"context"
+	"hash/maphash"
 	"sync"
 	"time"
 )
@@ -27,13 +28,21 @@ const DefaultMemoryStoreMaxEntries = 10_000
 type MemoryStore struct {
 	max int
 
-	mu    sync.Mutex
-	index map[string]int // key -> position in ring
+	mu   sync.Mutex
+	seed maphash.Seed
+	// index maps keys to ring slots: an open-addressing hash table with
+	// linear probing of slot+1 (0: empty), at most half full. The Dedup fast
+	// path looks a key up, forgets the oldest and inserts the new one with
+	// one hash computation and no runtime map calls: cheaper, and a shallow
+	// stack under the middleware stack.
+	index []int32
+	n     int // keys in index
 	ring  []memEntry
 	next  int // ring position the next new key takes once the ring is full
 }
 
 type memEntry struct {
+	hash    uint64 // of key
 	key     string // "" when the slot is free
 	owner   string // claim owner; "" once done
 	token   uint64 // claim owner inside this process (the Dedup fast path)
@@ -57,7 +66,7 @@ func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
 	if cfg.MaxEntries == 0 {
 		cfg.MaxEntries = DefaultMemoryStoreMaxEntries
 	}
-	return &MemoryStore{max: cfg.MaxEntries, index: make(map[string]int)}
+	return &MemoryStore{max: cfg.MaxEntries, seed: maphash.MakeSeed(), index: make([]int32, 64)}
 }
 
 // Claim implements [DedupStore].
@@ -84,8 +93,10 @@ func (s *MemoryStore) Release(_ context.Context, key, owner string) error {
 // stack, so it keeps its frame small: no defer, no entry temporaries.
 func (s *MemoryStore) claim(key, owner string, token uint64, lease time.Duration) (ClaimState, int) {
 	now := monoNow()
+	h := maphash.String(s.seed, key)
 	s.mu.Lock()
-	if i, ok := s.index[key]; ok {
+	pos, i := s.find(key, h)
+	if i >= 0 {
 		e := &s.ring[i]
 		if now < e.expires {
 			st := InProgress
@@ -99,7 +110,7 @@ func (s *MemoryStore) claim(key, owner string, token uint64, lease time.Duration
 		s.mu.Unlock()
 		return Claimed, i
 	}
-	i := s.slotFor(key)
+	i = s.insert(pos, key, h)
 	e := &s.ring[i]
 	e.owner, e.token, e.expires = owner, token, now+int64(lease)
 	s.mu.Unlock()
@@ -111,9 +122,10 @@ func (s *MemoryStore) commit(key string, slot int, ttl time.Duration) {
 	expires := monoNow() + int64(ttl)
 	s.mu.Lock()
 	if slot < 0 || s.ring[slot].key != key {
-		var ok bool
-		if slot, ok = s.index[key]; !ok {
-			slot = s.slotFor(key)
+		h := maphash.String(s.seed, key)
+		var pos int
+		if pos, slot = s.find(key, h); slot < 0 {
+			slot = s.insert(pos, key, h)
 		}
 	}
 	e := &s.ring[slot]
@@ -125,15 +137,14 @@ func (s *MemoryStore) commit(key string, slot int, ttl time.Duration) {
 func (s *MemoryStore) release(key string, slot int, owner string, token uint64) {
 	s.mu.Lock()
 	if slot < 0 || s.ring[slot].key != key {
-		var ok bool
-		if slot, ok = s.index[key]; !ok {
+		if _, slot = s.find(key, maphash.String(s.seed, key)); slot < 0 {
 			s.mu.Unlock()
 			return
 		}
 	}
 	e := &s.ring[slot]
 	if !e.done && e.owner == owner && e.token == token {
-		delete(s.index, key)
+		s.unindex(slot)
 		*e = memEntry{}
 	}
 	s.mu.Unlock()
@@ -144,14 +155,30 @@ func (s *MemoryStore) release(key string, slot int, owner string, token uint64) 
 func (s *MemoryStore) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.index)
+	return s.n
 }
 
-// slotFor stores a new key, forgetting the oldest inserted one when full,
-// and returns its slot, whose other fields the caller sets. s.mu must be
-// held.
-func (s *MemoryStore) slotFor(key string) int {
+// find returns key's ring slot, or -1 and the index position where key
+// would go. h is key's hash. s.mu must be held.
+func (s *MemoryStore) find(key string, h uint64) (pos, slot int) {
+	mask := uint64(len(s.index) - 1)
+	for p := h & mask; ; p = (p + 1) & mask {
+		v := s.index[p]
+		if v == 0 {
+			return int(p), -1
+		}
+		if e := &s.ring[v-1]; e.hash == h && e.key == key {
+			return int(p), int(v - 1)
+		}
+	}
+}
+
+// insert stores a new key at index position pos (from find), forgetting
+// the oldest inserted key when the ring is full, and returns its ring
+// slot, whose other fields the caller sets. s.mu must be held.
+func (s *MemoryStore) insert(pos int, key string, h uint64) int {
 	var i int
+	changed := false
 	if n := len(s.ring); n < s.max {
 		if n == cap(s.ring) {
 			s.grow()
@@ -161,14 +188,46 @@ func (s *MemoryStore) slotFor(key string) int {
 	} else {
 		i = s.next
 		s.next = (s.next + 1) % s.max
-		if old := s.ring[i].key; old != "" {
-			delete(s.index, old)
+		if s.ring[i].key != "" {
+			s.unindex(i)
+			changed = true
 		}
 	}
+	if 2*(s.n+1) > len(s.index) {
+		s.growIndex()
+		changed = true
+	}
+	if changed {
+		// The index changed since find (an unindex shifted entries, or it
+		// grew): look for the free position again.
+		pos, _ = s.find(key, h)
+	}
 	e := &s.ring[i]
-	e.key, e.owner, e.token, e.done, e.expires = key, "", 0, false, 0
-	s.index[key] = i
+	e.hash, e.key, e.owner, e.token, e.done, e.expires = h, key, "", 0, false, 0
+	s.index[pos] = int32(i + 1)
+	s.n++
 	return i
+}
+
+// unindex removes ring slot i's key from the index (backward-shift
+// deletion, so probes need no tombstones). s.mu must be held.
+func (s *MemoryStore) unindex(i int) {
+	mask := uint64(len(s.index) - 1)
+	p := s.ring[i].hash & mask
+	for s.index[p] != int32(i+1) {
+		p = (p + 1) & mask
+	}
+	s.index[p] = 0
+	s.n--
+	for j := (p + 1) & mask; s.index[j] != 0; j = (j + 1) & mask {
+		home := s.ring[s.index[j]-1].hash & mask
+		// The entry at j may move to the hole at p unless its home lies
+		// cyclically in (p, j].
+		if (j-home)&mask >= (j-p)&mask {
+			s.index[p], s.index[j] = s.index[j], 0
+			p = j
+		}
+	}
 }
 
 // grow makes room in the ring for more entries, up to s.max.
@@ -179,4 +238,23 @@ func (s *MemoryStore) grow() {
 	ring := make([]memEntry, len(s.ring), c)
 	copy(ring, s.ring)
 	s.ring = ring
+}
+
+// growIndex doubles the index.
+//
+//go:noinline
+func (s *MemoryStore) growIndex() {
+	index := make([]int32, 2*len(s.index))
+	mask := uint64(len(index) - 1)
+	for _, v := range s.index {
+		if v == 0 {
+			continue
+		}
+		p := s.ring[v-1].hash & mask
+		for index[p] != 0 {
+			p = (p + 1) & mask
+		}
+		index[p] = v
+	}
+	s.index = index
 }

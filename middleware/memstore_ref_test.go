@@ -1,0 +1,190 @@
+package middleware
+
+import (
+	"context"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// refStore is MemoryStore as it was with a Go map index: the reference
+// TestMemoryStoreMatchesReference compares the open-addressing index with.
+type refStore struct {
+	max int
+
+	mu    sync.Mutex
+	index map[string]int
+	ring  []refEntry
+	next  int
+}
+
+type refEntry struct {
+	key     string
+	owner   string
+	token   uint64
+	done    bool
+	expires time.Time
+}
+
+func newRefStore(cfg MemoryStoreConfig) *refStore {
+	if cfg.MaxEntries < 0 {
+		panic("middleware: MemoryStoreConfig.MaxEntries must not be negative")
+	}
+	if cfg.MaxEntries == 0 {
+		cfg.MaxEntries = DefaultMemoryStoreMaxEntries
+	}
+	return &refStore{max: cfg.MaxEntries, index: make(map[string]int)}
+}
+
+func (s *refStore) Claim(_ context.Context, key, owner string, lease time.Duration) (ClaimState, error) {
+	st, _ := s.claim(key, owner, 0, lease)
+	return st, nil
+}
+
+func (s *refStore) Commit(_ context.Context, key string, ttl time.Duration) error {
+	s.commit(key, -1, ttl)
+	return nil
+}
+
+func (s *refStore) Release(_ context.Context, key, owner string) error {
+	s.release(key, -1, owner, 0)
+	return nil
+}
+
+func (s *refStore) claim(key, owner string, token uint64, lease time.Duration) (ClaimState, int) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i, ok := s.index[key]; ok {
+		e := &s.ring[i]
+		if now.Before(e.expires) {
+			if e.done {
+				return AlreadyDone, i
+			}
+			return InProgress, i
+		}
+		e.owner, e.token, e.done, e.expires = owner, token, false, now.Add(lease)
+		return Claimed, i
+	}
+	return Claimed, s.insert(refEntry{key: key, owner: owner, token: token, expires: now.Add(lease)})
+}
+
+func (s *refStore) commit(key string, slot int, ttl time.Duration) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if slot < 0 || s.ring[slot].key != key {
+		var ok bool
+		if slot, ok = s.index[key]; !ok {
+			s.insert(refEntry{key: key, done: true, expires: now.Add(ttl)})
+			return
+		}
+	}
+	e := &s.ring[slot]
+	e.owner, e.token, e.done, e.expires = "", 0, true, now.Add(ttl)
+}
+
+func (s *refStore) release(key string, slot int, owner string, token uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if slot < 0 || s.ring[slot].key != key {
+		var ok bool
+		if slot, ok = s.index[key]; !ok {
+			return
+		}
+	}
+	e := &s.ring[slot]
+	if !e.done && e.owner == owner && e.token == token {
+		delete(s.index, key)
+		*e = refEntry{}
+	}
+}
+
+func (s *refStore) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.index)
+}
+
+func (s *refStore) insert(e refEntry) int {
+	if len(s.ring) < s.max {
+		s.index[e.key] = len(s.ring)
+		s.ring = append(s.ring, e)
+		return len(s.ring) - 1
+	}
+	i := s.next
+	s.next = (s.next + 1) % s.max
+	if old := s.ring[i].key; old != "" {
+		delete(s.index, old)
+	}
+	s.ring[i] = e
+	s.index[e.key] = i
+	return i
+}
+
+func TestMemoryStoreMatchesReference(t *testing.T) {
+	ctx := context.Background()
+	for seed := range uint64(20) {
+		rng := rand.New(rand.NewPCG(seed, 1))
+		maxEntries := 1 + rng.IntN(80)
+		s := NewMemoryStore(MemoryStoreConfig{MaxEntries: maxEntries})
+		r := newRefStore(MemoryStoreConfig{MaxEntries: maxEntries})
+		type held struct {
+			key   string
+			slot  int
+			token uint64
+		}
+		var claims []held
+		for step := range 5000 {
+			key := strconv.Itoa(rng.IntN(3 * maxEntries))
+			lease := time.Hour
+			if rng.IntN(10) == 0 {
+				lease = -time.Hour // expired at once
+			}
+			switch op := rng.IntN(6); op {
+			case 0, 1: // Claim by a string owner
+				owner := "o" + strconv.Itoa(rng.IntN(3))
+				a, _ := s.Claim(ctx, key, owner, lease)
+				b, _ := r.Claim(ctx, key, owner, lease)
+				if a != b {
+					t.Fatalf("seed %d step %d: Claim(%s) = %v, reference %v", seed, step, key, a, b)
+				}
+			case 2: // the Dedup fast path: token claim, kept for commit or release
+				tok := uint64(step + 1)
+				a, slot := s.claim(key, "", tok, lease)
+				b, _ := r.claim(key, "", tok, lease)
+				if a != b {
+					t.Fatalf("seed %d step %d: claim(%s) = %v, reference %v", seed, step, key, a, b)
+				}
+				if a == Claimed {
+					claims = append(claims, held{key, slot, tok})
+				}
+			case 3:
+				_ = s.Commit(ctx, key, lease)
+				_ = r.Commit(ctx, key, lease)
+			case 4:
+				owner := "o" + strconv.Itoa(rng.IntN(3))
+				_ = s.Release(ctx, key, owner)
+				_ = r.Release(ctx, key, owner)
+			case 5: // finish a fast-path claim
+				if len(claims) == 0 {
+					continue
+				}
+				c := claims[0]
+				claims = claims[1:]
+				if rng.IntN(2) == 0 {
+					s.commit(c.key, c.slot, time.Hour)
+					r.commit(c.key, -1, time.Hour)
+				} else {
+					s.release(c.key, c.slot, "", c.token)
+					r.release(c.key, -1, "", c.token)
+				}
+			}
+			if a, b := s.Len(), r.Len(); a != b {
+				t.Fatalf("seed %d step %d: Len = %d, reference %d", seed, step, a, b)
+			}
+		}
+	}
+}
