@@ -140,28 +140,26 @@ func (s *fused) attempt(msg *message.Message, actx *attemptCtx) (out []*message.
 		orig := msg.Context()
 		actx.init(orig, s.timeout)
 		msg.SetContext(actx)
-		out, err = s.call(msg)
+		if s.recover {
+			out, err = protect(s.h, msg)
+		} else {
+			out, err = s.h(msg)
+		}
 		if err != nil && attemptTimedOut(msg, actx, orig, err) {
 			out, err = nil, &TimeoutError{After: s.timeout, Err: err}
 		} else {
 			actx.cancel(context.Canceled)
 			msg.SetContext(orig)
 		}
+	} else if s.recover {
+		out, err = protect(s.h, msg)
 	} else {
-		out, err = s.call(msg)
+		out, err = s.h(msg)
 	}
 	if err != nil {
 		out, err = s.attemptFailed(msg, out, err)
 	}
 	return out, err
-}
-
-// call runs the handler, under recover when that step is on.
-func (s *fused) call(msg *message.Message) ([]*message.Message, error) {
-	if s.recover {
-		return protect(s.h, msg)
-	}
-	return s.h(msg)
 }
 
 // attemptFailed is retry and then the breaker after the first attempt
