@@ -5,11 +5,8 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
-	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -37,7 +34,7 @@ func BenchmarkStackOTel(b *testing.B) {
 	b.Run("default_otel_publish", func(b *testing.B) { benchDefaultOTel(b, true) })
 	b.Run("default_noop", func(b *testing.B) {
 		tel := newTelemetry(options{}, Config{Broker: BrokerMemory}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		benchRouterPub(b, nil, benchTelemetryStack(b, tel)...)
+		benchRouterWith(b, nil, benchTelemetryStack(b, tel)...)
 	})
 }
 
@@ -60,7 +57,7 @@ func benchDefaultOTel(b *testing.B, publish bool) {
 	if publish {
 		wrap = func(p message.Publisher) message.Publisher { return &instrumentedPublisher{next: p, t: tel} }
 	}
-	benchRouterPub(b, wrap, benchTelemetryStack(b, tel)...)
+	benchRouterWith(b, wrap, benchTelemetryStack(b, tel)...)
 }
 
 // benchTelemetryStack is the default stack with the bus's telemetry
@@ -73,66 +70,6 @@ func benchTelemetryStack(b *testing.B, tel *telemetry) []message.HandlerMiddlewa
 	ht := tel.handler("bench", benchTopic, "bench")
 	tel.hooks(&cfg, ht)
 	return []message.HandlerMiddleware{tel.handlerMiddleware(ht), middleware.Stack(cfg)}
-}
-
-// benchRouterPub is benchRouter (bench_test.go) with the publisher
-// optionally wrapped: wrap nil publishes to the broker directly.
-func benchRouterPub(b *testing.B, wrap func(message.Publisher) message.Publisher, mws ...message.HandlerMiddleware) {
-	if wrap == nil {
-		benchRouter(b, mws...)
-		return
-	}
-	logger := watermill.NopLogger{}
-	ps := benchPubSub(b)
-	pub := wrap(ps)
-	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, logger)
-	if err != nil {
-		b.Fatal(err)
-	}
-	n := int64(b.N)
-	var handled atomic.Int64
-	done := make(chan struct{})
-	h := router.AddConsumerHandler("bench", benchTopic, ps, func(*message.Message) error {
-		if handled.Add(1) == n {
-			close(done)
-		}
-		return nil
-	})
-	h.AddMiddleware(mws...)
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- router.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-runErr; err != nil {
-			b.Error(err)
-		}
-	}()
-	select {
-	case <-router.Running():
-	case err := <-runErr:
-		b.Fatalf("router stopped: %v", err)
-	}
-	ids := make([]string, b.N)
-	for i := range ids {
-		ids[i] = "00000000-0000-4000-8000-" + strconv.FormatInt(100000000000+int64(i), 10)
-	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	go func() {
-		for _, id := range ids {
-			if err := pub.Publish(benchTopic, message.NewMessage(id, message.Payload(id))); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	}()
-	select {
-	case <-done:
-	case <-time.After(time.Minute + time.Duration(b.N)*time.Millisecond):
-		b.Fatalf("handled %d of %d messages", handled.Load(), b.N)
-	}
-	b.StopTimer()
 }
 
 // BenchmarkTelemetryMiddleware measures the handler side without a router

@@ -104,8 +104,18 @@ func watermillStockStack(b *testing.B) []message.HandlerMiddleware {
 // and returns when the handler saw all of them. Each message has a unique
 // UUID and payload, so that no deduplicator skips it.
 func benchRouter(b *testing.B, mws ...message.HandlerMiddleware) {
+	benchRouterWith(b, nil, mws...)
+}
+
+// benchRouterWith is benchRouter with the publisher wrapped by wrap (the
+// telemetry's send side); nil publishes to the broker directly.
+func benchRouterWith(b *testing.B, wrap func(message.Publisher) message.Publisher, mws ...message.HandlerMiddleware) {
 	logger := watermill.NopLogger{}
 	ps := benchPubSub(b)
+	var pub message.Publisher = ps
+	if wrap != nil {
+		pub = wrap(ps)
+	}
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, logger)
 	if err != nil {
 		b.Fatal(err)
@@ -149,7 +159,7 @@ func benchRouter(b *testing.B, mws ...message.HandlerMiddleware) {
 	go func() {
 		for _, id := range ids {
 			window <- struct{}{}
-			if err := ps.Publish(benchTopic, message.NewMessage(id, message.Payload(id))); err != nil {
+			if err := pub.Publish(benchTopic, message.NewMessage(id, message.Payload(id))); err != nil {
 				b.Error(err)
 				return
 			}
