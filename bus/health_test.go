@@ -47,7 +47,9 @@ func TestHealth(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := b.Handle("h", bustest.Name("t"), func(context.Context, *message.Message) error { return nil }); err != nil {
+			topic := bustest.Name("t")
+			t.Cleanup(func() { deleteAMQP(t, cfg, map[string]string{topic: "h"}) })
+			if err := b.Handle("h", topic, func(context.Context, *message.Message) error { return nil }); err != nil {
 				t.Fatal(err)
 			}
 			ctx := bustest.Context(t, 30*time.Second)

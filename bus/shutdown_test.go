@@ -191,22 +191,54 @@ func mustNew(t *testing.T, cfg bus.Config) *bus.Bus {
 	return b
 }
 
-// deleteQueues removes what a test bus declared on RabbitMQ: the handler's
-// queue and exchange, and the dead-letter ones.
+// deleteQueues removes what a test bus declared on RabbitMQ for the handler
+// "h" of topic: its queue and exchange, and the dead-letter ones.
 func deleteQueues(t *testing.T, url, topic string, cfg bus.Config) {
-	conn, err := amqp091.Dial(url)
+	deleteAMQP(t, cfg, map[string]string{topic: "h"})
+}
+
+// deleteAMQP removes what a test bus with cfg declared on RabbitMQ: for
+// each topic its exchange and the queue of its handler (handlers maps topic
+// to handler name), and the dead-letter topic's. It does nothing for other
+// brokers.
+func deleteAMQP(t *testing.T, cfg bus.Config, handlers map[string]string) {
+	if cfg.Broker != bus.BrokerAMQP {
+		return
+	}
+	conn, err := amqp091.Dial(cfg.AMQP.URL)
 	if err != nil {
 		t.Logf("clean up: %v", err)
 		return
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return
+	del := func(fn func(*amqp091.Channel) error) {
+		ch, err := conn.Channel() // a failed delete closes its channel
+		if err != nil {
+			return
+		}
+		defer ch.Close()
+		_ = fn(ch)
 	}
-	defer ch.Close()
-	ch.QueueDelete(amqp.QueueName(topic, cfg.Group+".h"), false, false, false)
-	ch.QueueDelete(amqp.QueueName(cfg.DeadLetterTopic, bus.DeadLetterGroup), false, false, false)
-	ch.ExchangeDelete(amqp.ExchangeName(topic), false, false)
-	ch.ExchangeDelete(amqp.ExchangeName(cfg.DeadLetterTopic), false, false)
+	group := cfg.Group
+	if group == "" {
+		group = bus.DefaultGroup
+	}
+	dlq := cfg.DeadLetterTopic
+	if dlq == "" {
+		dlq = bus.DefaultDeadLetterTopic
+	}
+	for topic, handler := range handlers {
+		del(func(ch *amqp091.Channel) error {
+			_, err := ch.QueueDelete(amqp.QueueName(topic, group+"."+handler), false, false, false)
+			return err
+		})
+		del(func(ch *amqp091.Channel) error { return ch.ExchangeDelete(amqp.ExchangeName(topic), false, false) })
+	}
+	if dlq != bus.DefaultDeadLetterTopic {
+		del(func(ch *amqp091.Channel) error {
+			_, err := ch.QueueDelete(amqp.QueueName(dlq, bus.DeadLetterGroup), false, false, false)
+			return err
+		})
+		del(func(ch *amqp091.Channel) error { return ch.ExchangeDelete(amqp.ExchangeName(dlq), false, false) })
+	}
 }

@@ -145,6 +145,7 @@ func TestTrace(t *testing.T) {
 				t.Fatal(err)
 			}
 			first, second := bustest.Name("first"), bustest.Name("second")
+			t.Cleanup(func() { deleteAMQP(t, cfg, map[string]string{first: "forward", second: "sink"}) })
 			done := make(chan message.Metadata, 1)
 			if err := b.Handle("forward", first, func(ctx context.Context, m *message.Message) error {
 				if !trace.SpanFromContext(ctx).SpanContext().IsValid() {
@@ -620,6 +621,7 @@ func TestMetricQueueDepth(t *testing.T) {
 	}
 	defer b.Close(context.Background())
 	topic := bustest.Name("orders")
+	t.Cleanup(func() { deleteAMQP(t, b.Config(), map[string]string{topic: "h"}) })
 	if err := b.Handle("h", topic, func(context.Context, *message.Message) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
