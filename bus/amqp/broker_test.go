@@ -58,14 +58,7 @@ func TestPrepareKeepsMessagesPublishedBeforeSubscribe(t *testing.T) {
 		t.Fatalf("queue depth %d after %d confirmed publishes, want %d", got, n, n)
 	}
 
-	sub, err := b.Subscriber(group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs, err := sub.Subscribe(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, msgs := subscribe(t, ctx, b, group, topic)
 	for i, id := range ids {
 		m := receive(t, msgs)
 		if m.UUID != id {
@@ -198,14 +191,7 @@ func TestPrefetchBoundsUnackedDeliveries(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	sub, err := b.Subscriber(group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs, err := sub.Subscribe(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, msgs := subscribe(t, ctx, b, group, topic)
 	first := receive(t, msgs)
 	eventually(t, "prefetch taken", func() (bool, string) {
 		d := depth(t, b, topic, group)
@@ -235,14 +221,7 @@ func TestNackRedeliversAfterDelay(t *testing.T) {
 	if err := b.Prepare(ctx, topic, group); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := b.Subscriber(group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs, err := sub.Subscribe(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, msgs := subscribe(t, ctx, b, group, topic)
 	sent := message.NewMessage(watermill.NewUUID(), []byte("x"))
 	if err := b.Publisher().Publish(topic, sent); err != nil {
 		t.Fatal(err)
@@ -283,14 +262,7 @@ func TestCloseDoesNotWaitForNackDelay(t *testing.T) {
 	if err := b.Publisher().Publish(topic, message.NewMessage(watermill.NewUUID(), nil)); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := b.Subscriber(group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs, err := sub.Subscribe(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub, msgs := subscribe(t, ctx, b, group, topic)
 	receive(t, msgs).Nack()
 
 	closed := make(chan error, 1)

@@ -29,14 +29,7 @@ func TestConcurrencyRunsNAtOnce(t *testing.T) {
 	if err := b.Publisher().Publish(topic, newMessages(n*rounds)...); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := b.Subscriber(group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs, err := sub.Subscribe(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, msgs := subscribe(t, ctx, b, group, topic)
 
 	var inflight, peak atomic.Int64
 	barriers := make([]chan struct{}, rounds)
@@ -85,14 +78,7 @@ func TestConcurrencyAcksOnlyAfterHandler(t *testing.T) {
 	if err := b.Publisher().Publish(topic, newMessages(total)...); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := b.Subscriber(group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs, err := sub.Subscribe(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub, msgs := subscribe(t, ctx, b, group, topic)
 	var held []*message.Message
 	for range n {
 		held = append(held, receive(t, msgs))

@@ -163,3 +163,18 @@ func depth(t testing.TB, b *amqp.Broker, topic, group string) int {
 	}
 	return n
 }
+
+// subscribe makes a subscriber of b in group and subscribes it to topic,
+// failing the test on an error.
+func subscribe(t testing.TB, ctx context.Context, b *amqp.Broker, group, topic string) (message.Subscriber, <-chan *message.Message) {
+	t.Helper()
+	sub, err := b.Subscriber(group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := sub.Subscribe(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sub, ch
+}

@@ -264,14 +264,7 @@ func TestRoundTrip(t *testing.T) {
 	if err := b.Publisher().Publish(topic, sent); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := b.Subscriber(group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs, err := sub.Subscribe(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, msgs := subscribe(t, ctx, b, group, topic)
 	got := receive(t, msgs)
 	got.Ack()
 	if got.UUID != sent.UUID {

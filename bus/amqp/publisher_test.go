@@ -144,14 +144,7 @@ func TestBatchLargerThanWindowKeepsOrder(t *testing.T) {
 		t.Fatalf("queue depth %d after Publish returned, want %d: Publish returned before every confirm", d, n)
 	}
 
-	sub, err := b.Subscriber(group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := sub.Subscribe(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, got := subscribe(t, ctx, b, group, topic)
 	for i, want := range msgs {
 		m := receive(t, got)
 		if m.UUID != want.UUID {

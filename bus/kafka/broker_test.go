@@ -73,14 +73,7 @@ func TestPublisherIsIdempotentWithAcksAll(t *testing.T) {
 	sent := publishN(t, b.Publisher(), topic, 20)
 	sent[3].Metadata.Set("never", "sent") // changing a sent message changes nothing
 
-	sub, err := b.Subscriber(bustest.Name("g"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := sub.Subscribe(bustest.Context(t, 30*time.Second), topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ch := subscribe(t, bustest.Context(t, 30*time.Second), b, bustest.Name("g"), topic)
 	got := receive(t, ch, 20, 20*time.Second)
 	for i, m := range got {
 		if m.UUID != sent[i].UUID || string(m.Payload) != string(sent[i].Payload) {
@@ -169,14 +162,7 @@ func TestNewGroupStartsAtOldest(t *testing.T) {
 	const n = 50
 	sent := publishN(t, b.Publisher(), topic, n)
 
-	sub, err := b.Subscriber(bustest.Name("g"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := sub.Subscribe(bustest.Context(t, 30*time.Second), topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ch := subscribe(t, bustest.Context(t, 30*time.Second), b, bustest.Name("g"), topic)
 	got := receive(t, ch, n, 20*time.Second)
 	want := map[string]bool{}
 	for _, m := range sent {
@@ -221,14 +207,7 @@ func TestForeignRecordsAreDelivered(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	sub, err := b.Subscriber(bustest.Name("g"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := sub.Subscribe(bustest.Context(t, 30*time.Second), topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ch := subscribe(t, bustest.Context(t, 30*time.Second), b, bustest.Name("g"), topic)
 	got := receive(t, ch, 4, 20*time.Second)
 
 	if m := got[0]; m.UUID != "evt-1" || m.Metadata.Get("odd") != odd || string(m.Payload) != "with ce_id" ||
@@ -294,14 +273,7 @@ func TestPartitionKey(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	sub, err := b.Subscriber(bustest.Name("g"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := sub.Subscribe(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ch := subscribe(t, ctx, b, bustest.Name("g"), topic)
 	got := receive(t, ch, len(keys)+len(msgs), 20*time.Second)
 	keyless := map[int32]bool{}
 	for _, m := range got {
@@ -337,14 +309,7 @@ func TestNackWaitsNackDelay(t *testing.T) {
 	topic := bustest.Name("nack")
 	sent := publishN(t, b.Publisher(), topic, 1)
 
-	sub, err := b.Subscriber(bustest.Name("g"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := sub.Subscribe(bustest.Context(t, 30*time.Second), topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ch := subscribe(t, bustest.Context(t, 30*time.Second), b, bustest.Name("g"), topic)
 	var first *message.Message
 	select {
 	case first = <-ch:
@@ -457,14 +422,7 @@ func TestLag(t *testing.T) {
 	}
 	publishN(t, b.Publisher(), topic, 10)
 
-	sub, err := b.Subscriber(group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := sub.Subscribe(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub, ch := subscribe(t, ctx, b, group, topic)
 	receive(t, ch, 10, 20*time.Second)
 	// Offsets are committed every second; wait until all 10 are. (An Ack
 	// racing with Close may be dropped by watermill-kafka: the record is then
@@ -517,14 +475,7 @@ func TestSASL(t *testing.T) {
 				t.Fatalf("Prepare: %v", err)
 			}
 			sent := publishN(t, b.Publisher(), topic, 1)
-			sub, err := b.Subscriber(bustest.Name("g"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			ch, err := sub.Subscribe(ctx, topic)
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, ch := subscribe(t, ctx, b, bustest.Name("g"), topic)
 			if got := receive(t, ch, 1, 20*time.Second); got[0].UUID != sent[0].UUID {
 				t.Fatalf("got %s, want %s", got[0].UUID, sent[0].UUID)
 			}

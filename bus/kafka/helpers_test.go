@@ -1,6 +1,7 @@
 package kafka_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -72,4 +73,19 @@ func publishN(t *testing.T, pub message.Publisher, topic string, n int) []*messa
 		t.Fatalf("Publish: %v", err)
 	}
 	return msgs
+}
+
+// subscribe makes a subscriber of b in group and subscribes it to topic,
+// failing the test on an error.
+func subscribe(t testing.TB, ctx context.Context, b *kafka.Broker, group, topic string) (message.Subscriber, <-chan *message.Message) {
+	t.Helper()
+	sub, err := b.Subscriber(group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := sub.Subscribe(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sub, ch
 }

@@ -100,14 +100,7 @@ func TestPublishBatch(t *testing.T) {
 	}
 	mu.Unlock()
 
-	sub, err := b.Subscriber(bustest.Name("g"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := sub.Subscribe(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ch := subscribe(t, ctx, b, bustest.Name("g"), topic)
 	got := receive(t, ch, len(msgs), 20*time.Second)
 	want := map[string]bool{}
 	for _, m := range msgs {
@@ -217,14 +210,7 @@ func TestPublishBatchReportsFailedMessages(t *testing.T) {
 		t.Fatalf("Publish after the failure: %v", err)
 	}
 
-	sub, err := b.Subscriber(bustest.Name("g"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := sub.Subscribe(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ch := subscribe(t, ctx, b, bustest.Name("g"), topic)
 	want := len(msgs) - len(bad) + 2
 	got := receive(t, ch, want, 20*time.Second)
 	seen := map[string]bool{}
