@@ -31,17 +31,16 @@ type HandlerFunc func(ctx context.Context, msg *message.Message) error
 // Its methods are safe for concurrent use. Register handlers with
 // [Bus.Handle] before [Bus.Run].
 type Bus struct {
-	cfg     Config
-	opts    options
-	logger  *slog.Logger
-	broker  broker
-	pub     message.Publisher
-	router  *message.Router
-	drain   drainer
-	gate    *gate // nil when the broker drains itself
-	stack   middleware.StackConfig
-	prepCtx context.Context
-	tel     *telemetry // set by instrumentPublisher in New (telemetry.go)
+	cfg    Config
+	opts   options
+	logger *slog.Logger
+	broker broker
+	pub    message.Publisher
+	router *message.Router
+	drain  drainer
+	gate   *gate // nil when the broker drains itself
+	stack  middleware.StackConfig
+	tel    *telemetry // set by instrumentPublisher in New (telemetry.go)
 
 	mu        sync.Mutex
 	state     state
@@ -86,7 +85,6 @@ func New(cfg Config, opts ...Option) (*Bus, error) {
 		logger:   o.logger,
 		handlers: make(map[string]string),
 		closed:   make(chan struct{}),
-		prepCtx:  context.Background(),
 	}
 	switch cfg.Broker {
 	case BrokerMemory:
@@ -123,7 +121,7 @@ func New(cfg Config, opts ...Option) (*Bus, error) {
 
 	// The dead-letter topic keeps what it receives for the group
 	// "deadletter", which the dead-letter tools read.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), prepareTimeout)
 	defer cancel()
 	if err := b.broker.Prepare(ctx, cfg.DeadLetterTopic, DeadLetterGroup); err != nil {
 		b.broker.Close()
@@ -141,6 +139,9 @@ func New(cfg Config, opts ...Option) (*Bus, error) {
 	}
 	return b, nil
 }
+
+// prepareTimeout bounds declaring a topic and a group's queue on the broker.
+const prepareTimeout = 30 * time.Second
 
 // DeadLetterGroup is the consumer group that keeps the dead-letter topic's
 // messages for inspection and replay.
@@ -184,7 +185,7 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	}
 	// Telemetry wraps the hooks the options set, so both run.
 	b.instrumentStack(&stack, name, topic, group)
-	ctx, cancel := context.WithTimeout(b.prepCtx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), prepareTimeout)
 	defer cancel()
 	if err := b.broker.Prepare(ctx, topic, group); err != nil {
 		return fmt.Errorf("bus: prepare %s for %s: %w", topic, group, err)
