@@ -28,6 +28,10 @@
 // fails and never loops on a message; bad envelopes are rejected later, in
 // the router, where the dead-letter middleware can act.
 //
+// On both brokers a correlation id equal to the event id is implied, not
+// sent ([CorrelationImplied]); unmarshalers restore it
+// ([RestoreCorrelation]).
+//
 // # Versions and upcasting
 //
 // A [Registry] binds each (event type, version) to a Go type with

@@ -83,10 +83,16 @@
 // (cloudEvents:x is accepted on input), content-type as the content_type
 // property, other metadata (traceparent, busline_ keys) as headers of the
 // same name, all strings. The event id is mirrored to the message_id
-// property, ce_correlationid to correlation_id and ce_time to timestamp.
-// The message UUID travels in the _watermill_message_uuid header, as with
-// plain watermill-amqp; a message from another producer gets the
-// cloudEvents_id header, else the message_id property, else a new UUID.
+// property and ce_time to timestamp. What the receiver can tell from the
+// rest is not sent, since RabbitMQ pays for every header of every message:
+// the message UUID travels in the _watermill_message_uuid header (as with
+// plain watermill-amqp) only when it differs from the event id, and the
+// correlation id only when it differs from the event id. The unmarshaler
+// takes as UUID the _watermill_message_uuid header, else the
+// cloudEvents_id header, else the message_id property, else a new UUID; as
+// correlation id the cloudEvents_correlationid header, else the
+// correlation_id property, else the event id. A consumer using
+// watermill-amqp's own marshaler sees an empty UUID on Busline's messages.
 // Every delivered message carries [KeyExchange], [KeyRoutingKey] and
 // [KeyRedelivered]; they are dropped when the message is published again.
 //

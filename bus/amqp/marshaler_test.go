@@ -2,6 +2,7 @@ package amqp_test
 
 import (
 	"encoding/json"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -218,8 +219,8 @@ func TestMarshalWritesCloudEventsBinding(t *testing.T) {
 	if d.DeliveryMode != amqp091.Persistent {
 		t.Errorf("delivery mode %d, want persistent", d.DeliveryMode)
 	}
-	if d.MessageId != "evt-9" || d.CorrelationId != "corr-9" {
-		t.Errorf("message_id %q, correlation_id %q", d.MessageId, d.CorrelationId)
+	if d.MessageId != "evt-9" || d.CorrelationId != "" {
+		t.Errorf("message_id %q, correlation_id %q; want evt-9 and none", d.MessageId, d.CorrelationId)
 	}
 	if !d.Timestamp.Equal(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)) {
 		t.Errorf("timestamp %v", d.Timestamp)
@@ -240,6 +241,48 @@ func TestMarshalWritesCloudEventsBinding(t *testing.T) {
 	}
 	if len(d.Headers) != len(want) {
 		t.Errorf("headers %v, want exactly %v", d.Headers, want)
+	}
+}
+
+// What the receiver can tell from the event id is not sent: a message as
+// the bus publishes it outside a handler (UUID, event id and correlation id
+// all equal) carries the cloudEvents_id header alone, and arrives with its
+// UUID and correlation id restored.
+func TestMarshalLeavesImpliedIDsOff(t *testing.T) {
+	t.Parallel()
+	tp := newTopology(t)
+	b := newBroker(t, amqp.Config{})
+	ctx := bustest.Context(t, wait)
+	topic, rawGroup, group := tp.topic("implied"), tp.group("raw"), tp.group("bus")
+	for _, g := range []string{rawGroup, group} {
+		if err := b.Prepare(ctx, topic, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id := watermill.NewUUID()
+	m := message.NewMessage(id, []byte("x"))
+	m.Metadata = message.Metadata{schema.KeyID: id, schema.KeyCorrelationID: id}
+	if err := b.Publisher().Publish(topic, m); err != nil {
+		t.Fatal(err)
+	}
+
+	raw := rawChannel(t)
+	d, ok, err := raw.Get(amqp.QueueName(topic, rawGroup), true)
+	if err != nil || !ok {
+		t.Fatalf("Get: %v, %v", ok, err)
+	}
+	if want := (amqp091.Table{"cloudEvents_id": id}); !maps.Equal(d.Headers, want) {
+		t.Errorf("headers %v, want %v", d.Headers, want)
+	}
+	if d.MessageId != id || d.CorrelationId != "" {
+		t.Errorf("message_id %q, correlation_id %q; want %s and none", d.MessageId, d.CorrelationId, id)
+	}
+
+	_, msgs := subscribe(t, ctx, b, group, topic)
+	got := receive(t, msgs)
+	got.Ack()
+	if got.UUID != id || got.Metadata[schema.KeyID] != id || got.Metadata[schema.KeyCorrelationID] != id {
+		t.Errorf("UUID %q, metadata %v: want %s as UUID, ce_id and ce_correlationid", got.UUID, got.Metadata, id)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/schema"
 )
 
 func newMessages(n int) []*message.Message {
@@ -87,6 +88,9 @@ func TestBatchPublishReportsUnroutable(t *testing.T) {
 	topic := tp.topic("unroutable")
 
 	msgs := newMessages(3)
+	// As the bus publishes it: the UUID is the event id, so it travels in
+	// cloudEvents_id alone, and the return is matched by that header.
+	msgs[1].Metadata.Set(schema.KeyID, msgs[1].UUID)
 	err := b.Publisher().Publish(topic, msgs...)
 	var pe *amqp.PublishError
 	if !errors.As(err, &pe) || !errors.Is(err, amqp.ErrUnroutable) {

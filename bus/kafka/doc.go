@@ -72,6 +72,8 @@
 // UUID (every message the bus publishes), else in Watermill's
 // _watermill_message_uuid header. Consumers using watermill-kafka's own
 // unmarshaler see an empty UUID on the former (and ce_id in the metadata).
+// A ce_correlationid equal to ce_id is not sent either; the unmarshaler
+// restores it (schema.RestoreCorrelation).
 //
 // The unmarshaler never fails (in watermill-kafka an unmarshal error makes
 // the group rejoin forever and blocks the partition). Headers become

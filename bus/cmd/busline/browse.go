@@ -158,7 +158,8 @@ func browseKafka(ctx context.Context, cfg bus.Config, group string) ([]*message.
 
 // kafkaMessage maps a record like the bus's Kafka unmarshaler: headers
 // become metadata; the UUID is the _watermill_message_uuid header, else
-// ce_id, else "kafka:<topic>/<partition>/<offset>".
+// ce_id, else "kafka:<topic>/<partition>/<offset>"; an implied correlation
+// id is restored.
 func kafkaMessage(r *kgo.Record) *message.Message {
 	md := message.Metadata{}
 	id := ""
@@ -178,6 +179,7 @@ func kafkaMessage(r *kgo.Record) *message.Message {
 	if len(r.Key) > 0 && md[schema.KeyPartitionKey] == "" {
 		md[schema.KeyPartitionKey] = string(r.Key)
 	}
+	schema.RestoreCorrelation(md)
 	m := message.NewMessage(id, r.Value)
 	m.Metadata = md
 	return m
@@ -273,6 +275,7 @@ func amqpMessage(d amqp091.Delivery) *message.Message {
 	if md[schema.KeyCorrelationID] == "" && d.CorrelationId != "" {
 		md[schema.KeyCorrelationID] = d.CorrelationId
 	}
+	schema.RestoreCorrelation(md)
 	m := message.NewMessage(id, d.Body)
 	m.Metadata = md
 	return m
