@@ -13,27 +13,32 @@ import (
 )
 
 // marshalRecords writes what watermill-kafka's DefaultMarshaler writes,
-// except the _watermill_message_uuid header when ce_id is the UUID; the
-// record key is ce_partitionkey; Unmarshal gives back UUID, metadata and
-// payload; a message with reserved metadata fails alone.
+// except the _watermill_message_uuid header when ce_id is the UUID and
+// ce_correlationid when it is ce_id; the record key is ce_partitionkey;
+// Unmarshal gives back UUID, metadata (with the correlation id ce_id
+// implies) and payload; a message with reserved metadata fails alone.
 func TestMarshalRecords(t *testing.T) {
 	withID := message.NewMessage("id-1", []byte("one"))
 	withID.Metadata.Set(schema.KeyID, "id-1")
 	withID.Metadata.Set(schema.KeyPartitionKey, "order-7")
 	withID.Metadata.Set("empty", "")
+	withID.Metadata.Set(schema.KeyCorrelationID, "id-1") // implied: not sent
 	plain := message.NewMessage("id-2", []byte("two"))
 	plain.Metadata.Set(schema.KeyID, "other")
+	plain.Metadata.Set(schema.KeyCorrelationID, "corr-2")
+	noCorr := message.NewMessage("id-5", []byte("five"))
+	noCorr.Metadata.Set(schema.KeyID, "id-5")
 	bare := message.NewMessage("id-3", nil)
 	bare.Metadata = nil
 	reserved := message.NewMessage("id-4", []byte("four"))
 	reserved.Metadata.Set(wkafka.UUIDHeaderKey, "x")
-	msgs := []*message.Message{withID, reserved, plain, bare}
+	msgs := []*message.Message{withID, reserved, plain, bare, noCorr}
 
-	rb := marshalRecords("t", msgs)
-	if len(rb.recs) != 3 || len(rb.failed) != 1 || rb.failed[0].Index != 1 || rb.failed[0].UUID != "id-4" {
+	rb := marshalRecords("t", msgs, nil)
+	if len(rb.recs) != 4 || len(rb.failed) != 1 || rb.failed[0].Index != 1 || rb.failed[0].UUID != "id-4" {
 		t.Fatalf("recs %d, failed %+v", len(rb.recs), rb.failed)
 	}
-	if got := []int{rb.at(0), rb.at(1), rb.at(2)}; !slices.Equal(got, []int{0, 2, 3}) {
+	if got := []int{rb.at(0), rb.at(1), rb.at(2), rb.at(3)}; !slices.Equal(got, []int{0, 2, 3, 4}) {
 		t.Fatalf("positions %v", got)
 	}
 	for i, rec := range rb.recs {
@@ -45,6 +50,9 @@ func TestMarshalRecords(t *testing.T) {
 		wantH := headerMap(want.Headers)
 		if m.Metadata[schema.KeyID] == m.UUID {
 			delete(wantH, wkafka.UUIDHeaderKey)
+		}
+		if schema.CorrelationImplied(m.Metadata) {
+			delete(wantH, schema.KeyCorrelationID)
 		}
 		if got := headerMap(rec.Headers); !maps.Equal(got, wantH) {
 			t.Errorf("%s: headers %v, want %v", m.UUID, got, wantH)
@@ -77,8 +85,10 @@ func TestMarshalRecords(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if back.UUID != m.UUID || string(back.Payload) != string(m.Payload) || !maps.Equal(back.Metadata, m.Metadata) && len(m.Metadata) > 0 {
-			t.Errorf("round trip: %s %q %v, want %s %q %v", back.UUID, back.Payload, back.Metadata, m.UUID, m.Payload, m.Metadata)
+		wantMD := maps.Clone(m.Metadata)
+		schema.RestoreCorrelation(wantMD)
+		if back.UUID != m.UUID || string(back.Payload) != string(m.Payload) || !maps.Equal(back.Metadata, wantMD) && len(m.Metadata) > 0 {
+			t.Errorf("round trip: %s %q %v, want %s %q %v", back.UUID, back.Payload, back.Metadata, m.UUID, m.Payload, wantMD)
 		}
 	}
 }
