@@ -15,7 +15,8 @@ import (
 // publisher publishes with pipelined publisher confirms over a pool of
 // confirm-mode channels.
 //
-// A Publish call takes one channel of the pool (round robin) and sends its
+// A Publish call takes the channel of the pool the fewest calls use (the
+// first idle one, looking round robin from the last choice) and sends its
 // messages on it in order with PublishWithDeferredConfirmWithContext,
 // without waiting for each confirm: a message takes one of the channel's
 // window slots until its confirm arrives, so at most window messages per
@@ -72,8 +73,9 @@ func newPublisher(conn *connection, cfg Config, logger watermill.LoggerAdapter) 
 
 // poolSlot holds one channel of the pool, reopened when it dies.
 type poolSlot struct {
-	mu sync.Mutex
-	ch *confirmChannel
+	users atomic.Int32 // Publish calls using the slot's channel
+	mu    sync.Mutex
+	ch    *confirmChannel
 }
 
 // confirmChannel is one confirm-mode channel of the pool.
@@ -121,7 +123,9 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 		}
 		return result()
 	}
-	cc, err := p.channel(topic)
+	slot := p.take()
+	defer slot.users.Add(-1)
+	cc, err := p.channel(slot, topic)
 	if err != nil {
 		for _, m := range msgs {
 			fail(m.UUID, err)
@@ -228,9 +232,33 @@ func (cc *confirmChannel) claimReturn(uuid string) bool {
 	return true
 }
 
-// channel returns a live channel of the pool for a Publish to topic,
+// take chooses the pool slot for a Publish call and counts the call as its
+// user (the caller subtracts it when done): the first slot without users,
+// looking round robin from after the last choice, else the one with the
+// fewest. Plain round robin let concurrent calls pile onto one channel
+// (which serializes their publishes) while another stood idle.
+func (p *publisher) take() *poolSlot {
+	n := uint64(len(p.pool))
+	start := p.next.Add(1)
+	best := p.pool[start%n]
+	for i := range n {
+		slot := p.pool[(start+i)%n]
+		u := slot.users.Load()
+		if u == 0 {
+			best = slot
+			break
+		}
+		if u < best.users.Load() {
+			best = slot
+		}
+	}
+	best.users.Add(1)
+	return best
+}
+
+// channel returns the live channel of slot for a Publish to topic,
 // opening one if needed, and makes sure topic's exchange is declared.
-func (p *publisher) channel(topic string) (*confirmChannel, error) {
+func (p *publisher) channel(slot *poolSlot, topic string) (*confirmChannel, error) {
 	conn, gen, err := p.conn.current()
 	if err != nil {
 		return nil, err
@@ -238,7 +266,6 @@ func (p *publisher) channel(topic string) (*confirmChannel, error) {
 	if err := p.declare(conn, gen, topic); err != nil {
 		return nil, err
 	}
-	slot := p.pool[p.next.Add(1)%uint64(len(p.pool))]
 	slot.mu.Lock()
 	defer slot.mu.Unlock()
 	if cc := slot.ch; cc != nil && cc.gen == gen && !cc.ch.IsClosed() {
@@ -294,7 +321,7 @@ func (p *publisher) dispatchReturns(cc *confirmChannel, returns <-chan amqp091.R
 			if !ok {
 				return
 			}
-			uuid, _ := r.Headers[uuidHeader].(string)
+			uuid := returnedUUID(r)
 			cc.mu.Lock()
 			cc.returned[uuid]++
 			cc.mu.Unlock()
@@ -343,4 +370,15 @@ func (p *publisher) Close() error {
 		p.wg.Wait()
 	})
 	return nil
+}
+
+// returnedUUID is the UUID of the message r returns, as the marshaler sent
+// it: the _watermill_message_uuid header, else (the UUID is the event id)
+// the cloudEvents_id header.
+func returnedUUID(r amqp091.Return) string {
+	if uuid, ok := r.Headers[uuidHeader].(string); ok {
+		return uuid
+	}
+	uuid, _ := r.Headers[idHeader].(string)
+	return uuid
 }
