@@ -155,7 +155,7 @@ func (s *subscriber) run(ctx context.Context, topic string, out chan *message.Me
 		var err error
 		ch, deliveries, err = sub.consume()
 		if err == nil {
-			sub.acker = newAcker(ch)
+			sub.acker = newAcker(ch, s.prefetch)
 		}
 		if err != nil {
 			s.logger.Error("AMQP subscription: consume failed, retrying", err, fields)
@@ -194,16 +194,30 @@ func (s *subscriber) run(ctx context.Context, topic string, out chan *message.Me
 	}
 }
 
-// flushLoop sends the acks of a as they become sendable, until stop.
+// flushLoop sends the acks of a when they are due (see [acker]): at once
+// when maxHeld of them wait, else ackHoldBack after the first of them
+// arrived, until stop.
 func (sub *subscription) flushLoop(a *acker, stop <-chan struct{}) {
+	timer := time.NewTimer(ackHoldBack)
+	timer.Stop()
+	armed := false
 	for {
+		all := false
 		select {
 		case <-a.kick:
-			if err := a.flush(); err != nil && !errors.Is(err, amqp091.ErrClosed) {
-				sub.s.logger.Error("AMQP subscription: ack", err, nil)
-			}
+		case <-timer.C:
+			armed, all = false, true
 		case <-stop:
+			timer.Stop()
 			return
+		}
+		held, err := a.flushRun(all)
+		if err != nil && !errors.Is(err, amqp091.ErrClosed) {
+			sub.s.logger.Error("AMQP subscription: ack", err, nil)
+		}
+		if held && !armed {
+			timer.Reset(ackHoldBack)
+			armed = true
 		}
 	}
 }
