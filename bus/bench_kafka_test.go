@@ -31,9 +31,9 @@ func init() {
 //
 //   - raw: Sarama's SyncProducer.SendMessages with the producer settings
 //     Busline uses (kafkaBenchSaramaConfig);
-//   - raw_envelope: the same with the two headers every message the bus
-//     publishes carries, ce_id and ce_correlationid (a UUID each): the
-//     baseline for the same bytes on the wire;
+//   - raw_envelope: the same with the header every message the bus
+//     publishes outside a handler carries, ce_id (a UUID, made per
+//     message): the baseline for the same bytes on the wire;
 //   - busline: Bus.Publish on a bus with Broker "kafka" and the default
 //     telemetry (global OpenTelemetry providers, no-op here): envelope id,
 //     correlation, metadata headers, the bus's Kafka publisher.
@@ -80,7 +80,6 @@ func benchKafkaSarama(b *testing.B, envelope bool) {
 				id := []byte(watermill.NewUUID())
 				recs[i].Headers = []sarama.RecordHeader{
 					{Key: []byte(schema.KeyID), Value: id},
-					{Key: []byte(schema.KeyCorrelationID), Value: id},
 				}
 			}
 		}
