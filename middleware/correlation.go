@@ -12,8 +12,10 @@ import (
 // ids through a handler:
 //
 //   - the handled message keeps its ce_correlationid; when it has none, the
-//     message starts a new correlation whose id is its own UUID, and the
-//     metadata is set so that a dead-letter copy carries it too;
+//     message starts a new correlation whose id is its own UUID. The
+//     message itself is not changed (a message without a correlation id is
+//     the root of its own, as on the wire: schema.CorrelationImplied); the
+//     copy [DeadLetter] publishes gets the id written in;
 //   - the handler's context carries the correlation id and the handled
 //     message's UUID, read with [CorrelationIDFromContext] and
 //     [CausationIDFromContext], and used by [Propagate];
@@ -38,23 +40,16 @@ func Correlation() message.HandlerMiddleware {
 	}
 }
 
-// correlationOf returns msg's correlation id, starting a correlation (its
-// own UUID, set in the metadata) when it has none.
+// correlationOf returns msg's correlation id: its ce_correlationid, or,
+// when it has none, its own UUID (the message starts a correlation). The
+// message is not changed: a message without a correlation id is the root
+// of its own (see schema.CorrelationImplied); the dead-letter step writes
+// the id into the copy it publishes.
 func correlationOf(msg *message.Message) string {
 	if corr := msg.Metadata[schema.KeyCorrelationID]; corr != "" {
 		return corr
 	}
-	return startCorrelation(msg)
-}
-
-//go:noinline
-func startCorrelation(msg *message.Message) string {
-	corr := msg.UUID
-	if msg.Metadata == nil {
-		msg.Metadata = make(message.Metadata, 1)
-	}
-	msg.Metadata.Set(schema.KeyCorrelationID, corr)
-	return corr
+	return msg.UUID
 }
 
 // Propagate stamps correlation metadata on messages about to be published

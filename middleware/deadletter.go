@@ -168,6 +168,12 @@ func deadLetter(cfg *DeadLetterConfig, msg *message.Message, ctx context.Context
 	for k, v := range msg.Metadata {
 		dl.Metadata[k] = v
 	}
+	if dl.Metadata[schema.KeyCorrelationID] == "" {
+		// A message that started its correlation: the copy says so.
+		if corr := CorrelationIDFromContext(ctx); corr != "" {
+			dl.Metadata[schema.KeyCorrelationID] = corr
+		}
+	}
 	dl.Metadata[KeyDLQReason] = reason
 	if cfg.MaxErrorLength > 0 {
 		dl.Metadata[KeyDLQError] = truncate(err.Error(), cfg.MaxErrorLength)

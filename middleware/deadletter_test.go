@@ -239,3 +239,38 @@ func TestReplay(t *testing.T) {
 		t.Error("replay of a non-dead-letter succeeded")
 	}
 }
+
+// A message that arrives without a correlation id starts its own: the
+// handled message stays as it came, and its dead-letter copy names the
+// correlation (its UUID), through the composed steps and through Stack.
+func TestDeadLetterCopyNamesStartedCorrelation(t *testing.T) {
+	fail := func(*message.Message) ([]*message.Message, error) {
+		return nil, middleware.Permanent(errors.New("bad"))
+	}
+	for name, mw := range map[string]func(*recordingPublisher) message.HandlerMiddleware{
+		"composed": func(pub *recordingPublisher) message.HandlerMiddleware {
+			return func(h message.HandlerFunc) message.HandlerFunc {
+				return middleware.Correlation()(middleware.DeadLetter(middleware.DeadLetterConfig{Publisher: pub, Topic: "dlq"})(h))
+			}
+		},
+		"stack": func(pub *recordingPublisher) message.HandlerMiddleware {
+			return middleware.Stack(middleware.StackConfig{DeadLetter: middleware.DeadLetterConfig{Publisher: pub, Topic: "dlq"}})
+		},
+	} {
+		pub := &recordingPublisher{}
+		msg := newMsg("root-1", "x")
+		if _, err := mw(pub)(fail)(msg); err != nil {
+			t.Fatalf("%s: %v, want the message dead-lettered and acked", name, err)
+		}
+		if _, ok := msg.Metadata[schema.KeyCorrelationID]; ok {
+			t.Errorf("%s: the handled message was changed: %v", name, msg.Metadata)
+		}
+		dls := pub.topic("dlq")
+		if len(dls) != 1 {
+			t.Fatalf("%s: %d dead letters, want 1", name, len(dls))
+		}
+		if got := dls[0].Metadata.Get(schema.KeyCorrelationID); got != "root-1" {
+			t.Errorf("%s: dead letter %s = %q, want root-1", name, schema.KeyCorrelationID, got)
+		}
+	}
+}

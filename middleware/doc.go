@@ -49,9 +49,9 @@
 //		correlation -> nack-delay -> dead-letter -> dedup -> breaker ->
 //		retry -> throttle -> timeout -> recover -> handler
 //
-//	  - correlation is outermost so that every step sees the ids, and the
-//	    incoming message carries its (possibly new) correlation id before a
-//	    dead-letter copy of it is made.
+//	  - correlation is outermost so that every step sees the ids in the
+//	    context, the dead-letter step included: a dead-letter copy of a
+//	    message that started its correlation names it.
 //	  - nack-delay sees every error that will make the router nack: failed
 //	    dead-letter publishes, concurrent duplicates, dedup store failures,
 //	    and all failures when no dead-letter publisher is set.
