@@ -52,8 +52,10 @@
 //     bound to comes back as [ErrUnroutable] instead of being confirmed
 //     and dropped. Config.AllowUnroutable turns this off.
 //   - Manual acks: a delivery is acked only when the handler acks the
-//     message. Acks of a run of consecutive deliveries go out as one
-//     multiple ack when they pile up; nacks go out at once.
+//     message. Acks wait until a quarter of the prefetch is settled or
+//     2ms have passed, and a run of consecutive deliveries goes out as one
+//     multiple ack; nacks go out at once. A consumer that dies loses up
+//     to 2ms of acks, and those messages are delivered again.
 //   - Bounded parallelism: a subscription hands out up to Concurrency
 //     (default [DefaultConcurrency], 1) messages before one of them is
 //     settled; the router runs a handler per message, so at most

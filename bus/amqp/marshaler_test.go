@@ -175,7 +175,7 @@ func TestUnmarshalIDsAndAltPrefix(t *testing.T) {
 
 // A message published through the broker reaches a plain AMQP consumer in
 // the CloudEvents AMQP binding: cloudEvents_ headers, the content_type
-// property, persistent, ids mirrored to properties, transport keys dropped.
+// property, persistent, the event id mirrored to message_id, transport keys dropped.
 func TestMarshalWritesCloudEventsBinding(t *testing.T) {
 	t.Parallel()
 	tp := newTopology(t)
