@@ -6,6 +6,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/busline/busline/schema"
 )
 
 // The marshaler publishes persistent messages. The behaviour behind the
@@ -41,5 +43,22 @@ func TestValidatePrefetchBelowConcurrency(t *testing.T) {
 	}
 	if err := (Config{URL: "amqp://x/", Concurrency: 4}).Validate(); err != nil {
 		t.Fatalf("concurrency 4 with the default prefetch: %v", err)
+	}
+}
+
+// Metadata cannot name another UUID than the message's: a
+// _watermill_message_uuid key is dropped when the UUID travels as ce_id.
+func TestMarshalIgnoresUUIDInMetadata(t *testing.T) {
+	m := message.NewMessage("id-1", nil)
+	m.Metadata = message.Metadata{schema.KeyID: "id-1", uuidHeader: "other"}
+	p, err := marshaler{}.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := p.Headers[uuidHeader]; ok {
+		t.Errorf("header %s = %v, want none", uuidHeader, v)
+	}
+	if back, _ := (marshaler{}).Unmarshal(amqp091.Delivery{Headers: p.Headers, MessageId: p.MessageId}); back.UUID != "id-1" {
+		t.Errorf("UUID back %q, want id-1", back.UUID)
 	}
 }

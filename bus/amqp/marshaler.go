@@ -66,6 +66,9 @@ func (marshaler) Marshal(msg *message.Message) (amqp091.Publishing, error) {
 	id := md[schema.KeyID]
 	if id != msg.UUID {
 		headers[uuidHeader] = msg.UUID
+	} else {
+		// The metadata must not name another UUID than the message's.
+		delete(headers, uuidHeader)
 	}
 	if schema.CorrelationImplied(md) {
 		delete(headers, correlationHeader)

@@ -175,6 +175,12 @@ func (s *subscriber) run(ctx context.Context, topic string, out chan *message.Me
 		stop := sub.loop(deliveries)
 		close(stopFlush)
 		<-flushed
+		// Send the acks held back (see acker) now: on a live channel whose
+		// consumer was cancelled, closing it would requeue their messages;
+		// at shutdown they need not wait for the drain.
+		if err := sub.acker.flush(); err != nil && !errors.Is(err, amqp091.ErrClosed) {
+			s.logger.Error("AMQP subscription: ack", err, fields)
+		}
 		if stop {
 			break
 		}

@@ -88,6 +88,9 @@ func marshalRecords(topic string, msgs []*message.Message, emit func(*sarama.Pro
 		buf     []byte
 	)
 	bytes := func(v string) []byte {
+		if v == "" {
+			return []byte{} // empty, not null, on the wire
+		}
 		if cap(buf)-len(buf) < len(v) {
 			buf = make([]byte, 0, max(marshalChunk, len(v)))
 		}

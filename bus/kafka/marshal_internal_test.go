@@ -113,3 +113,19 @@ func TestMarshalOne(t *testing.T) {
 		t.Fatal("Marshal accepted reserved metadata")
 	}
 }
+
+// An empty metadata value (or key) is an empty header field, never a null
+// one: a null header key is invalid in Kafka's record format.
+func TestMarshalEmptyIsNotNull(t *testing.T) {
+	m := message.NewMessage("id", []byte("p"))
+	m.Metadata = message.Metadata{schema.KeyID: "id", "": "", "empty": ""}
+	rb := marshalRecords("t", []*message.Message{m}, nil)
+	if len(rb.recs) != 1 {
+		t.Fatalf("failed: %+v", rb.failed)
+	}
+	for _, h := range rb.recs[0].Headers {
+		if h.Key == nil || h.Value == nil {
+			t.Errorf("header %q=%q has a nil key or value", h.Key, h.Value)
+		}
+	}
+}
