@@ -48,8 +48,8 @@ func appendTraceAttrs(ctx context.Context, attrs []slog.Attr) []slog.Attr {
 }
 
 // messageLogAttrs are the attributes of a log line about msg: its id and
-// correlation id from its metadata (its UUID when it has none), and the
-// trace of ctx.
+// correlation id from its metadata (middleware.RootCorrelation when it has
+// none), and the trace of ctx.
 func messageLogAttrs(ctx context.Context, msg *message.Message) []slog.Attr {
 	attrs := make([]slog.Attr, 0, 10)
 	id := msg.Metadata[schema.KeyID]
@@ -57,11 +57,11 @@ func messageLogAttrs(ctx context.Context, msg *message.Message) []slog.Attr {
 		id = msg.UUID
 	}
 	attrs = append(attrs, slog.String("message_id", id))
-	// A message without a correlation id starts its own, named by its UUID
-	// (as the correlation middleware decides).
+	// A message without a correlation id starts its own (as the
+	// correlation middleware decides).
 	corr := msg.Metadata[schema.KeyCorrelationID]
 	if corr == "" {
-		corr = msg.UUID
+		corr = middleware.RootCorrelation(msg)
 	}
 	attrs = append(attrs, slog.String("correlation_id", corr))
 	return appendTraceAttrs(ctx, attrs)

@@ -12,7 +12,8 @@ import (
 // ids through a handler:
 //
 //   - the handled message keeps its ce_correlationid; when it has none, the
-//     message starts a new correlation whose id is its own UUID. The
+//     message starts a new correlation whose id is its own event id, or its
+//     UUID when it has no event id ([RootCorrelation]). The
 //     message itself is not changed (a message without a correlation id is
 //     the root of its own, as on the wire: schema.CorrelationImplied); the
 //     copy [DeadLetter] publishes gets the id written in;
@@ -41,13 +42,24 @@ func Correlation() message.HandlerMiddleware {
 }
 
 // correlationOf returns msg's correlation id: its ce_correlationid, or,
-// when it has none, its own UUID (the message starts a correlation). The
-// message is not changed: a message without a correlation id is the root
-// of its own (see schema.CorrelationImplied); the dead-letter step writes
-// the id into the copy it publishes.
+// when it has none, [RootCorrelation]. The message is not changed: a
+// message without a correlation id is the root of its own (see
+// schema.CorrelationImplied); the dead-letter step writes the id into the
+// copy it publishes.
 func correlationOf(msg *message.Message) string {
 	if corr := msg.Metadata[schema.KeyCorrelationID]; corr != "" {
 		return corr
+	}
+	return RootCorrelation(msg)
+}
+
+// RootCorrelation is the correlation id of a message that carries none and
+// so starts a correlation of its own: its event id (ce_id), or its UUID
+// when it has no event id. It agrees with schema.RestoreCorrelation, which
+// the Kafka and RabbitMQ unmarshalers apply.
+func RootCorrelation(msg *message.Message) string {
+	if id := msg.Metadata[schema.KeyID]; id != "" {
+		return id
 	}
 	return msg.UUID
 }

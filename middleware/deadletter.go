@@ -170,9 +170,11 @@ func deadLetter(cfg *DeadLetterConfig, msg *message.Message, ctx context.Context
 	}
 	if dl.Metadata[schema.KeyCorrelationID] == "" {
 		// A message that started its correlation: the copy says so.
-		if corr := CorrelationIDFromContext(ctx); corr != "" {
-			dl.Metadata[schema.KeyCorrelationID] = corr
+		corr := CorrelationIDFromContext(ctx)
+		if corr == "" { // no Correlation step inside this one
+			corr = RootCorrelation(msg)
 		}
+		dl.Metadata[schema.KeyCorrelationID] = corr
 	}
 	dl.Metadata[KeyDLQReason] = reason
 	if cfg.MaxErrorLength > 0 {

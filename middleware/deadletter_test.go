@@ -242,7 +242,9 @@ func TestReplay(t *testing.T) {
 
 // A message that arrives without a correlation id starts its own: the
 // handled message stays as it came, and its dead-letter copy names the
-// correlation (its UUID), through the composed steps and through Stack.
+// correlation (its UUID, as it has no event id), through the composed
+// steps, through Stack, and through a dead-letter step with no
+// correlation step inside it.
 func TestDeadLetterCopyNamesStartedCorrelation(t *testing.T) {
 	fail := func(*message.Message) ([]*message.Message, error) {
 		return nil, middleware.Permanent(errors.New("bad"))
@@ -255,6 +257,9 @@ func TestDeadLetterCopyNamesStartedCorrelation(t *testing.T) {
 		},
 		"stack": func(pub *recordingPublisher) message.HandlerMiddleware {
 			return middleware.Stack(middleware.StackConfig{DeadLetter: middleware.DeadLetterConfig{Publisher: pub, Topic: "dlq"}})
+		},
+		"dead-letter alone": func(pub *recordingPublisher) message.HandlerMiddleware {
+			return middleware.DeadLetter(middleware.DeadLetterConfig{Publisher: pub, Topic: "dlq"})
 		},
 	} {
 		pub := &recordingPublisher{}

@@ -16,10 +16,11 @@ func CorrelationImplied(md message.Metadata) bool {
 // RestoreCorrelation gives md the correlation id its event id implies: when
 // md has an event id (ce_id) and no correlation id, the correlation id
 // becomes the event id. A message that carries no correlation id starts a
-// correlation of its own, named by its id, which is what Busline's
-// correlation middleware would decide for it too; restoring it in the
-// unmarshaler lets everything that reads metadata before the middleware
-// (telemetry, logs, the dead-letter tool) see the same id.
+// correlation of its own, named by its event id, which is what Busline's
+// correlation middleware decides for it too (middleware.RootCorrelation);
+// restoring it in the unmarshaler lets everything that reads metadata
+// before the middleware (telemetry, logs, the dead-letter tool) see the
+// same id. An empty correlation id counts as none.
 func RestoreCorrelation(md message.Metadata) {
 	if md[KeyCorrelationID] != "" {
 		return
