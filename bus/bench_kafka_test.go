@@ -9,6 +9,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/bustest"
@@ -19,6 +20,7 @@ import (
 func init() {
 	registerBrokerBenchmark("kafka/raw", benchKafkaRaw)
 	registerBrokerBenchmark("kafka/raw_envelope", benchKafkaRawEnvelope)
+	registerBrokerBenchmark("kafka/franz_envelope", benchKafkaFranzEnvelope)
 	registerBrokerBenchmark("kafka/busline", benchKafkaBusline)
 }
 
@@ -29,14 +31,17 @@ func init() {
 // each call returns when every message is acknowledged (acks=all,
 // idempotent producer).
 //
-//   - raw: Sarama's SyncProducer.SendMessages with the producer settings
-//     Busline uses (kafkaBenchSaramaConfig);
+//   - raw: Sarama's SyncProducer.SendMessages, acks=all and idempotent
+//     (kafkaBenchSaramaConfig);
 //   - raw_envelope: the same with the header every message the bus
 //     publishes outside a handler carries, ce_id (a UUID, made per
 //     message): the baseline for the same bytes on the wire;
+//   - franz_envelope: franz-go's ProduceSync with that header, acks=all
+//     and idempotent (franz-go's defaults), no linger: the client the
+//     bus's publisher is built on, used directly;
 //   - busline: Bus.Publish on a bus with Broker "kafka" and the default
 //     telemetry (global OpenTelemetry providers, no-op here): envelope id,
-//     correlation, metadata headers, the bus's Kafka publisher.
+//     correlation, metadata headers, the bus's Kafka publisher (franz-go).
 //
 // The topic exists and the producer has its producer id before the timer
 // starts. msgs/s is b.N over the publishing time.
@@ -44,8 +49,9 @@ const kafkaBenchBatch = 100
 
 var kafkaBenchPayload = []byte("0123456789abcdef")
 
-// kafkaBenchSaramaConfig is the producer configuration of bus/kafka
-// (Config.producerSaramaConfig): acks=all, idempotent.
+// kafkaBenchSaramaConfig is a safe Sarama producer configuration: acks=all,
+// idempotent (with what Sarama requires for it), as Busline's own producer
+// was configured when it was built on Sarama.
 func kafkaBenchSaramaConfig() *sarama.Config {
 	sc := sarama.NewConfig()
 	sc.Version = sarama.V2_8_0_0
@@ -94,6 +100,45 @@ func benchKafkaSarama(b *testing.B, envelope bool) {
 	start := time.Now()
 	for n := b.N; n > 0; n -= kafkaBenchBatch {
 		if err := prod.SendMessages(batch(min(n, kafkaBenchBatch))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	reportMsgsPerSec(b, b.N, elapsed, "msgs/s")
+}
+
+func benchKafkaFranzEnvelope(b *testing.B) {
+	addrs := bustest.Kafka(b, 1)
+	topic := bustest.Name("bench-kafka")
+	cl, err := kgo.NewClient(
+		kgo.SeedBrokers(addrs...),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(0),
+		kgo.AllowAutoTopicCreation(),
+	)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := context.Background()
+	batch := func(k int) []*kgo.Record {
+		recs := make([]*kgo.Record, k)
+		for i := range recs {
+			recs[i] = &kgo.Record{Topic: topic, Value: kafkaBenchPayload,
+				Headers: []kgo.RecordHeader{{Key: schema.KeyID, Value: []byte(watermill.NewUUID())}}}
+		}
+		return recs
+	}
+	if err := cl.ProduceSync(ctx, batch(kafkaBenchBatch)...).FirstErr(); err != nil { // warm-up
+		b.Fatal(err)
+	}
+
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for n := b.N; n > 0; n -= kafkaBenchBatch {
+		if err := cl.ProduceSync(ctx, batch(min(n, kafkaBenchBatch))...).FirstErr(); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -6,8 +6,8 @@
 //
 // The broker is chosen by configuration alone ([Config].Broker, or
 // BUSLINE_BROKER through [ConfigFromEnv]): "memory", the default, an
-// in-process broker (package bus/memory); "kafka" (package bus/kafka,
-// watermill-kafka and Sarama); "amqp", RabbitMQ (package bus/amqp,
+// in-process broker (package bus/memory); "kafka" (package bus/kafka: a
+// franz-go producer, watermill-kafka's Sarama consumer); "amqp", RabbitMQ (package bus/amqp,
 // watermill-amqp). The same service code runs on each.
 //
 // Each handler named h consumes its topic as the consumer group

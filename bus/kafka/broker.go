@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
@@ -18,6 +19,9 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 )
+
+// connectTimeout bounds how long New waits for a broker to answer.
+const connectTimeout = 15 * time.Second
 
 // Broker is the Kafka broker of a bus: one shared publisher, a subscriber
 // per consumer group, and an admin client for topics, health and lag.
@@ -36,8 +40,9 @@ type Broker struct {
 }
 
 // New validates cfg, connects the publisher to the brokers and returns the
-// broker. logger may be nil (no logging). The publisher's producer fails
-// here when no broker answers; subscribers connect on Subscribe.
+// broker. logger may be nil (no logging). It fails when no broker answers
+// within connectTimeout or the brokers refuse the credentials; subscribers
+// connect on Subscribe.
 func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -45,10 +50,6 @@ func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 	cfg = cfg.withDefaults()
 	if logger == nil {
 		logger = watermill.NopLogger{}
-	}
-	prodCfg, err := cfg.producerSaramaConfig()
-	if err != nil {
-		return nil, err
 	}
 	if _, err := cfg.consumerSaramaConfig(); err != nil {
 		return nil, err
@@ -61,10 +62,19 @@ func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka: admin client: %w", err)
 	}
-	pub, err := newPublisher(cfg.Brokers, prodCfg)
+	pub, err := newPublisher(adminOpts)
 	if err != nil {
 		kcl.Close()
 		return nil, fmt.Errorf("kafka: publisher: %w", err)
+	}
+	// franz-go dials lazily: a broker that does not answer, or refuses
+	// the credentials, must fail New, not the first Publish.
+	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+	defer cancel()
+	if err := pub.cl.Ping(ctx); err != nil {
+		pub.Close()
+		kcl.Close()
+		return nil, fmt.Errorf("kafka: connect to %s: %w", strings.Join(cfg.Brokers, ","), err)
 	}
 	return &Broker{
 		cfg:    cfg,
@@ -75,9 +85,9 @@ func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 	}, nil
 }
 
-// Publisher returns the broker's one shared publisher. Publish sends all
-// its messages to Sarama at once (one SendMessages call, produce requests
-// batched per broker) and returns once every message was acknowledged by
+// Publisher returns the broker's one shared publisher. Publish hands all
+// its messages to a franz-go producer at once (produce requests batched
+// per broker) and returns once every message was acknowledged by
 // all in-sync replicas or failed. Order per partition, and so per key, is
 // the order of the messages. When some fail, the others are still written
 // and the error is a *[PublishError] listing exactly the failed ones.
@@ -229,8 +239,9 @@ func (b *Broker) isClosed() bool {
 // (the dead-letter CLI's list and show).
 func (c Config) ClientOptions() ([]kgo.Opt, error) { return c.withDefaults().kgoOptions() }
 
-// kgoOptions configures the franz-go client behind Prepare, Ping and Lag:
-// unlike Sarama's admin it honours contexts. c has its defaults applied.
+// kgoOptions configures the connection of the franz-go clients: the
+// publisher's, and the one behind Prepare, Ping and Lag (unlike Sarama's
+// admin it honours contexts). c has its defaults applied.
 func (c Config) kgoOptions() ([]kgo.Opt, error) {
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(c.Brokers...),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +26,19 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 	_, err := kafka.New(kafka.Config{InitialOffset: "latest"}, nil)
 	if err == nil {
 		t.Fatal("New accepted a config without brokers and with a bad initial offset")
+	}
+}
+
+// New fails, and says so, when no broker answers: franz-go dials lazily, so
+// New must check.
+func TestNewFailsWhenNoBrokerAnswers(t *testing.T) {
+	b, err := kafka.New(kafka.Config{Brokers: []string{"127.0.0.1:1"}}, nil)
+	if err == nil {
+		_ = b.Close()
+		t.Fatal("New succeeded without a broker")
+	}
+	if !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Errorf("error %q does not name the broker", err)
 	}
 }
 

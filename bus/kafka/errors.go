@@ -17,7 +17,7 @@ var ErrClosed = errors.New("kafka: closed")
 // message whose acknowledgement, not whose write, was lost).
 //
 // Find it with errors.As; errors.Is looks into each failed message's error
-// (for example sarama.ErrMessageSizeTooLarge).
+// (for example kerr.MessageTooLarge, from github.com/twmb/franz-go/pkg/kerr).
 type PublishError struct {
 	// Topic is the topic of the Publish call.
 	Topic string
@@ -34,8 +34,9 @@ type FailedMessage struct {
 	Index int
 	// UUID is the message's UUID.
 	UUID string
-	// Err is why it was not written: a Kafka error code (sarama.KError),
-	// a Sarama error, or the marshaling error.
+	// Err is why it was not written: a Kafka error code (a *kerr.Error,
+	// from the broker or from the producer's own size check), a franz-go
+	// error, the error of the message's context, or the marshaling error.
 	Err error
 }
 

@@ -2,52 +2,26 @@ package kafka
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 
 	"github.com/IBM/sarama"
 	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/busline/busline/schema"
 )
 
-// marshaler turns a Watermill message into a Kafka record: metadata become
-// headers 1:1 (as Watermill's DefaultMarshaler does), and the record key is
-// the metadata value schema.KeyPartitionKey when it is set. A message
-// without that key gets no record key (not an empty one, which Watermill's
-// partitioning marshaler would send and which would put every such message
-// on one partition), so the partitioner spreads such messages over the
-// partitions.
-//
-// The UUID travels once: in the ce_id header when ce_id is the UUID (every
-// message the bus publishes), else in Watermill's
-// _watermill_message_uuid header. Unmarshal takes the UUID from either, so
-// Busline reads both; a consumer using watermill-kafka's DefaultMarshaler
-// sees an empty UUID on the former, and ce_id in its metadata. A correlation
-// id equal to the event id is left out too ([schema.CorrelationImplied]) and
-// restored by Unmarshal: each header costs the producer, the broker and the
-// consumer on every message (measured against kfake: about 10% of the
-// publishing throughput per 36-byte header).
-//
-// Unmarshal never fails: see [marshaler.Unmarshal].
+// marshaler is the subscriber's unmarshaler (see [marshaler.Unmarshal]);
+// [marshalRecords] is its other half, used by the publisher.
 type marshaler struct{}
 
-var _ wkafka.MarshalerUnmarshaler = marshaler{}
-
-// Marshal implements wkafka.Marshaler (see [marshalRecords]).
-func (marshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
-	rb := marshalRecords(topic, []*message.Message{msg}, nil)
-	if len(rb.failed) > 0 {
-		return nil, rb.failed[0].Err
-	}
-	return rb.recs[0], nil
-}
+var _ wkafka.Unmarshaler = marshaler{}
 
 // records are the Kafka records of the messages of one Publish call.
 type records struct {
 	// recs are the records of the messages that marshaled, in order.
-	recs []*sarama.ProducerMessage
+	recs []*kgo.Record
 	// pos[i] is the position in the Publish call of recs[i]; nil when
 	// every message marshaled (pos[i] == i).
 	pos []int
@@ -63,28 +37,44 @@ func (r *records) at(i int) int {
 	return r.pos[i]
 }
 
-// marshalRecords marshals msgs into records of topic (see [marshaler])
-// with few allocations, whatever the number of messages: the records and
-// their encoders live in one slice each, the headers in one slice sized
-// from the metadata counts, and every header key and value, and every
-// record key, in byte chunks of at least marshalChunk bytes. Each message's
-// metadata is read in one pass. The payloads are not copied: a message must
-// not change until Publish returns. A message whose metadata holds
+// marshalRecords turns msgs into records of topic. Metadata become headers
+// 1:1 (as watermill-kafka's DefaultMarshaler does), and the record key is
+// the metadata value schema.KeyPartitionKey when it is set. A message
+// without that key gets no record key (not an empty one, which Watermill's
+// partitioning marshaler would send and which would put every such message
+// on one partition). An empty payload is an empty value, never a null one
+// (a tombstone on a compacted topic).
+//
+// The UUID travels once: in the ce_id header when ce_id is the UUID (every
+// message the bus publishes), else in Watermill's
+// _watermill_message_uuid header. Unmarshal takes the UUID from either, so
+// Busline reads both; a consumer using watermill-kafka's DefaultMarshaler
+// sees an empty UUID on the former, and ce_id in its metadata. A correlation
+// id equal to the event id is left out too ([schema.CorrelationImplied]) and
+// restored by Unmarshal: each header costs the producer, the broker and the
+// consumer on every message (measured against kfake: about 10% of the
+// publishing throughput per 36-byte header). A message whose metadata holds
 // _watermill_message_uuid, reserved by Watermill, fails.
+//
+// It allocates little, whatever the number of messages: the records live in
+// one slice, the headers in one slice sized from the metadata counts, and
+// every header value and record key in byte chunks of at least
+// marshalChunk bytes. Each message's metadata is read in one pass. The
+// payloads are not copied: a message must not change until Publish
+// returns. Each record carries its message's context (see [publisher]).
 //
 // emit, when not nil, is called with each record as soon as it is built,
 // in order, so that the caller can send the first records while the
 // others are still being marshaled.
-func marshalRecords(topic string, msgs []*message.Message, emit func(*sarama.ProducerMessage)) records {
+func marshalRecords(topic string, msgs []*message.Message, emit func(*kgo.Record)) records {
 	nHeaders := 0
 	for _, m := range msgs {
 		nHeaders += len(m.Metadata) + 1 // the UUID header, where needed
 	}
 	var (
-		out     = records{recs: make([]*sarama.ProducerMessage, 0, len(msgs))}
-		store   = make([]sarama.ProducerMessage, len(msgs))
-		encs    = make([]sarama.ByteEncoder, 2*len(msgs)) // value, key
-		headers = make([]sarama.RecordHeader, 0, nHeaders)
+		out     = records{recs: make([]*kgo.Record, 0, len(msgs))}
+		store   = make([]kgo.Record, len(msgs))
+		headers = make([]kgo.RecordHeader, 0, nHeaders)
 		buf     []byte
 	)
 	bytes := func(v string) []byte {
@@ -102,7 +92,7 @@ func marshalRecords(topic string, msgs []*message.Message, emit func(*sarama.Pro
 		h := len(headers)
 		id := m.Metadata[schema.KeyID]
 		if id != m.UUID {
-			headers = append(headers, sarama.RecordHeader{Key: bytes(wkafka.UUIDHeaderKey), Value: bytes(m.UUID)})
+			headers = append(headers, kgo.RecordHeader{Key: wkafka.UUIDHeaderKey, Value: bytes(m.UUID)})
 		}
 		var key string
 		reserved := false
@@ -117,7 +107,7 @@ func marshalRecords(topic string, msgs []*message.Message, emit func(*sarama.Pro
 			case schema.KeyPartitionKey:
 				key = v
 			}
-			headers = append(headers, sarama.RecordHeader{Key: bytes(k), Value: bytes(v)})
+			headers = append(headers, kgo.RecordHeader{Key: k, Value: bytes(v)})
 		}
 		if reserved {
 			headers = headers[:h]
@@ -134,12 +124,14 @@ func marshalRecords(topic string, msgs []*message.Message, emit func(*sarama.Pro
 		rec := &store[i]
 		rec.Topic = topic
 		rec.Headers = headers[h:len(headers):len(headers)]
-		encs[2*i] = sarama.ByteEncoder(m.Payload)
-		rec.Value = &encs[2*i]
-		if key != "" {
-			encs[2*i+1] = bytes(key)
-			rec.Key = &encs[2*i+1]
+		rec.Value = m.Payload
+		if rec.Value == nil {
+			rec.Value = []byte{}
 		}
+		if key != "" {
+			rec.Key = bytes(key)
+		}
+		rec.Context = m.Context()
 		out.recs = append(out.recs, rec)
 		if out.pos != nil {
 			out.pos = append(out.pos, i)
@@ -202,75 +194,4 @@ func (marshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Message, error
 // recordID is the deterministic id of a record that carries none.
 func recordID(rec *sarama.ConsumerMessage) string {
 	return "kafka:" + rec.Topic + "/" + strconv.FormatInt(int64(rec.Partition), 10) + "/" + strconv.FormatInt(rec.Offset, 10)
-}
-
-// keyPartitioner chooses a record's partition like Kafka's own Java client
-// (and franz-go's default): murmur2 of the key, the sign bit masked, modulo
-// the partition count. Services in other languages that key their records
-// the same way therefore write a key to the same partition as Busline does,
-// and order per key holds across them. Sarama's default partitioner hashes
-// with FNV-1a, which does not agree. A record without a key goes to a random
-// partition.
-type keyPartitioner struct{}
-
-func newKeyPartitioner(string) sarama.Partitioner { return keyPartitioner{} }
-
-// Partition implements sarama.Partitioner.
-func (keyPartitioner) Partition(msg *sarama.ProducerMessage, n int32) (int32, error) {
-	if msg.Key == nil {
-		return rand.Int32N(n), nil
-	}
-	key, err := msg.Key.Encode()
-	if err != nil {
-		return -1, err
-	}
-	if key == nil {
-		return rand.Int32N(n), nil
-	}
-	return int32(murmur2(key)&0x7fffffff) % n, nil
-}
-
-// RequiresConsistency implements sarama.Partitioner: a key always maps to
-// the same partition.
-func (keyPartitioner) RequiresConsistency() bool { return true }
-
-// MessageRequiresConsistency implements sarama.DynamicConsistencyPartitioner:
-// a record without a key may go to any partition that is available.
-func (keyPartitioner) MessageRequiresConsistency(msg *sarama.ProducerMessage) bool {
-	return msg.Key != nil
-}
-
-// murmur2 is the hash of Kafka's default partitioner
-// (org.apache.kafka.common.utils.Utils.murmur2).
-func murmur2(b []byte) uint32 {
-	const (
-		seed uint32 = 0x9747b28c
-		m    uint32 = 0x5bd1e995
-		r           = 24
-	)
-	h := seed ^ uint32(len(b))
-	for len(b) >= 4 {
-		k := uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
-		b = b[4:]
-		k *= m
-		k ^= k >> r
-		k *= m
-		h *= m
-		h ^= k
-	}
-	switch len(b) {
-	case 3:
-		h ^= uint32(b[2]) << 16
-		fallthrough
-	case 2:
-		h ^= uint32(b[1]) << 8
-		fallthrough
-	case 1:
-		h ^= uint32(b[0])
-		h *= m
-	}
-	h ^= h >> 13
-	h *= m
-	h ^= h >> 15
-	return h
 }

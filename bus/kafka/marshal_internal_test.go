@@ -8,6 +8,7 @@ import (
 	"github.com/IBM/sarama"
 	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/busline/busline/schema"
 )
@@ -54,32 +55,30 @@ func TestMarshalRecords(t *testing.T) {
 		if schema.CorrelationImplied(m.Metadata) {
 			delete(wantH, schema.KeyCorrelationID)
 		}
-		if got := headerMap(rec.Headers); !maps.Equal(got, wantH) {
+		if got := kgoHeaderMap(rec.Headers); !maps.Equal(got, wantH) {
 			t.Errorf("%s: headers %v, want %v", m.UUID, got, wantH)
 		}
 		if rec.Topic != "t" {
 			t.Errorf("%s: topic %q", m.UUID, rec.Topic)
 		}
-		val, _ := rec.Value.Encode()
-		if string(val) != string(m.Payload) {
-			t.Errorf("%s: value %q", m.UUID, val)
+		if string(rec.Value) != string(m.Payload) || rec.Value == nil {
+			t.Errorf("%s: value %q (nil: %t)", m.UUID, rec.Value, rec.Value == nil)
 		}
 		if k := m.Metadata[schema.KeyPartitionKey]; k != "" {
-			key, _ := rec.Key.Encode()
-			if string(key) != k {
-				t.Errorf("%s: key %q, want %q", m.UUID, key, k)
+			if string(rec.Key) != k {
+				t.Errorf("%s: key %q, want %q", m.UUID, rec.Key, k)
 			}
 		} else if rec.Key != nil {
 			t.Errorf("%s: key set without ce_partitionkey", m.UUID)
 		}
+		if rec.Context != m.Context() {
+			t.Errorf("%s: record context is not the message's", m.UUID)
+		}
 
 		// Back from the wire.
-		cm := &sarama.ConsumerMessage{Topic: "t", Value: val}
-		if rec.Key != nil {
-			cm.Key, _ = rec.Key.Encode()
-		}
+		cm := &sarama.ConsumerMessage{Topic: "t", Value: rec.Value, Key: rec.Key}
 		for _, h := range rec.Headers {
-			cm.Headers = append(cm.Headers, &sarama.RecordHeader{Key: h.Key, Value: h.Value})
+			cm.Headers = append(cm.Headers, &sarama.RecordHeader{Key: []byte(h.Key), Value: h.Value})
 		}
 		back, err := marshaler{}.Unmarshal(cm)
 		if err != nil {
@@ -101,31 +100,30 @@ func headerMap(hs []sarama.RecordHeader) map[string]string {
 	return m
 }
 
-// Marshal is marshalRecords of one message.
-func TestMarshalOne(t *testing.T) {
-	m := message.NewMessage("id", []byte("p"))
-	rec, err := marshaler{}.Marshal("t", m)
-	if err != nil || rec.Topic != "t" || headerMap(rec.Headers)[wkafka.UUIDHeaderKey] != "id" {
-		t.Fatalf("Marshal: %v %+v", err, rec)
+func kgoHeaderMap(hs []kgo.RecordHeader) map[string]string {
+	m := map[string]string{}
+	for _, h := range hs {
+		m[h.Key] = string(h.Value)
 	}
-	m.Metadata.Set(wkafka.UUIDHeaderKey, "x")
-	if _, err := (marshaler{}).Marshal("t", m); err == nil {
-		t.Fatal("Marshal accepted reserved metadata")
-	}
+	return m
 }
 
-// An empty metadata value (or key) is an empty header field, never a null
-// one: a null header key is invalid in Kafka's record format.
+// An empty metadata value is an empty header value, and an empty payload an
+// empty record value, never a null one: a null value is a tombstone on a
+// compacted topic.
 func TestMarshalEmptyIsNotNull(t *testing.T) {
-	m := message.NewMessage("id", []byte("p"))
+	m := message.NewMessage("id", nil)
 	m.Metadata = message.Metadata{schema.KeyID: "id", "": "", "empty": ""}
 	rb := marshalRecords("t", []*message.Message{m}, nil)
 	if len(rb.recs) != 1 {
 		t.Fatalf("failed: %+v", rb.failed)
 	}
+	if rb.recs[0].Value == nil {
+		t.Error("empty payload became a null value")
+	}
 	for _, h := range rb.recs[0].Headers {
-		if h.Key == nil || h.Value == nil {
-			t.Errorf("header %q=%q has a nil key or value", h.Key, h.Value)
+		if h.Value == nil {
+			t.Errorf("header %q=%q has a nil value", h.Key, h.Value)
 		}
 	}
 }

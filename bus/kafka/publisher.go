@@ -2,87 +2,112 @@ package kafka
 
 import (
 	"cmp"
-	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
-	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// publisher is the broker's publisher: it hands all the messages of a
-// Publish call to one Sarama AsyncProducer at once, instead of
-// watermill-kafka's one SendMessage (one round trip) per message, and waits
-// for the batch as a whole. Close waits for the Publish calls in flight; a
-// Publish after Close returns ErrClosed. It is safe for concurrent use.
+// publisher is the broker's publisher, on a franz-go producer of its own:
+// acks=all and idempotent, so that its retries neither duplicate nor
+// reorder records. It hands every message of a Publish call to the
+// producer as soon as it is marshaled, and waits for the call as a whole.
+// Close waits for the Publish calls in flight; a Publish after Close
+// returns ErrClosed. It is safe for concurrent use.
 //
-// Why not Sarama's SyncProducer.SendMessages, which does the same: it
-// waits on a channel of its own per message, so the publishing goroutine is
-// woken once per acknowledged message; here a batch counts its
-// acknowledgements down and wakes its caller once (measured against kfake:
-// see BenchmarkBroker/kafka in docs/benchmarks.md).
+// Why franz-go and not Sarama (which watermill-kafka's subscriber uses):
+// Sarama's idempotent producer keeps one produce request in flight and
+// sends the first record of a batch in a request of its own, behind five
+// goroutine hand-offs per record. Against kfake, batches of 100 16-byte
+// records, Sarama's SyncProducer.SendMessages did about 210k msgs/s and
+// franz-go's ProduceSync about 650k with the same acks=all and idempotence
+// (BenchmarkBroker/kafka in docs/benchmarks.md). The records on the wire are
+// the same Kafka records either way; the subscriber does not care who wrote
+// them.
 type publisher struct {
 	mu     sync.RWMutex
 	closed bool
-	prod   sarama.AsyncProducer
-	done   sync.WaitGroup // the goroutines reading prod's results
+	cl     *kgo.Client
 }
 
-// batch is one Publish call in flight: the records' Metadata point to it.
+// deliveryTimeout bounds how long the producer keeps retrying a record
+// (a broker down, a leader election) before Publish reports it failed. It
+// is Kafka's own delivery.timeout.ms default divided by four: long enough
+// for a leader election, short enough that a caller hears about an outage.
+const deliveryTimeout = 30 * time.Second
+
+// producerOptions are the franz-go options of the publisher on top of the
+// connection's (Config.kgoOptions): acks=all, idempotent (franz-go's
+// default, so never switched off here), no linger (a Publish waits for its
+// acknowledgements, so a linger would only add latency), Kafka's own
+// partitioner (murmur2 of the key, the same partition as the Java client
+// and every other client that follows it; records without a key stick to a
+// partition per batch), topics created on first use where the brokers
+// allow it (as Sarama asked for), and deliveryTimeout.
+func producerOptions() []kgo.Opt {
+	return []kgo.Opt{
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(0),
+		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
+		kgo.AllowAutoTopicCreation(),
+		kgo.RecordDeliveryTimeout(deliveryTimeout),
+	}
+}
+
+// batch is one Publish call in flight.
 type batch struct {
 	pending atomic.Int64  // records neither acknowledged nor failed
 	done    chan struct{} // closed when pending reaches 0
 	mu      sync.Mutex
-	errs    []*sarama.ProducerError
+	errs    []recordError
 }
 
-// settle counts one record of b as finished.
-func (b *batch) settle() { b.settleN(1) }
+// recordError is a record the producer failed, and why.
+type recordError struct {
+	rec *kgo.Record
+	err error
+}
 
-// settleN counts n records of b as finished.
-func (b *batch) settleN(n int64) {
+// settle counts n records of b as finished.
+func (b *batch) settle(n int64) {
 	if b.pending.Add(-n) == 0 {
 		close(b.done)
 	}
 }
 
-// newPublisher connects an AsyncProducer with the producer configuration
-// sc (acks=all, idempotent: see Config.producerSaramaConfig; successes and
-// errors returned). It fails when no broker answers.
-func newPublisher(brokers []string, sc *sarama.Config) (*publisher, error) {
-	if !sc.Producer.Return.Successes || !sc.Producer.Return.Errors {
-		return nil, fmt.Errorf("kafka: publisher needs Producer.Return.Successes and Producer.Return.Errors")
+// promise is the producer's callback for each record of b.
+func (b *batch) promise(rec *kgo.Record, err error) {
+	if err != nil {
+		b.mu.Lock()
+		b.errs = append(b.errs, recordError{rec, err})
+		b.mu.Unlock()
 	}
-	prod, err := sarama.NewAsyncProducer(brokers, sc)
+	b.settle(1)
+}
+
+// newPublisher connects a producer with the connection options opts (see
+// Config.kgoOptions) and producerOptions. It fails when opts are invalid;
+// brokers are dialled on first use.
+func newPublisher(opts []kgo.Opt) (*publisher, error) {
+	cl, err := kgo.NewClient(append(slices.Clip(opts), producerOptions()...)...)
 	if err != nil {
 		return nil, err
 	}
-	p := &publisher{prod: prod}
-	p.done.Go(func() {
-		for rec := range prod.Successes() {
-			rec.Metadata.(*batch).settle()
-		}
-	})
-	p.done.Go(func() {
-		for perr := range prod.Errors() {
-			b := perr.Msg.Metadata.(*batch)
-			b.mu.Lock()
-			b.errs = append(b.errs, perr)
-			b.mu.Unlock()
-			b.settle()
-		}
-	})
-	return p, nil
+	return &publisher{cl: cl}, nil
 }
 
 // Publish implements message.Publisher. It marshals every message (see
-// [marshaler]), hands them all to Sarama at once and returns when every
-// one is acknowledged by all in-sync replicas or has failed. Sarama puts
-// the records of one partition into as few produce requests as it can, in
-// the order of msgs, so order per partition (and so per key) is the order
-// of msgs. When some messages fail, the others are still written and the
-// error is a *[PublishError] that lists exactly the failed ones.
+// [marshalRecords]), hands each record to the producer as soon as it is
+// built and returns when every one is acknowledged by all in-sync
+// replicas or has failed. The producer puts the records of one partition
+// into as few produce requests as it can, in the order of msgs, so order
+// per partition (and so per key) is the order of msgs. When some messages
+// fail, the others are still written and the error is a *[PublishError]
+// that lists exactly the failed ones. A message's context bounds its
+// record: once it is done, a record not yet sent fails with its error.
 func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
@@ -94,15 +119,13 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	}
 
 	// The batch counts one more than its messages until every record is
-	// sent: it cannot end while records are still being marshaled.
+	// handed over: it cannot end while records are still being marshaled.
 	b := &batch{done: make(chan struct{})}
 	b.pending.Store(int64(len(msgs)) + 1)
-	in := p.prod.Input()
-	rb := marshalRecords(topic, msgs, func(rec *sarama.ProducerMessage) {
-		rec.Metadata = b
-		in <- rec
+	rb := marshalRecords(topic, msgs, func(rec *kgo.Record) {
+		p.cl.Produce(rec.Context, rec, b.promise)
 	})
-	b.settleN(int64(len(rb.failed)) + 1)
+	b.settle(int64(len(rb.failed)) + 1)
 	<-b.done
 	failed := rb.failed
 	if len(b.errs) > 0 {
@@ -117,17 +140,17 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 
 // appendFailed appends to failed the messages of rb whose records errs
 // reports.
-func appendFailed(failed []FailedMessage, errs []*sarama.ProducerError, msgs []*message.Message, rb *records) []FailedMessage {
-	at := make(map[*sarama.ProducerMessage]int, len(rb.recs))
+func appendFailed(failed []FailedMessage, errs []recordError, msgs []*message.Message, rb *records) []FailedMessage {
+	at := make(map[*kgo.Record]int, len(rb.recs))
 	for i, r := range rb.recs {
 		at[r] = rb.at(i)
 	}
-	for _, pe := range errs {
-		j, ok := at[pe.Msg]
+	for _, e := range errs {
+		j, ok := at[e.rec]
 		if !ok {
 			continue
 		}
-		failed = append(failed, FailedMessage{Index: j, UUID: msgs[j].UUID, Err: pe.Err})
+		failed = append(failed, FailedMessage{Index: j, UUID: msgs[j].UUID, Err: e.err})
 	}
 	return failed
 }
@@ -141,12 +164,6 @@ func (p *publisher) Close() error {
 		return nil
 	}
 	p.closed = true
-	// Close drains Successes and Errors, and returns the errors it read:
-	// none here, since nothing is in flight any more.
-	err := p.prod.Close()
-	p.done.Wait()
-	if err != nil {
-		return fmt.Errorf("kafka: close publisher: %w", err)
-	}
+	p.cl.Close() // nothing is buffered: every Publish waited for its records
 	return nil
 }

@@ -13,8 +13,8 @@ import (
 )
 
 // saramaVersion is the protocol version Sarama assumes. 2.8 is Sarama's own
-// default (full protocol coverage), is well above the 0.11 that idempotent
-// producing needs, and is spoken by every Kafka since 2.8 and by kfake.
+// default (full protocol coverage) and is spoken by every Kafka since 2.8
+// and by kfake.
 var saramaVersion = sarama.V2_8_0_0
 
 // Defaults of the zero Config fields that the Sarama configurations use.
@@ -51,8 +51,8 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// baseSaramaConfig is what the producer and the consumers share: version,
-// client id, TLS and SASL. c has its defaults applied.
+// baseSaramaConfig is the subscribers' connection: version, client id, TLS
+// and SASL. c has its defaults applied.
 func (c Config) baseSaramaConfig() (*sarama.Config, error) {
 	sc := sarama.NewConfig()
 	sc.Version = saramaVersion
@@ -82,29 +82,6 @@ func (c Config) baseSaramaConfig() (*sarama.Config, error) {
 				return &scramClient{newMech: func(a scram.Auth) sasl.Mechanism { return a.AsSha512Mechanism() }}
 			}
 		}
-	}
-	return sc, nil
-}
-
-// producerSaramaConfig is the Sarama configuration of the publisher: every
-// record is acknowledged by all in-sync replicas (acks=all) and the producer
-// is idempotent, so Sarama's retries never write a record twice nor reorder
-// a partition. c has its defaults applied.
-func (c Config) producerSaramaConfig() (*sarama.Config, error) {
-	sc, err := c.baseSaramaConfig()
-	if err != nil {
-		return nil, err
-	}
-	sc.Producer.RequiredAcks = sarama.WaitForAll
-	sc.Producer.Idempotent = true
-	sc.Net.MaxOpenRequests = 1 // required by idempotence
-	sc.Producer.Retry.Max = 10 // Watermill's default; idempotence needs > 0
-	sc.Producer.Return.Successes = true
-	sc.Producer.Return.Errors = true
-	sc.Producer.Partitioner = newKeyPartitioner
-	sc.Metadata.Retry.Backoff = 500 * time.Millisecond
-	if err := sc.Validate(); err != nil {
-		return nil, fmt.Errorf("kafka: producer config: %w", err)
 	}
 	return sc, nil
 }

@@ -7,31 +7,11 @@ import (
 	"github.com/IBM/sarama"
 )
 
-// The Sarama configurations carry the safe defaults: acks=all, idempotence
-// (with what Sarama requires for it), new groups at the oldest offset.
+// The subscribers' Sarama configuration starts new groups at the oldest
+// offset. (The publisher's acks=all and idempotence are checked on the wire:
+// TestPublisherIsIdempotentWithAcksAll.)
 func TestSaramaConfigDefaults(t *testing.T) {
 	cfg := Config{Brokers: []string{"127.0.0.1:9092"}}.withDefaults()
-
-	p, err := cfg.producerSaramaConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.Producer.RequiredAcks != sarama.WaitForAll {
-		t.Errorf("RequiredAcks %v, want WaitForAll", p.Producer.RequiredAcks)
-	}
-	if !p.Producer.Idempotent {
-		t.Error("producer not idempotent")
-	}
-	if p.Net.MaxOpenRequests != 1 || p.Producer.Retry.Max < 1 || !p.Version.IsAtLeast(sarama.V0_11_0_0) {
-		t.Errorf("idempotence prerequisites: MaxOpenRequests %d, Retry.Max %d, Version %v",
-			p.Net.MaxOpenRequests, p.Producer.Retry.Max, p.Version)
-	}
-	if !p.Producer.Return.Successes {
-		t.Error("Return.Successes off: the sync producer needs it")
-	}
-	if p.ClientID != "busline" {
-		t.Errorf("ClientID %q", p.ClientID)
-	}
 
 	c, err := cfg.consumerSaramaConfig()
 	if err != nil {
@@ -39,6 +19,9 @@ func TestSaramaConfigDefaults(t *testing.T) {
 	}
 	if c.Consumer.Offsets.Initial != sarama.OffsetOldest {
 		t.Errorf("Offsets.Initial %d, want OffsetOldest", c.Consumer.Offsets.Initial)
+	}
+	if c.ClientID != "busline" {
+		t.Errorf("ClientID %q", c.ClientID)
 	}
 	if !c.Consumer.Return.Errors {
 		t.Error("Consumer.Return.Errors off")
@@ -68,7 +51,6 @@ func TestSaramaConfigSecurity(t *testing.T) {
 			SASL:    SASLConfig{Mechanism: mech, User: "u", Password: "p"},
 		}.withDefaults()
 		for name, build := range map[string]func() (*sarama.Config, error){
-			"producer": cfg.producerSaramaConfig,
 			"consumer": cfg.consumerSaramaConfig,
 		} {
 			sc, err := build()
