@@ -21,7 +21,7 @@ import (
 // context package are cancelled without a goroutine each.
 type attemptCtx struct {
 	parent   context.Context
-	deadline time.Time
+	deadline int64 // monoNow() at which the attempt's time is up
 
 	mu     sync.Mutex
 	err    error         // set once: Canceled (attempt over), DeadlineExceeded, or the parent's error
@@ -35,21 +35,28 @@ type afterFunc struct{ f func() }
 
 func newAttemptCtx(parent context.Context, d time.Duration) *attemptCtx {
 	c := new(attemptCtx)
-	c.init(parent, d)
+	c.init(parent, monoNow(), d)
 	return c
 }
 
-// init sets up a zero attemptCtx.
-func (c *attemptCtx) init(parent context.Context, d time.Duration) {
-	c.parent, c.deadline = parent, time.Now().Add(d)
+// init sets up a zero attemptCtx for an attempt that starts at now
+// (monoNow). The deadline is kept on the monotonic clock: a time.Time would
+// cost a wall clock read on every attempt too, and the attempt's deadline
+// is rarely asked for.
+func (c *attemptCtx) init(parent context.Context, now int64, d time.Duration) {
+	c.parent, c.deadline = parent, now+int64(d)
 }
+
+// left returns the time left until the attempt's deadline.
+func (c *attemptCtx) left() time.Duration { return time.Duration(c.deadline - monoNow()) }
 
 // Deadline returns the earlier of the attempt's deadline and the parent's.
 func (c *attemptCtx) Deadline() (time.Time, bool) {
-	if d, ok := c.parent.Deadline(); ok && d.Before(c.deadline) {
+	dl := time.Now().Add(c.left())
+	if d, ok := c.parent.Deadline(); ok && d.Before(dl) {
 		return d, true
 	}
-	return c.deadline, true
+	return dl, true
 }
 
 // Value defers to the parent.
@@ -67,7 +74,7 @@ func (c *attemptCtx) Err() error {
 	if perr := c.parent.Err(); perr != nil {
 		return c.cancel(perr)
 	}
-	if !time.Now().Before(c.deadline) {
+	if c.left() <= 0 {
 		return c.cancel(context.DeadlineExceeded)
 	}
 	return nil
@@ -86,7 +93,7 @@ func (c *attemptCtx) Done() <-chan struct{} {
 	if c.err == nil {
 		if perr := c.parent.Err(); perr != nil {
 			c.err = perr
-		} else if d := time.Until(c.deadline); d <= 0 {
+		} else if d := c.left(); d <= 0 {
 			c.err = context.DeadlineExceeded
 		} else {
 			// Both callbacks run on goroutines of their own and take mu:
@@ -158,5 +165,5 @@ func (c *attemptCtx) cancel(err error) error {
 
 // String describes the context like the context package does.
 func (c *attemptCtx) String() string {
-	return "middleware.Timeout(" + time.Until(c.deadline).String() + ")"
+	return "middleware.Timeout(" + c.left().String() + ")"
 }

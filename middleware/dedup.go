@@ -275,7 +275,7 @@ func (d *dedup) handle(h message.HandlerFunc, msg *message.Message) ([]*message.
 // strings, one map lookup per message.
 func (d *dedup) handleMemory(h message.HandlerFunc, msg *message.Message, key string) ([]*message.Message, error) {
 	token := ownerSeq.Add(1)
-	state, slot := d.mem.claim(key, "", token, d.cfg.Lease)
+	state, slot := d.mem.claim(key, "", token, monoNow(), d.cfg.Lease)
 	if state != Claimed {
 		return d.duplicate(msg, key, state)
 	}

@@ -54,6 +54,11 @@ type fusedCtxs struct {
 	slot    int
 	token   uint64
 	claimed bool
+
+	// now is monoNow() when the message arrived, read once for the dedup
+	// claim and the first attempt's deadline: on virtual machines a clock
+	// read costs 30-60 ns (kvm-clock), about a tenth of the whole stack.
+	now int64
 }
 
 // handle is the stack: correlation -> nack-delay -> dead-letter -> dedup ->
@@ -74,7 +79,7 @@ func (s *fused) handle(msg *message.Message) (out []*message.Message, err error)
 			// Breaker open, half-open or counting failures: gobreaker decides.
 			out, err = s.br.slow(s.retried, msg)
 		} else {
-			out, err = s.attempt(msg, &c.attempt)
+			out, err = s.attempt(msg, &c.attempt, c.now)
 		}
 	}
 	return s.after(msg, c, out, err)
@@ -93,6 +98,9 @@ func (s *fused) before(msg *message.Message, c *fusedCtxs) (err error) {
 		msg.SetContext(c.hc)
 	}
 	c.outer = msg.Context()
+	if s.dd != nil || s.timeout > 0 {
+		c.now = monoNow()
+	}
 
 	// Dedup: claim.
 	if s.dd != nil {
@@ -101,7 +109,7 @@ func (s *fused) before(msg *message.Message, c *fusedCtxs) (err error) {
 		}
 		c.token = ownerSeq.Add(1)
 		var state ClaimState
-		state, c.slot = s.dd.mem.claim(c.key, "", c.token, s.dd.cfg.Lease)
+		state, c.slot = s.dd.mem.claim(c.key, "", c.token, c.now, s.dd.cfg.Lease)
 		if state != Claimed {
 			return s.duplicate(msg, c.key, state)
 		}
@@ -156,13 +164,13 @@ func stampAll(out []*message.Message, hc *handledCtx) {
 }
 
 // attempt is the breaker's fast path: the first attempt (timeout ->
-// recover -> h), then, when it failed, retry and the breaker's count. It is
+// recover -> h), its deadline counted from now (monoNow), then, when it failed, retry and the breaker's count. It is
 // a frame of its own, under which only the handler runs, so that the frame
 // of handle, under which the dedup store runs too, stays small.
-func (s *fused) attempt(msg *message.Message, actx *attemptCtx) (out []*message.Message, err error) {
+func (s *fused) attempt(msg *message.Message, actx *attemptCtx, now int64) (out []*message.Message, err error) {
 	if s.timeout > 0 {
 		orig := msg.Context()
-		actx.init(orig, s.timeout)
+		actx.init(orig, now, s.timeout)
 		msg.SetContext(actx)
 		if s.recover {
 			out, err = protect(s.h, msg)

@@ -153,7 +153,7 @@ func TestMemoryStoreMatchesReference(t *testing.T) {
 				}
 			case 2: // the Dedup fast path: token claim, kept for commit or release
 				tok := uint64(step + 1)
-				a, slot := s.claim(key, "", tok, lease)
+				a, slot := s.claim(key, "", tok, monoNow(), lease)
 				b, _ := r.claim(key, "", tok, lease)
 				if a != b {
 					t.Fatalf("seed %d step %d: claim(%s) = %v, reference %v", seed, step, key, a, b)
