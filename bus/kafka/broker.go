@@ -62,7 +62,7 @@ func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka: admin client: %w", err)
 	}
-	pub, err := newPublisher(adminOpts)
+	pub, err := newPublisher(adminOpts, deliveryTimeout)
 	if err != nil {
 		kcl.Close()
 		return nil, fmt.Errorf("kafka: publisher: %w", err)

@@ -22,16 +22,23 @@
 // stop the others: the messages not listed in the returned *[PublishError]
 // were all written, so a caller can publish again exactly the failed ones
 // (their UUIDs, positions and errors; errors.Is sees each error, for
-// example kerr.MessageTooLarge). A record is retried for up to 30 seconds
-// (a broker down, a leader election), and for no longer than its message's
-// context lasts; then it is reported failed. The publisher's Close waits
-// for the Publish calls in flight; Publish after Close returns [ErrClosed].
-// Messages must not change until Publish returns: payloads are not copied.
+// example kerr.MessageTooLarge). A record is retried for about 30 seconds
+// (a broker down, a leader election); then it, and every record behind it
+// on its partition, is reported failed, even when its request was written
+// and never answered. Such a record may have been written all the same, so
+// publishing it again may duplicate it: delivery is at least once, and the
+// consumers' dedup absorbs duplicates. Publish does not watch the messages'
+// contexts: the producer is shared, and one caller's cancelled context
+// would fail other callers' records. The publisher's Close waits for the
+// Publish calls in flight, so at most about as long; Publish after Close
+// returns [ErrClosed]. Messages must not change until Publish returns:
+// payloads are not copied.
 //
 // Why not Sarama, as watermill-kafka: against kfake, Sarama's idempotent
 // producer did about 190k msgs/s in batches of 100 small records, franz-go's
 // about 650k with the same guarantees (docs/benchmarks.md). The records are
-// the same Kafka records either way.
+// the same either way; franz-go compresses record batches with snappy where
+// the brokers support it, which every Kafka client reads.
 //
 // # Defaults
 //
@@ -59,8 +66,8 @@
 // record key. A key maps to a partition as in Kafka's Java client and
 // franz-go (murmur2), so producers in other languages put the same key on
 // the same partition. A message without that key has no record key; such
-// records stick to one partition for a while (a batch at least) and then
-// move on, as in Kafka's Java client. Order is kept per partition, and so per key: never
+// records stick to one partition for a while and then move on (the
+// "sticky" partitioning of Kafka's Java client 2.4 to 3.2). Order is kept per partition, and so per key: never
 // across partitions, and not for messages without a key on a topic with more
 // than one partition.
 //

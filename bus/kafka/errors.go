@@ -14,7 +14,9 @@ var ErrClosed = errors.New("kafka: closed")
 // written to Kafka. Every message of the call that it does not list was
 // acknowledged by all in-sync replicas, so publishing again exactly the
 // listed messages completes the call (a retry may still duplicate a listed
-// message whose acknowledgement, not whose write, was lost).
+// message whose acknowledgement, not whose write, was lost). Publishing
+// them again does not keep the call's order per key: a listed message then
+// lands after the later messages of its key that were written.
 //
 // Find it with errors.As; errors.Is looks into each failed message's error
 // (for example kerr.MessageTooLarge, from github.com/twmb/franz-go/pkg/kerr).
@@ -35,8 +37,8 @@ type FailedMessage struct {
 	// UUID is the message's UUID.
 	UUID string
 	// Err is why it was not written: a Kafka error code (a *kerr.Error,
-	// from the broker or from the producer's own size check), a franz-go
-	// error, the error of the message's context, or the marshaling error.
+	// or one wrapped, from the producer's own size check), a franz-go
+	// error such as kgo.ErrRecordTimeout, or the marshaling error.
 	Err error
 }
 

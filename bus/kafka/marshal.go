@@ -61,7 +61,7 @@ func (r *records) at(i int) int {
 // every header value and record key in byte chunks of at least
 // marshalChunk bytes. Each message's metadata is read in one pass. The
 // payloads are not copied: a message must not change until Publish
-// returns. Each record carries its message's context (see [publisher]).
+// returns.
 //
 // emit, when not nil, is called with each record as soon as it is built,
 // in order, so that the caller can send the first records while the
@@ -131,7 +131,6 @@ func marshalRecords(topic string, msgs []*message.Message, emit func(*kgo.Record
 		if key != "" {
 			rec.Key = bytes(key)
 		}
-		rec.Context = m.Context()
 		out.recs = append(out.recs, rec)
 		if out.pos != nil {
 			out.pos = append(out.pos, i)

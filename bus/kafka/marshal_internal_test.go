@@ -71,9 +71,6 @@ func TestMarshalRecords(t *testing.T) {
 		} else if rec.Key != nil {
 			t.Errorf("%s: key set without ce_partitionkey", m.UUID)
 		}
-		if rec.Context != m.Context() {
-			t.Errorf("%s: record context is not the message's", m.UUID)
-		}
 
 		// Back from the wire.
 		cm := &sarama.ConsumerMessage{Topic: "t", Value: rec.Value, Key: rec.Key}

@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"cmp"
+	"context"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -22,11 +23,11 @@ import (
 // Sarama's idempotent producer keeps one produce request in flight and
 // sends the first record of a batch in a request of its own, behind five
 // goroutine hand-offs per record. Against kfake, batches of 100 16-byte
-// records, Sarama's SyncProducer.SendMessages did about 210k msgs/s and
+// records, Sarama's SyncProducer.SendMessages did about 190k msgs/s and
 // franz-go's ProduceSync about 650k with the same acks=all and idempotence
-// (BenchmarkBroker/kafka in docs/benchmarks.md). The records on the wire are
-// the same Kafka records either way; the subscriber does not care who wrote
-// them.
+// (BenchmarkBroker/kafka in docs/benchmarks.md). The records are the same
+// either way; franz-go compresses their batches with snappy where the
+// brokers support it, which every Kafka client reads.
 type publisher struct {
 	mu     sync.RWMutex
 	closed bool
@@ -40,20 +41,33 @@ type publisher struct {
 const deliveryTimeout = 30 * time.Second
 
 // producerOptions are the franz-go options of the publisher on top of the
-// connection's (Config.kgoOptions): acks=all, idempotent (franz-go's
-// default, so never switched off here), no linger (a Publish waits for its
-// acknowledgements, so a linger would only add latency), Kafka's own
-// partitioner (murmur2 of the key, the same partition as the Java client
-// and every other client that follows it; records without a key stick to a
-// partition per batch), topics created on first use where the brokers
-// allow it (as Sarama asked for), and deliveryTimeout.
-func producerOptions() []kgo.Opt {
+// connection's (Config.kgoOptions):
+//
+//   - acks=all, idempotent (franz-go's default, never switched off here):
+//     the producer's own retries neither duplicate nor reorder records;
+//   - no linger: a Publish waits for its acknowledgements, so a linger
+//     would only add latency;
+//   - Kafka's own key partitioner: murmur2 of the key, so a key goes to the
+//     same partition as from the Java client and every client that follows
+//     it; records without a key stick to a partition for a while;
+//   - topics created on first use where the brokers allow it (as Sarama
+//     asked for);
+//   - a record fails after timeout even when its request is in flight
+//     (AllowIdempotentProduceCancellation). By default an idempotent
+//     franz-go producer waits for a definite answer about a written
+//     request, which a crashed broker or a network split may never give:
+//     Publish, and with it Close, would hang. The price: a record reported
+//     failed may have been written, so publishing it again may duplicate it
+//     (at least once, which the consumers' dedup absorbs). Kafka's Java
+//     producer fails records after delivery.timeout.ms the same way.
+func producerOptions(timeout time.Duration) []kgo.Opt {
 	return []kgo.Opt{
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(0),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
 		kgo.AllowAutoTopicCreation(),
-		kgo.RecordDeliveryTimeout(deliveryTimeout),
+		kgo.RecordDeliveryTimeout(timeout),
+		kgo.AllowIdempotentProduceCancellation(),
 	}
 }
 
@@ -89,10 +103,10 @@ func (b *batch) promise(rec *kgo.Record, err error) {
 }
 
 // newPublisher connects a producer with the connection options opts (see
-// Config.kgoOptions) and producerOptions. It fails when opts are invalid;
-// brokers are dialled on first use.
-func newPublisher(opts []kgo.Opt) (*publisher, error) {
-	cl, err := kgo.NewClient(append(slices.Clip(opts), producerOptions()...)...)
+// Config.kgoOptions) and producerOptions(timeout). It fails when opts are
+// invalid; brokers are dialled on first use.
+func newPublisher(opts []kgo.Opt, timeout time.Duration) (*publisher, error) {
+	cl, err := kgo.NewClient(append(slices.Clip(opts), producerOptions(timeout)...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -106,8 +120,11 @@ func newPublisher(opts []kgo.Opt) (*publisher, error) {
 // into as few produce requests as it can, in the order of msgs, so order
 // per partition (and so per key) is the order of msgs. When some messages
 // fail, the others are still written and the error is a *[PublishError]
-// that lists exactly the failed ones. A message's context bounds its
-// record: once it is done, a record not yet sent fails with its error.
+// that lists exactly the failed ones. A record that the brokers have not
+// acknowledged after deliveryTimeout fails, and with it every record
+// behind it on its partition. The messages' contexts are not watched: on
+// the shared producer, a cancelled context would fail other callers'
+// records too.
 func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
@@ -122,8 +139,9 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	// handed over: it cannot end while records are still being marshaled.
 	b := &batch{done: make(chan struct{})}
 	b.pending.Store(int64(len(msgs)) + 1)
+	promise := b.promise
 	rb := marshalRecords(topic, msgs, func(rec *kgo.Record) {
-		p.cl.Produce(rec.Context, rec, b.promise)
+		p.cl.Produce(context.Background(), rec, promise)
 	})
 	b.settle(int64(len(rb.failed)) + 1)
 	<-b.done
