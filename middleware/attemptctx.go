@@ -44,15 +44,16 @@ func newAttemptCtx(parent context.Context, d time.Duration) *attemptCtx {
 // cost a wall clock read on every attempt too, and the attempt's deadline
 // is rarely asked for.
 func (c *attemptCtx) init(parent context.Context, now int64, d time.Duration) {
-	c.parent, c.deadline = parent, now+int64(d)
+	c.parent, c.deadline = parent, monoAfter(now, d)
 }
 
 // left returns the time left until the attempt's deadline.
 func (c *attemptCtx) left() time.Duration { return time.Duration(c.deadline - monoNow()) }
 
-// Deadline returns the earlier of the attempt's deadline and the parent's.
+// Deadline returns the earlier of the attempt's deadline and the parent's,
+// the same on every call.
 func (c *attemptCtx) Deadline() (time.Time, bool) {
-	dl := time.Now().Add(c.left())
+	dl := monoEpoch.Add(time.Duration(c.deadline))
 	if d, ok := c.parent.Deadline(); ok && d.Before(dl) {
 		return d, true
 	}

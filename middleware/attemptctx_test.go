@@ -3,6 +3,7 @@ package middleware_test
 import (
 	"context"
 	"errors"
+	"math"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -42,7 +43,7 @@ func TestTimeoutContextLazyDeadline(t *testing.T) {
 			if ctx.Value(ctxKey{}) != "v" {
 				t.Error("value not passed through")
 			}
-			if d, ok := ctx.Deadline(); !ok || d != time.Now().Add(time.Second) {
+			if d, ok := ctx.Deadline(); !ok || !d.Equal(time.Now().Add(time.Second)) {
 				t.Errorf("Deadline = %v, %v", d, ok)
 			}
 			if err := ctx.Err(); err != nil {
@@ -142,9 +143,32 @@ func TestTimeoutContextParentCancel(t *testing.T) {
 		pctx, pcancel := context.WithTimeout(context.Background(), time.Minute)
 		defer pcancel()
 		runAttempt(t, pctx, time.Hour, func(ctx context.Context) {
-			if d, _ := ctx.Deadline(); d != time.Now().Add(time.Minute) {
+			if d, _ := ctx.Deadline(); !d.Equal(time.Now().Add(time.Minute)) {
 				t.Errorf("Deadline = %v", d)
 			}
 		})
+	})
+}
+
+// A timeout too long to add to the clock ("for ever", math.MaxInt64) is a
+// deadline at the end of time, not one in the past.
+func TestTimeoutForEver(t *testing.T) {
+	runAttempt(t, context.Background(), math.MaxInt64, func(ctx context.Context) {
+		if err := ctx.Err(); err != nil {
+			t.Errorf("Err = %v", err)
+		}
+		if d, ok := ctx.Deadline(); !ok || time.Until(d) < 100*365*24*time.Hour {
+			t.Errorf("Deadline = %v, %v: not in the far future", d, ok)
+		}
+		d1, _ := ctx.Deadline()
+		d2, _ := ctx.Deadline()
+		if d1 != d2 {
+			t.Errorf("Deadline changed between calls: %v, %v", d1, d2)
+		}
+		select {
+		case <-ctx.Done():
+			t.Error("Done closed")
+		default:
+		}
 	})
 }

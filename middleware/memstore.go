@@ -3,6 +3,7 @@ package middleware
 import (
 	"context"
 	"hash/maphash"
+	"math"
 	"sync"
 	"time"
 )
@@ -60,14 +61,31 @@ type memEntry struct {
 var monoEpoch = time.Now()
 
 // monoNow reads the monotonic clock, in nanoseconds since monoEpoch: the
-// store's clock, which needs no wall time.
+// clock of the store's leases and TTLs and of [Timeout]'s deadlines, which
+// need no wall time. (Inside a testing/synctest bubble time.Now has no
+// monotonic reading, and monoNow counts the bubble's fake wall time.)
 func monoNow() int64 { return int64(time.Since(monoEpoch)) }
 
+// monoAfter returns the monoNow() reading d after now, saturated: a
+// duration too long to add (math.MaxInt64 for "for ever") gives the end of
+// time, not a reading in the past.
+func monoAfter(now int64, d time.Duration) int64 {
+	if t := now + int64(d); d < 0 || t >= now {
+		return t
+	}
+	return math.MaxInt64
+}
+
+// maxMemoryStoreEntries bounds MemoryStoreConfig.MaxEntries: index
+// entries hold a ring slot in 32 bits, and an index (twice the entries at
+// most) of at most 1<<32 entries is what 32 hash bits can place.
+const maxMemoryStoreEntries = 1 << 31
+
 // NewMemoryStore returns an empty [MemoryStore]. It panics when
-// MaxEntries is negative.
+// MaxEntries is negative or above 1<<31 (a ring of 128 GiB).
 func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
-	if cfg.MaxEntries < 0 {
-		panic("middleware: MemoryStoreConfig.MaxEntries must not be negative")
+	if cfg.MaxEntries < 0 || cfg.MaxEntries > maxMemoryStoreEntries {
+		panic("middleware: MemoryStoreConfig.MaxEntries must be between 0 and 1<<31")
 	}
 	if cfg.MaxEntries == 0 {
 		cfg.MaxEntries = DefaultMemoryStoreMaxEntries
@@ -112,20 +130,20 @@ func (s *MemoryStore) claim(key, owner string, token uint64, now int64, lease ti
 			s.mu.Unlock()
 			return st, i
 		}
-		e.owner, e.token, e.done, e.expires = owner, token, false, now+int64(lease)
+		e.owner, e.token, e.done, e.expires = owner, token, false, monoAfter(now, lease)
 		s.mu.Unlock()
 		return Claimed, i
 	}
 	i = s.insert(pos, key, h)
 	e := &s.ring[i]
-	e.owner, e.token, e.expires = owner, token, now+int64(lease)
+	e.owner, e.token, e.expires = owner, token, monoAfter(now, lease)
 	s.mu.Unlock()
 	return Claimed, i
 }
 
 // commit marks key done. slot is where claim found or put key, or -1.
 func (s *MemoryStore) commit(key string, slot int, ttl time.Duration) {
-	expires := monoNow() + int64(ttl)
+	expires := monoAfter(monoNow(), ttl)
 	s.mu.Lock()
 	if slot < 0 || s.ring[slot].key != key {
 		h := maphash.String(s.seed, key)

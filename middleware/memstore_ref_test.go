@@ -2,6 +2,8 @@ package middleware
 
 import (
 	"context"
+	"hash/maphash"
+	"math"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -186,5 +188,59 @@ func TestMemoryStoreMatchesReference(t *testing.T) {
 				t.Fatalf("seed %d step %d: Len = %d, reference %d", seed, step, a, b)
 			}
 		}
+	}
+}
+
+// A key whose index entry shares the tag (the low 32 hash bits) of another
+// key is told apart by the ring entry: planting such an entry on the probe
+// path of a new key neither finds the wrong key nor hides the new one.
+func TestMemoryStoreTagCollision(t *testing.T) {
+	s := NewMemoryStore(MemoryStoreConfig{MaxEntries: 8})
+	if st, _ := s.Claim(context.Background(), "a", "o", time.Minute); st != Claimed {
+		t.Fatal(st)
+	}
+	ha := maphash.String(s.seed, "a")
+	_, slotA := s.find("a", ha)
+	hb := maphash.String(s.seed, "b")
+	mask := uint64(len(s.index) - 1)
+	p := hb & mask
+	// Plant, at b's home, an entry with b's tag that points at a's slot
+	// (a's own entry stays where it is).
+	for s.index[p] != 0 {
+		p = (p + 1) & mask
+	}
+	s.index[p] = newIdx(hb, slotA)
+	if pos, slot := s.find("b", hb); slot >= 0 || pos == int(p) {
+		t.Fatalf("find(b) = %d, %d: took a's entry for b's", pos, slot)
+	}
+	if pos, slot := s.find("a", ha); slot != slotA {
+		t.Fatalf("find(a) = %d, %d, want slot %d", pos, slot, slotA)
+	}
+	s.index[p] = 0
+	// Unplanted again: both keys behave.
+	if st, _ := s.Claim(context.Background(), "b", "o", time.Minute); st != Claimed {
+		t.Errorf("Claim(b) = %v", st)
+	}
+	if st, _ := s.Claim(context.Background(), "a", "o", time.Minute); st != InProgress {
+		t.Errorf("Claim(a) = %v", st)
+	}
+}
+
+// A lease or TTL too long to add to the clock (math.MaxInt64) never
+// expires, instead of expiring at once.
+func TestMemoryStoreForEver(t *testing.T) {
+	ctx := context.Background()
+	s := NewMemoryStore(MemoryStoreConfig{})
+	if st, _ := s.Claim(ctx, "k", "o", math.MaxInt64); st != Claimed {
+		t.Fatal(st)
+	}
+	if st, _ := s.Claim(ctx, "k", "p", time.Minute); st != InProgress {
+		t.Errorf("second Claim under an endless lease = %v, want InProgress", st)
+	}
+	if err := s.Commit(ctx, "k", math.MaxInt64); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := s.Claim(ctx, "k", "p", time.Minute); st != AlreadyDone {
+		t.Errorf("Claim after an endless TTL = %v, want AlreadyDone", st)
 	}
 }
