@@ -34,9 +34,10 @@
 // returns [ErrClosed]. Messages must not change until Publish returns:
 // payloads are not copied.
 //
-// Why not Sarama, as watermill-kafka: against kfake, Sarama's idempotent
-// producer did about 190k msgs/s in batches of 100 small records, franz-go's
-// about 650k with the same guarantees (docs/benchmarks.md). The records are
+// Why not Sarama, as watermill-kafka: against kfake, in batches of 100
+// small records with the ce_id header, Sarama's idempotent producer did
+// about 150k msgs/s, franz-go's 390-420k with the same guarantees
+// (docs/benchmarks.md). The records are
 // the same either way; franz-go compresses record batches with snappy where
 // the brokers support it, which every Kafka client reads.
 //

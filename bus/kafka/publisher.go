@@ -23,9 +23,11 @@ import (
 // Sarama's idempotent producer keeps one produce request in flight and
 // sends the first record of a batch in a request of its own, behind five
 // goroutine hand-offs per record. Against kfake, batches of 100 16-byte
-// records, Sarama's SyncProducer.SendMessages did about 190k msgs/s and
-// franz-go's ProduceSync about 650k with the same acks=all and idempotence
-// (BenchmarkBroker/kafka in docs/benchmarks.md). The records are the same
+// records with the ce_id header every bus message carries, Sarama's
+// SyncProducer.SendMessages did about 150k msgs/s and franz-go's
+// ProduceSync 390-420k with the same acks=all and idempotence
+// (BenchmarkBroker/kafka/raw_envelope and franz_envelope in
+// docs/benchmarks.md). The records are the same
 // either way; franz-go compresses their batches with snappy where the
 // brokers support it, which every Kafka client reads.
 type publisher struct {
