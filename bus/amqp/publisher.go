@@ -285,11 +285,22 @@ func (p *publisher) channel(slot *poolSlot, topic string) (*confirmChannel, erro
 	return cc, nil
 }
 
+// downErr is err, from a call on conn, marked as [ErrNotConnected] when
+// conn is closed: the connection dropped and the broker's watcher has not
+// installed the next one yet, so the caller may try again after the
+// reconnect like any other call that finds the connection down.
+func downErr(conn *amqp091.Connection, err error) error {
+	if conn.IsClosed() || errors.Is(err, amqp091.ErrClosed) {
+		return fmt.Errorf("%w: %w", ErrNotConnected, err)
+	}
+	return err
+}
+
 // open opens a confirm-mode channel and starts its returns dispatcher.
 func (p *publisher) open(conn *amqp091.Connection, gen uint64) (*confirmChannel, error) {
 	ch, err := conn.Channel()
 	if err != nil {
-		return nil, fmt.Errorf("amqp: open publishing channel: %w", err)
+		return nil, fmt.Errorf("amqp: open publishing channel: %w", downErr(conn, err))
 	}
 	cc := &confirmChannel{
 		ch:       ch,
@@ -340,7 +351,7 @@ func (p *publisher) declare(conn *amqp091.Connection, gen uint64, topic string) 
 	}
 	ch, err := conn.Channel()
 	if err != nil {
-		return fmt.Errorf("amqp: declare exchange %s: %w", ExchangeName(topic), err)
+		return fmt.Errorf("amqp: declare exchange %s: %w", ExchangeName(topic), downErr(conn, err))
 	}
 	err = declareExchange(ch, topic)
 	if cerr := ch.Close(); err == nil && cerr != nil && !errors.Is(cerr, amqp091.ErrClosed) {
