@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 
@@ -88,6 +90,7 @@ type confirmChannel struct {
 
 	mu       sync.Mutex
 	returned map[string]int // returns not yet claimed, by message UUID
+	closeErr *amqp091.Error // why the channel closed, when it did with an error
 }
 
 // Publish publishes msgs to topic's exchange and returns when RabbitMQ has
@@ -186,6 +189,17 @@ send:
 
 	returned := p.mandatory && cc.flushReturns()
 	closed := cc.ch.IsClosed()
+	closedErr := ErrChannelClosed
+	if closed {
+		// The channel may have closed because of topic's exchange (RabbitMQ
+		// closes a channel that publishes to a deleted exchange with 404):
+		// declare it again before the next Publish to it, rather than fail
+		// every one until the connection is replaced.
+		p.forget(topic)
+		if reason := cc.reason(); reason != nil {
+			closedErr = fmt.Errorf("%w: %w", ErrChannelClosed, reason)
+		}
+	}
 	for i, dc := range dcs {
 		uuid := msgs[i].UUID
 		switch {
@@ -193,12 +207,21 @@ send:
 			fail(uuid, ErrUnroutable)
 		case dc.Acked():
 		case closed:
-			fail(uuid, ErrChannelClosed)
+			fail(uuid, closedErr)
 		default:
 			fail(uuid, ErrNacked)
 		}
 	}
 	return result()
+}
+
+// reason returns why cc's channel closed, once it has: the error RabbitMQ
+// or the connection closed it with, or nil.
+func (cc *confirmChannel) reason() *amqp091.Error {
+	<-cc.dead // the dispatcher records the reason before it ends
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return cc.closeErr
 }
 
 // flushReturns waits until the dispatcher recorded every return it
@@ -264,7 +287,7 @@ func (p *publisher) channel(slot *poolSlot, topic string) (*confirmChannel, erro
 		return nil, err
 	}
 	if err := p.declare(conn, gen, topic); err != nil {
-		return nil, err
+		return nil, downErr(conn, err)
 	}
 	slot.mu.Lock()
 	defer slot.mu.Unlock()
@@ -279,18 +302,28 @@ func (p *publisher) channel(slot *poolSlot, topic string) (*confirmChannel, erro
 	}
 	cc, err := p.open(conn, gen)
 	if err != nil {
-		return nil, err
+		return nil, downErr(conn, err)
 	}
 	slot.ch = cc
 	return cc, nil
 }
 
 // downErr is err, from a call on conn, marked as [ErrNotConnected] when
-// conn is closed: the connection dropped and the broker's watcher has not
-// installed the next one yet, so the caller may try again after the
-// reconnect like any other call that finds the connection down.
+// it says the connection dropped: conn is closed, or the call failed on
+// the socket (a reset, a broken pipe, EOF) before amqp091 noticed. The
+// broker's watcher has not installed the next connection yet, so the
+// caller may try again after the reconnect like any other call that finds
+// the connection down.
 func downErr(conn *amqp091.Connection, err error) error {
-	if conn.IsClosed() || errors.Is(err, amqp091.ErrClosed) {
+	if errors.Is(err, ErrNotConnected) || errors.Is(err, ErrClosed) {
+		return err
+	}
+	var (
+		ne net.Error
+		ae *amqp091.Error
+	)
+	if conn.IsClosed() || errors.Is(err, amqp091.ErrClosed) || errors.Is(err, io.EOF) ||
+		errors.As(err, &ne) || errors.As(err, &ae) && ae.Code == amqp091.FrameError {
 		return fmt.Errorf("%w: %w", ErrNotConnected, err)
 	}
 	return err
@@ -300,7 +333,7 @@ func downErr(conn *amqp091.Connection, err error) error {
 func (p *publisher) open(conn *amqp091.Connection, gen uint64) (*confirmChannel, error) {
 	ch, err := conn.Channel()
 	if err != nil {
-		return nil, fmt.Errorf("amqp: open publishing channel: %w", downErr(conn, err))
+		return nil, fmt.Errorf("amqp: open publishing channel: %w", err)
 	}
 	cc := &confirmChannel{
 		ch:       ch,
@@ -312,8 +345,9 @@ func (p *publisher) open(conn *amqp091.Connection, gen uint64) (*confirmChannel,
 	}
 	// Unbuffered: see publisher.
 	returns := ch.NotifyReturn(make(chan amqp091.Return))
+	closes := ch.NotifyClose(make(chan *amqp091.Error, 1))
 	p.wg.Add(1)
-	go p.dispatchReturns(cc, returns)
+	go p.dispatchReturns(cc, returns, closes)
 	if err := ch.Confirm(false); err != nil {
 		_ = ch.Close()
 		return nil, fmt.Errorf("amqp: confirm mode: %w", err)
@@ -322,14 +356,23 @@ func (p *publisher) open(conn *amqp091.Connection, gen uint64) (*confirmChannel,
 }
 
 // dispatchReturns records the returns of cc and serves flush requests,
-// until the channel closes.
-func (p *publisher) dispatchReturns(cc *confirmChannel, returns <-chan amqp091.Return) {
+// until the channel closes; then it records why it closed.
+func (p *publisher) dispatchReturns(cc *confirmChannel, returns <-chan amqp091.Return, closes <-chan *amqp091.Error) {
 	defer p.wg.Done()
 	defer close(cc.dead)
 	for {
 		select {
 		case r, ok := <-returns:
 			if !ok {
+				// amqp091 sends the reason before it closes the notify
+				// channels.
+				select {
+				case e := <-closes:
+					cc.mu.Lock()
+					cc.closeErr = e
+					cc.mu.Unlock()
+				default:
+				}
 				return
 			}
 			uuid := returnedUUID(r)
@@ -342,6 +385,13 @@ func (p *publisher) dispatchReturns(cc *confirmChannel, returns <-chan amqp091.R
 	}
 }
 
+// forget makes the next Publish to topic declare its exchange again.
+func (p *publisher) forget(topic string) {
+	p.declMu.Lock()
+	delete(p.declared, topic)
+	p.declMu.Unlock()
+}
+
 // declare declares topic's durable fanout exchange once per connection.
 func (p *publisher) declare(conn *amqp091.Connection, gen uint64, topic string) error {
 	p.declMu.Lock()
@@ -351,7 +401,7 @@ func (p *publisher) declare(conn *amqp091.Connection, gen uint64, topic string) 
 	}
 	ch, err := conn.Channel()
 	if err != nil {
-		return fmt.Errorf("amqp: declare exchange %s: %w", ExchangeName(topic), downErr(conn, err))
+		return fmt.Errorf("amqp: declare exchange %s: %w", ExchangeName(topic), err)
 	}
 	err = declareExchange(ch, topic)
 	if cerr := ch.Close(); err == nil && cerr != nil && !errors.Is(cerr, amqp091.ErrClosed) {

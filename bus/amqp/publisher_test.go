@@ -172,3 +172,41 @@ func TestPublishAfterCloseNamesEveryMessage(t *testing.T) {
 		t.Fatalf("Publish after Close: %v, want a PublishError of both with ErrClosed", err)
 	}
 }
+
+// When RabbitMQ closes a publishing channel because the topic's exchange
+// was deleted (404), the failure says so, and the next Publish declares
+// the exchange again instead of failing the same way until the connection
+// is replaced.
+func TestPublishRecoversFromDeletedExchange(t *testing.T) {
+	t.Parallel()
+	tp := newTopology(t)
+	b := newBroker(t, amqp.Config{})
+	ctx := bustest.Context(t, wait)
+	topic, group := tp.topic("deleted"), tp.group("g")
+	if err := b.Prepare(ctx, topic, group); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publisher().Publish(topic, newMessages(1)...); err != nil {
+		t.Fatal(err)
+	}
+	if err := rawChannel(t).ExchangeDelete(amqp.ExchangeName(topic), false, false); err != nil {
+		t.Fatal(err)
+	}
+
+	err := b.Publisher().Publish(topic, newMessages(1)...)
+	var ae *amqp091.Error
+	if !errors.Is(err, amqp.ErrChannelClosed) || !errors.As(err, &ae) || ae.Code != amqp091.NotFound {
+		t.Fatalf("Publish to a deleted exchange: %v, want ErrChannelClosed with RabbitMQ's 404", err)
+	}
+	// Declared again, but the group's queue lost its binding with the
+	// exchange: unroutable, not a closed channel.
+	if err := b.Publisher().Publish(topic, newMessages(1)...); !errors.Is(err, amqp.ErrUnroutable) {
+		t.Fatalf("Publish after the failure: %v, want ErrUnroutable (the exchange declared again)", err)
+	}
+	if err := b.Prepare(ctx, topic, group); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publisher().Publish(topic, newMessages(1)...); err != nil {
+		t.Fatalf("Publish after Prepare: %v", err)
+	}
+}

@@ -69,9 +69,11 @@ func (p *cutProxy) cut() {
 
 // When the connections to RabbitMQ drop, the broker redials both:
 // Publish fails at once while a connection is down (with ErrNotConnected
-// or ErrChannelClosed, never a silent success), goes through after the
-// reconnect, and the subscription resumes on the same channel of
-// messages, delivering what was published after the cut.
+// or ErrChannelClosed, never a silent success, also for calls in flight
+// at the cut and for a topic whose exchange the publisher must declare
+// first), goes through after the reconnect, and the subscription resumes
+// on the same channel of messages, delivering what was published after
+// the cut.
 func TestReconnectsAfterConnectionLoss(t *testing.T) {
 	t.Parallel()
 	tp := newTopology(t)
@@ -91,11 +93,22 @@ func TestReconnectsAfterConnectionLoss(t *testing.T) {
 		}
 	})
 	ctx := bustest.Context(t, 2*wait)
-	topic, group := tp.topic("reconnect"), tp.group("g")
-	if err := b.Prepare(ctx, topic, group); err != nil {
-		t.Fatal(err)
+	topic, fresh, group := tp.topic("reconnect"), tp.topic("reconnect-fresh"), tp.group("g")
+	for _, tpc := range []string{topic, fresh} {
+		if err := b.Prepare(ctx, tpc, group); err != nil {
+			t.Fatal(err)
+		}
 	}
 	_, msgs := subscribe(t, ctx, b, group, topic)
+
+	// wrongErr records a Publish error that is neither ErrNotConnected nor
+	// ErrChannelClosed.
+	var wrongErr atomic.Pointer[error]
+	check := func(err error) {
+		if err != nil && !errors.Is(err, amqp.ErrNotConnected) && !errors.Is(err, amqp.ErrChannelClosed) {
+			wrongErr.CompareAndSwap(nil, &err)
+		}
+	}
 
 	first := message.NewMessage(watermill.NewUUID(), []byte("before"))
 	if err := b.Publisher().Publish(topic, first); err != nil {
@@ -105,6 +118,27 @@ func TestReconnectsAfterConnectionLoss(t *testing.T) {
 		t.Fatalf("got %s, want %s", m.UUID, first.UUID)
 	} else {
 		m.Ack()
+	}
+
+	// Publishers keep going through the cut; what they send may arrive.
+	var (
+		sent sync.Map // UUIDs the publishers tried
+		stop = make(chan struct{})
+		pubs sync.WaitGroup
+	)
+	for range 4 {
+		pubs.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				m := message.NewMessage(watermill.NewUUID(), []byte("during"))
+				sent.Store(m.UUID, true)
+				check(b.Publisher().Publish(topic, m))
+			}
+		})
 	}
 
 	before := px.accepted.Load()
@@ -125,6 +159,16 @@ func TestReconnectsAfterConnectionLoss(t *testing.T) {
 		return false, err.Error()
 	})
 	t.Logf("%d Publish calls failed while reconnecting", failures)
+	close(stop)
+	pubs.Wait()
+	// A topic this publisher never published to: its exchange is declared
+	// on the new connection.
+	if err := b.Publisher().Publish(fresh, message.NewMessage(watermill.NewUUID(), nil)); err != nil {
+		t.Errorf("Publish to a fresh topic after the reconnect: %v", err)
+	}
+	if e := wrongErr.Load(); e != nil {
+		t.Errorf("a Publish during the outage failed with %v, want ErrNotConnected or ErrChannelClosed", *e)
+	}
 
 	// The subscription resumes: the message published after the cut
 	// arrives (first may come again: its ack may have been held back when
@@ -135,7 +179,7 @@ func TestReconnectsAfterConnectionLoss(t *testing.T) {
 		if m.UUID == after.UUID {
 			break
 		}
-		if m.UUID != first.UUID {
+		if _, ok := sent.Load(m.UUID); !ok && m.UUID != first.UUID {
 			t.Fatalf("unexpected message %s", m.UUID)
 		}
 	}
