@@ -97,11 +97,10 @@ func init() {
 //
 // amqp/raw_envelope is amqp/raw with the id every message the bus publishes
 // outside a handler carries: the cloudEvents_id header and the message_id
-// property. RabbitMQ pays for a headers table: publishing is slower, and
-// in some rounds consuming runs at half speed (measured with a scratch
-// variant of raw: no round in 6 without a header, 2 in 6 with the header
-// alone, 3 in 6 with header and property). It is the baseline for the
-// same message on the wire.
+// property: the baseline for the same message on the wire. RabbitMQ pays
+// for the headers table: publishing is slower. (In runs of all cases in
+// one process, consuming also ran at half speed in some rounds, in the
+// cases with headers only; see docs/benchmarks.md.)
 //
 // msgs/s is b.N over both phases; pub-msgs/s and sub-msgs/s are each
 // phase's own rate.

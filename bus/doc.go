@@ -7,8 +7,9 @@
 // The broker is chosen by configuration alone ([Config].Broker, or
 // BUSLINE_BROKER through [ConfigFromEnv]): "memory", the default, an
 // in-process broker (package bus/memory); "kafka" (package bus/kafka: a
-// franz-go producer, watermill-kafka's Sarama consumer); "amqp", RabbitMQ (package bus/amqp,
-// watermill-amqp). The same service code runs on each.
+// franz-go producer, watermill-kafka's Sarama consumer); "amqp", RabbitMQ
+// (package bus/amqp, on amqp091-go, wire-compatible with watermill-amqp).
+// The same service code runs on each.
 //
 // Each handler named h consumes its topic as the consumer group
 // "<Config.Group>.<h>": every handler gets every message of its topic, and
