@@ -32,18 +32,16 @@ const (
 // Kafka starts an in-process Kafka cluster with one broker on a loopback
 // port, closed when the test ends, and returns its bootstrap addresses.
 // Topics are created on first use with partitions partitions (at least 1).
-// opts are further kfake options, for example [kfake.BlackholeProduce] for
-// a benchmark of producing alone.
-func Kafka(tb testing.TB, partitions int32, opts ...kfake.Opt) []string {
+func Kafka(tb testing.TB, partitions int32) []string {
 	tb.Helper()
 	if partitions < 1 {
 		partitions = 1
 	}
-	c, err := kfake.NewCluster(append([]kfake.Opt{
+	c, err := kfake.NewCluster(
 		kfake.NumBrokers(1),
 		kfake.AllowAutoTopicCreation(),
 		kfake.DefaultNumPartitions(int(partitions)),
-	}, opts...)...)
+	)
 	if err != nil {
 		tb.Fatalf("bustest: start kfake: %v", err)
 	}
