@@ -62,11 +62,7 @@ func (r *records) at(i int) int {
 // marshalChunk bytes. Each message's metadata is read in one pass. The
 // payloads are not copied: a message must not change until Publish
 // returns.
-//
-// emit, when not nil, is called with each record as soon as it is built,
-// in order, so that the caller can send the first records while the
-// others are still being marshaled.
-func marshalRecords(topic string, msgs []*message.Message, emit func(*kgo.Record)) records {
+func marshalRecords(topic string, msgs []*message.Message) records {
 	nHeaders := 0
 	for _, m := range msgs {
 		nHeaders += len(m.Metadata) + 1 // the UUID header, where needed
@@ -134,9 +130,6 @@ func marshalRecords(topic string, msgs []*message.Message, emit func(*kgo.Record
 		out.recs = append(out.recs, rec)
 		if out.pos != nil {
 			out.pos = append(out.pos, i)
-		}
-		if emit != nil {
-			emit(rec)
 		}
 	}
 	return out

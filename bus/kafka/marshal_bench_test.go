@@ -22,7 +22,7 @@ func BenchmarkMarshalRecords(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		if i%len(msgs) == 0 {
-			_ = marshalRecords("t", msgs, nil)
+			_ = marshalRecords("t", msgs)
 		}
 	}
 }

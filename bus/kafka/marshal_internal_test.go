@@ -35,7 +35,7 @@ func TestMarshalRecords(t *testing.T) {
 	reserved.Metadata.Set(wkafka.UUIDHeaderKey, "x")
 	msgs := []*message.Message{withID, reserved, plain, bare, noCorr}
 
-	rb := marshalRecords("t", msgs, nil)
+	rb := marshalRecords("t", msgs)
 	if len(rb.recs) != 4 || len(rb.failed) != 1 || rb.failed[0].Index != 1 || rb.failed[0].UUID != "id-4" {
 		t.Fatalf("recs %d, failed %+v", len(rb.recs), rb.failed)
 	}
@@ -111,7 +111,7 @@ func kgoHeaderMap(hs []kgo.RecordHeader) map[string]string {
 func TestMarshalEmptyIsNotNull(t *testing.T) {
 	m := message.NewMessage("id", nil)
 	m.Metadata = message.Metadata{schema.KeyID: "id", "": "", "empty": ""}
-	rb := marshalRecords("t", []*message.Message{m}, nil)
+	rb := marshalRecords("t", []*message.Message{m})
 	if len(rb.recs) != 1 {
 		t.Fatalf("failed: %+v", rb.failed)
 	}

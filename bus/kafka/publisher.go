@@ -5,7 +5,6 @@ import (
 	"context"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -14,8 +13,8 @@ import (
 
 // publisher is the broker's publisher, on a franz-go producer of its own:
 // acks=all and idempotent, so that its retries neither duplicate nor
-// reorder records. It hands every message of a Publish call to the
-// producer as soon as it is marshaled, and waits for the call as a whole.
+// reorder records. It hands all the messages of a Publish call to the
+// producer at once and waits for the call as a whole.
 // Close waits for the Publish calls in flight; a Publish after Close
 // returns ErrClosed. It is safe for concurrent use.
 //
@@ -73,37 +72,6 @@ func producerOptions(timeout time.Duration) []kgo.Opt {
 	}
 }
 
-// batch is one Publish call in flight.
-type batch struct {
-	pending atomic.Int64  // records neither acknowledged nor failed
-	done    chan struct{} // closed when pending reaches 0
-	mu      sync.Mutex
-	errs    []recordError
-}
-
-// recordError is a record the producer failed, and why.
-type recordError struct {
-	rec *kgo.Record
-	err error
-}
-
-// settle counts n records of b as finished.
-func (b *batch) settle(n int64) {
-	if b.pending.Add(-n) == 0 {
-		close(b.done)
-	}
-}
-
-// promise is the producer's callback for each record of b.
-func (b *batch) promise(rec *kgo.Record, err error) {
-	if err != nil {
-		b.mu.Lock()
-		b.errs = append(b.errs, recordError{rec, err})
-		b.mu.Unlock()
-	}
-	b.settle(1)
-}
-
 // newPublisher connects a producer with the connection options opts (see
 // Config.kgoOptions) and producerOptions(timeout). It fails when opts are
 // invalid; brokers are dialled on first use.
@@ -116,8 +84,8 @@ func newPublisher(opts []kgo.Opt, timeout time.Duration) (*publisher, error) {
 }
 
 // Publish implements message.Publisher. It marshals every message (see
-// [marshalRecords]), hands each record to the producer as soon as it is
-// built and returns when every one is acknowledged by all in-sync
+// [marshalRecords]), hands all the records to the producer at once
+// (ProduceSync) and returns when every one is acknowledged by all in-sync
 // replicas or has failed. The producer puts the records of one partition
 // into as few produce requests as it can, in the order of msgs, so order
 // per partition (and so per key) is the order of msgs. When some messages
@@ -137,42 +105,29 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 		return nil
 	}
 
-	// The batch counts one more than its messages until every record is
-	// handed over: it cannot end while records are still being marshaled.
-	b := &batch{done: make(chan struct{})}
-	b.pending.Store(int64(len(msgs)) + 1)
-	promise := b.promise
-	rb := marshalRecords(topic, msgs, func(rec *kgo.Record) {
-		p.cl.Produce(context.Background(), rec, promise)
-	})
-	b.settle(int64(len(rb.failed)) + 1)
-	<-b.done
+	rb := marshalRecords(topic, msgs)
 	failed := rb.failed
-	if len(b.errs) > 0 {
-		failed = appendFailed(failed, b.errs, msgs, &rb)
+	// The results come in the order the records finished, not the order
+	// they were given: a failed one is found by its record.
+	var at map[*kgo.Record]int
+	for _, r := range p.cl.ProduceSync(context.Background(), rb.recs...) {
+		if r.Err == nil {
+			continue
+		}
+		if at == nil {
+			at = make(map[*kgo.Record]int, len(rb.recs))
+			for i, rec := range rb.recs {
+				at[rec] = rb.at(i)
+			}
+		}
+		j := at[r.Record]
+		failed = append(failed, FailedMessage{Index: j, UUID: msgs[j].UUID, Err: r.Err})
 	}
 	if len(failed) == 0 {
 		return nil
 	}
 	slices.SortFunc(failed, func(a, b FailedMessage) int { return cmp.Compare(a.Index, b.Index) })
 	return &PublishError{Topic: topic, Total: len(msgs), Failed: failed}
-}
-
-// appendFailed appends to failed the messages of rb whose records errs
-// reports.
-func appendFailed(failed []FailedMessage, errs []recordError, msgs []*message.Message, rb *records) []FailedMessage {
-	at := make(map[*kgo.Record]int, len(rb.recs))
-	for i, r := range rb.recs {
-		at[r] = rb.at(i)
-	}
-	for _, e := range errs {
-		j, ok := at[e.rec]
-		if !ok {
-			continue
-		}
-		failed = append(failed, FailedMessage{Index: j, UUID: msgs[j].UUID, Err: e.err})
-	}
-	return failed
 }
 
 // Close implements message.Publisher: it waits for the Publish calls in
