@@ -177,6 +177,9 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	for _, o := range opts {
 		o(&ho)
 	}
+	if err := ho.validate(); err != nil {
+		return fmt.Errorf("bus: handler %q: %w", name, err)
+	}
 	stack := b.stack
 	stack.Name = name
 	group := b.cfg.Group + "." + name
@@ -190,7 +193,7 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	if err := b.broker.Prepare(ctx, topic, group); err != nil {
 		return fmt.Errorf("bus: prepare %s for %s: %w", topic, group, err)
 	}
-	sub, err := b.broker.Subscriber(group)
+	sub, err := b.subscriber(group, ho)
 	if err != nil {
 		return fmt.Errorf("bus: subscriber for %s: %w", group, err)
 	}
@@ -204,6 +207,19 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	b.handlers[name] = topic
 	b.subs = append(b.subs, sub)
 	return nil
+}
+
+// subscriber makes the subscriber of a handler's group: with the handler's
+// ordering and batch delivery where the broker offers them.
+func (b *Bus) subscriber(group string, ho handlerOptions) (message.Subscriber, error) {
+	if ho.ordering != "" || ho.batch > 1 {
+		if ws, ok := b.broker.(interface {
+			SubscriberWith(string, kafka.SubscriberConfig) (message.Subscriber, error)
+		}); ok {
+			return ws.SubscriberWith(group, kafka.SubscriberConfig{Ordering: ho.ordering, BatchSize: ho.batch})
+		}
+	}
+	return b.broker.Subscriber(group)
 }
 
 // Publish publishes msgs to topic. It returns when the broker accepted every

@@ -1,6 +1,8 @@
 package bus
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -9,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/middleware"
 )
 
@@ -90,8 +93,10 @@ func WithNewRootOnProcess() Option {
 type HandlerOption func(*handlerOptions)
 
 type handlerOptions struct {
-	stack []func(*middleware.StackConfig)
-	extra []message.HandlerMiddleware
+	stack    []func(*middleware.StackConfig)
+	extra    []message.HandlerMiddleware
+	ordering string
+	batch    int
 }
 
 // HandlerStack changes this handler's middleware stack: fn receives the
@@ -105,4 +110,65 @@ func HandlerStack(fn func(*middleware.StackConfig)) HandlerOption {
 // and the handler, in the order given (the first is outermost).
 func HandlerMiddleware(mws ...message.HandlerMiddleware) HandlerOption {
 	return func(o *handlerOptions) { o.extra = append(o.extra, mws...) }
+}
+
+// Ordering modes for [WithOrdering].
+const (
+	// OrderPartition runs one message of a partition at a time, in order;
+	// partitions run in parallel. The default.
+	OrderPartition = kafka.OrderPartition
+	// OrderKey runs messages of different keys (ce_partitionkey) of one
+	// partition concurrently, each key in order; messages without a key
+	// share one lane per partition.
+	OrderKey = kafka.OrderKey
+	// OrderUnordered runs any message at any time, up to the in-flight
+	// bound.
+	OrderUnordered = kafka.OrderUnordered
+)
+
+// WithOrdering sets how this handler's messages may run concurrently,
+// overriding the broker's default (on Kafka, Config.Kafka.Ordering):
+// [OrderPartition], [OrderKey] or [OrderUnordered]. On Kafka a failing
+// message then holds back only what its mode orders after it: its
+// partition, or its key. The in-process broker and RabbitMQ hand a
+// subscription's messages out one at a time, in order, which satisfies
+// every mode, so a handler written for one broker keeps its guarantees on
+// another. An unknown mode makes [Bus.Handle] fail.
+func WithOrdering(mode string) HandlerOption {
+	return func(o *handlerOptions) { o.ordering = mode }
+}
+
+// WithBatchDelivery makes the broker hand this handler's messages out in
+// batches of up to size, for a batch handler ([handlers.Batch], whose Size
+// it should match): on Kafka, up to size records of a partition that one
+// poll returned, all in flight at once and in order, each message knowing
+// its place in the batch, so that the batch handler gets them as one batch
+// without waiting for its MaxWait. The next batch of a partition follows
+// when every message of this one was acked. It implies [OrderPartition].
+// Other brokers hand messages out as usual, and the batch handler groups
+// what is in flight within its MaxWait. A size below 1 makes [Bus.Handle]
+// fail.
+func WithBatchDelivery(size int) HandlerOption {
+	return func(o *handlerOptions) {
+		o.batch = size
+		if size == 0 {
+			o.batch = -1
+		}
+	}
+}
+
+func (o handlerOptions) validate() error {
+	var errs []error
+	switch o.ordering {
+	case "", OrderPartition, OrderKey, OrderUnordered:
+	default:
+		errs = append(errs, fmt.Errorf("ordering %q is not partition, key or unordered", o.ordering))
+	}
+	if o.batch < 0 {
+		errs = append(errs, errors.New("batch delivery size must be at least 1"))
+	}
+	if o.batch > 1 && o.ordering != "" && o.ordering != OrderPartition {
+		errs = append(errs, fmt.Errorf("batch delivery needs partition ordering, not %q", o.ordering))
+	}
+	return errors.Join(errs...)
 }

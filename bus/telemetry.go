@@ -122,6 +122,8 @@ type telemetry struct {
 
 	systemOpt       metric.ObserveOption
 	reg             metric.Registration // the gauges' callback; nil when metrics are off
+	consumerReg     metric.Registration // the consumer gauges' callback (telemetry_consumer.go)
+	meter           metric.Meter        // nil when metrics are off
 	breakers        sync.Mutex
 	breakerHandlers []*handlerTel
 }
@@ -169,6 +171,7 @@ func newTelemetry(o options, cfg Config, logger *slog.Logger) *telemetry {
 		meter := mp.Meter(ScopeName,
 			metric.WithInstrumentationVersion(Version()),
 			metric.WithSchemaURL(semconv.SchemaURL))
+		t.meter = meter
 		m, err := newInstruments(meter)
 		if err != nil {
 			// The SDK returns working instruments along with the error
@@ -233,6 +236,7 @@ func isGlobalDelegate(v any) bool {
 // bus's telemetry.
 func (b *Bus) instrumentPublisher(p message.Publisher) message.Publisher {
 	b.tel = newTelemetry(b.opts, b.cfg, b.logger)
+	b.tel.registerConsumerStats(b.broker)
 	if b.tel.tracer == nil && b.tel.m == nil {
 		return p
 	}

@@ -469,4 +469,7 @@ func (b *Bus) stopTelemetry() {
 	if b.tel.reg != nil {
 		_ = b.tel.reg.Unregister()
 	}
+	if b.tel.consumerReg != nil {
+		_ = b.tel.consumerReg.Unregister()
+	}
 }

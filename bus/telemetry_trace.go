@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/baggage"
@@ -530,11 +529,9 @@ func (t *telemetry) processArgs(ctx context.Context, msg *message.Message, ht *h
 	a.attrs = appendMessageAttrs(append(a.attrs, ht.startAttrs...), msg, t.broker == BrokerKafka)
 	switch t.broker {
 	case BrokerKafka:
-		if p, ok := wkafka.MessagePartitionFromCtx(ctx); ok {
-			a.attrs = append(a.attrs, semconv.MessagingDestinationPartitionID(strconv.Itoa(int(p))))
-		}
-		if o, ok := wkafka.MessagePartitionOffsetFromCtx(ctx); ok {
-			a.attrs = append(a.attrs, semconv.MessagingKafkaOffset(int(o)))
+		if ri, ok := kafka.RecordFromContext(ctx); ok {
+			a.attrs = append(a.attrs, semconv.MessagingDestinationPartitionID(strconv.Itoa(int(ri.Partition))),
+				semconv.MessagingKafkaOffset(int(ri.Offset)))
 		}
 	case BrokerAMQP:
 		if rk := msg.Metadata[amqp.KeyRoutingKey]; rk != "" {

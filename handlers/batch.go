@@ -9,6 +9,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/busline/busline/internal/delivery"
 	"github.com/busline/busline/schema"
 )
 
@@ -47,18 +48,28 @@ type Batcher[T any] struct {
 	size    int
 	maxWait time.Duration
 
-	mu   sync.Mutex
-	open *batch[T] // the batch that takes new messages, nil if none
+	mu     sync.Mutex
+	open   *batch[T]                     // the batch that takes messages delivered on their own, nil if none
+	groups map[*delivery.Batch]*batch[T] // the open batch of each delivered batch
 }
 
-// batch is one batch in the making. items and sealed are guarded by the
+// batch is one batch in the making. Its fields are guarded by the
 // Batcher's mu until sealed; after that items is read-only.
 type batch[T any] struct {
-	items  []*Item[T]
-	sealed bool
-	full   chan struct{} // closed when the batch reaches Size
-	done   chan struct{} // closed when the batch was handled; err is set then
-	err    error
+	items   []slot[T]
+	sealed  bool
+	led     bool            // a message leads it (runs fn)
+	member  *delivery.Batch // the delivered batch it gathers, nil if none
+	arrived int             // messages of member that arrived (decoded or not)
+	full    chan struct{}   // closed when the batch is complete
+	done    chan struct{}   // closed when the batch was handled; err is set then
+	err     error
+}
+
+// slot is an event of a batch and its place in the delivered batch.
+type slot[T any] struct {
+	it  *Item[T]
+	idx int
 }
 
 // Batch returns a Batcher that decodes messages into T with r (upcasting
@@ -95,20 +106,32 @@ func Batch[T any](r *schema.Registry, cfg BatchConfig, fn func(ctx context.Conte
 	if cfg.MaxWait == 0 {
 		cfg.MaxWait = DefaultBatchMaxWait
 	}
-	return &Batcher[T]{r: r, fn: fn, size: cfg.Size, maxWait: cfg.MaxWait}
+	return &Batcher[T]{r: r, fn: fn, size: cfg.Size, maxWait: cfg.MaxWait, groups: map[*delivery.Batch]*batch[T]{}}
 }
 
-// Handle adds msg's event to the open batch and returns once that batch was
+// Size is the most events one call of the batch function gets: the size to
+// give the bus's batch delivery (bus.WithBatchDelivery).
+func (b *Batcher[T]) Size() int { return b.size }
+
+// Handle adds msg's event to its batch and returns once that batch was
 // handled: nil when fn succeeded (ack msg), fn's error when it failed. It
 // has the shape of a [bus.HandlerFunc] and is meant to be called by several
 // goroutines at once, one per message in flight; it blocks its caller until
 // the batch is done.
 //
-// The first message of a batch starts its clock: the batch is handled when
-// it holds Size events or MaxWait after it was opened, whichever comes first,
-// by fn called on that first message's goroutine with that message's
-// context. Later messages wait for the result. No goroutine or timer
-// outlives a batch.
+// # Which messages form a batch
+//
+// Messages the broker delivered as a batch (on Kafka with
+// bus.WithBatchDelivery: the records of a partition that one poll returned)
+// form that batch, in their order, with no waiting: the batch is handled as
+// soon as all of them arrived (a message that cannot be decoded counts as
+// arrived). Messages delivered on their own join the one open batch.
+// Either way a batch is handled when it holds Size events, or MaxWait after
+// its first message arrived, whichever comes first (a delivered batch waits
+// MaxWait only when some of its messages never come, for example ones
+// dedup acked as duplicates), by fn called on the first message's goroutine
+// with that message's context. Later messages wait for the result. No
+// goroutine or timer outlives a batch.
 //
 // When the context of a waiting message ends before its batch was handled,
 // Handle takes its event out of the batch and returns the context's error
@@ -118,42 +141,22 @@ func Batch[T any](r *schema.Registry, cfg BatchConfig, fn func(ctx context.Conte
 // neither retried nor dead-lettered). A panic in fn fails every other message
 // of the batch and is passed on to the first message's caller.
 //
-// # Why the bus does not feed it batches
-//
-// Handle gets a batch only when several messages are in flight at once. The
-// bus's subscriptions hand out the next message only after the previous one
-// was acknowledged: the in-process broker and RabbitMQ (watermill-amqp)
-// one message per subscription, Kafka one per partition. Registered directly
-// with [bus.Bus.Handle], a Batcher is correct but gets small batches: one
-// message that waited MaxWait on the in-process broker and RabbitMQ, at most
-// one per assigned partition on Kafka (4 with 4 partitions, in the bus's
-// TestBatcherOnKafka). Use it with a source that has many messages in
-// flight, or use [Batcher.Process] with messages the caller fetched together.
+// Without batch delivery, Handle gets a batch only when several messages are
+// in flight at once: the in-process broker and RabbitMQ hand out one message
+// per subscription at a time, so there a Batcher gets batches of one message
+// that waited MaxWait; use [Batcher.Process] with messages the caller
+// fetched together there.
 func (b *Batcher[T]) Handle(ctx context.Context, msg *message.Message) error {
+	mem := delivery.MemberFromContext(ctx)
 	ev, env, err := schema.DecodeAs[T](b.r, msg)
 	if err != nil {
+		if mem != nil {
+			b.arrive(mem, nil)
+		}
 		return err
 	}
 	it := &Item[T]{Event: ev, Envelope: env}
-
-	b.mu.Lock()
-	cur := b.open
-	leader := cur == nil
-	if leader {
-		cur = &batch[T]{
-			items: make([]*Item[T], 0, min(b.size, 64)),
-			full:  make(chan struct{}),
-			done:  make(chan struct{}),
-		}
-		b.open = cur
-	}
-	cur.items = append(cur.items, it)
-	if len(cur.items) == b.size {
-		b.sealLocked(cur)
-		close(cur.full)
-	}
-	b.mu.Unlock()
-
+	cur, leader := b.arrive(mem, it)
 	if leader {
 		return b.lead(ctx, cur)
 	}
@@ -164,7 +167,7 @@ func (b *Batcher[T]) Handle(ctx context.Context, msg *message.Message) error {
 	}
 	b.mu.Lock()
 	if !cur.sealed {
-		cur.items = slices.DeleteFunc(cur.items, func(x *Item[T]) bool { return x == it })
+		cur.items = slices.DeleteFunc(cur.items, func(x slot[T]) bool { return x.it == it })
 		b.mu.Unlock()
 		return ctx.Err()
 	}
@@ -174,6 +177,50 @@ func (b *Batcher[T]) Handle(ctx context.Context, msg *message.Message) error {
 	// of its own that the router also cancels on shutdown.
 	<-cur.done
 	return cur.err
+}
+
+// arrive adds it (nil for a message that did not decode) to the open batch
+// of mem (nil: of messages delivered on their own), opening one if needed,
+// and reports whether the caller leads the batch.
+func (b *Batcher[T]) arrive(mem *delivery.Member, it *Item[T]) (cur *batch[T], leader bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if mem != nil {
+		cur = b.groups[mem.Batch]
+	} else {
+		cur = b.open
+	}
+	if cur == nil {
+		cur = &batch[T]{
+			items: make([]slot[T], 0, min(b.size, 64)),
+			full:  make(chan struct{}),
+			done:  make(chan struct{}),
+		}
+		if mem != nil {
+			cur.member = mem.Batch
+			b.groups[mem.Batch] = cur
+		} else {
+			b.open = cur
+		}
+	}
+	idx := 0
+	if mem != nil {
+		idx = mem.Index
+		cur.arrived++
+	}
+	if it != nil {
+		cur.items = append(cur.items, slot[T]{it: it, idx: idx})
+		leader = !cur.led
+		cur.led = true
+	}
+	complete := mem != nil && cur.arrived == mem.Batch.Size()
+	if len(cur.items) == b.size || complete {
+		b.sealLocked(cur)
+		if cur.led {
+			close(cur.full)
+		}
+	}
+	return cur, leader
 }
 
 // lead waits until cur is full, MaxWait passed or ctx ended, then seals
@@ -202,9 +249,10 @@ func (b *Batcher[T]) lead(ctx context.Context, cur *batch[T]) (err error) {
 			close(cur.done)
 		}
 	}()
+	slices.SortStableFunc(cur.items, func(a, b slot[T]) int { return a.idx - b.idx })
 	items := make([]Item[T], len(cur.items))
-	for i, it := range cur.items {
-		items[i] = *it
+	for i, s := range cur.items {
+		items[i] = *s.it
 	}
 	err = b.fn(ctx, items)
 	completed = true
@@ -218,6 +266,9 @@ func (b *Batcher[T]) sealLocked(cur *batch[T]) {
 	cur.sealed = true
 	if b.open == cur {
 		b.open = nil
+	}
+	if cur.member != nil && b.groups[cur.member] == cur {
+		delete(b.groups, cur.member)
 	}
 }
 

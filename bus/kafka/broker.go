@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,9 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
-	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -36,7 +35,7 @@ type Broker struct {
 
 	mu     sync.Mutex
 	closed bool
-	subs   []*wkafka.Subscriber
+	subs   []*subscriber
 }
 
 // New validates cfg, connects the publisher to the brokers and returns the
@@ -50,9 +49,6 @@ func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 	cfg = cfg.withDefaults()
 	if logger == nil {
 		logger = watermill.NopLogger{}
-	}
-	if _, err := cfg.consumerSaramaConfig(); err != nil {
-		return nil, err
 	}
 	adminOpts, err := cfg.kgoOptions()
 	if err != nil {
@@ -96,44 +92,73 @@ func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 func (b *Broker) Publisher() message.Publisher { return b.pub }
 
 // Subscriber returns a new subscriber in the consumer group group, which
-// must not be empty. Each Subscribe call joins the group as a new member;
-// each message of a topic reaches one member of every group. A group with no
-// committed offset starts at Config.InitialOffset (oldest by default).
-// Within a partition, the subscriber delivers the next message only after
-// the previous one was acked; a nacked message is delivered again after
-// Config.NackDelay, and meanwhile blocks its partition.
+// must not be empty, with the ordering of Config.Ordering. See
+// [Broker.SubscriberWith].
 func (b *Broker) Subscriber(group string) (message.Subscriber, error) {
+	return b.SubscriberWith(group, SubscriberConfig{})
+}
+
+// SubscriberWith returns a new subscriber in the consumer group group,
+// which must not be empty, handing out records as cfg says. Each Subscribe
+// call joins the group as a member of its own (a franz-go group consumer,
+// cooperative-sticky assignment); each record of a topic reaches one member
+// of every group. A group with no committed offset starts at
+// Config.InitialOffset (oldest by default).
+//
+// A record is handed out when its ordering allows (see Config.Ordering),
+// and its offset is committed once it and every earlier record of its
+// partition were acked. A nacked record is handed out again after
+// Config.NackDelay; meanwhile only its lane (its partition, or its key)
+// waits. When partitions are revoked, their records are no longer handed
+// out, the handlers in flight get up to three quarters of
+// Config.RebalanceTimeout to finish, what finished is committed, and then
+// the rebalance goes on. Closing the subscriber commits what finished and
+// leaves the group; what was in flight is delivered again later.
+func (b *Broker) SubscriberWith(group string, cfg SubscriberConfig) (message.Subscriber, error) {
 	if group == "" {
 		return nil, errors.New("kafka: empty consumer group")
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return nil, ErrClosed
 	}
-	// A Sarama config per subscriber: Sarama clients validate (and may
-	// complete) the config they are given, and register metrics in it.
-	consCfg, err := b.cfg.consumerSaramaConfig()
-	if err != nil {
-		return nil, err
+	cc := consumerConfig{
+		ordering:         cmp.Or(cfg.Ordering, b.cfg.Ordering),
+		batch:            cfg.BatchSize,
+		maxInFlight:      int64(b.cfg.MaxInFlight),
+		maxPerPartition:  b.cfg.MaxInFlightPerPartition,
+		nackDelay:        b.cfg.NackDelay,
+		commitInterval:   b.cfg.CommitInterval,
+		rebalanceTimeout: b.cfg.RebalanceTimeout,
 	}
-	sub, err := wkafka.NewSubscriber(wkafka.SubscriberConfig{
-		Brokers:               b.cfg.Brokers,
-		Unmarshaler:           marshaler{},
-		OverwriteSaramaConfig: consCfg,
-		ConsumerGroup:         group,
-		NackResendSleep:       b.cfg.NackDelay,
-		ReconnectRetrySleep:   reconnectRetrySleep,
-		InitializeTopicDetails: &sarama.TopicDetail{
-			NumPartitions:     b.cfg.Partitions,
-			ReplicationFactor: b.cfg.ReplicationFactor,
-		},
-	}, b.logger)
-	if err != nil {
-		return nil, fmt.Errorf("kafka: subscriber: %w", err)
+	if cc.batch > 1 {
+		if cfg.Ordering == "" {
+			cc.ordering = OrderPartition
+		}
+		// A batch must fit a partition's share of the in-flight bound.
+		cc.maxPerPartition = max(cc.maxPerPartition, cc.batch)
+		cc.maxInFlight = max(cc.maxInFlight, int64(cc.batch))
 	}
+	sub := &subscriber{b: b, group: group, cfg: cc}
 	b.subs = append(b.subs, sub)
 	return sub, nil
+}
+
+// ConsumerStats returns the stats of every subscription of the broker's
+// subscribers.
+func (b *Broker) ConsumerStats() []ConsumerStats {
+	b.mu.Lock()
+	subs := append([]*subscriber(nil), b.subs...)
+	b.mu.Unlock()
+	var out []ConsumerStats
+	for _, s := range subs {
+		out = append(out, s.stats()...)
+	}
+	return out
 }
 
 // Prepare creates topic with Config.Partitions partitions and

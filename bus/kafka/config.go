@@ -29,17 +29,42 @@ type Config struct {
 	// ReplicationFactor of topics the bus creates. Zero: 1.
 	ReplicationFactor int16
 	// NackDelay is how long a nacked record waits before it is delivered
-	// again. Zero: 1s. A nack on Kafka blocks its partition, so keep it short
-	// but never zero (a zero delay is a hot loop).
+	// again. Zero: 1s. Only the record's lane waits (see Ordering): in
+	// "partition" mode that is its partition, in "key" mode its key. Never
+	// zero: a zero delay is a hot loop.
 	NackDelay time.Duration
-	// RebalanceTimeout bounds how long a consumer group rebalance waits for
-	// each member to finish the message it has in flight. Zero: 60s
-	// (Sarama's default). A member whose message is still unacked then (a
-	// slow handler, a nack loop, a message nobody receives) is evicted from
-	// the group and its partitions go to the others, which deliver that
-	// message again. watermill-kafka does not abandon the in-flight message
-	// when a rebalance starts, so until this timeout the whole group stalls.
+	// RebalanceTimeout is how long the group coordinator waits for every
+	// member to rejoin during a rebalance, and so bounds how long a member
+	// whose partitions are revoked lets their in-flight handlers finish
+	// before it commits and lets go (three quarters of it; the rest is
+	// margin). Zero: 60s. A handler still running then is not waited for:
+	// its record is delivered again to the partition's new owner.
 	RebalanceTimeout time.Duration
+	// Ordering is how a handler's records may run concurrently, unless the
+	// handler sets its own (bus.WithOrdering): "partition" (one record of a
+	// partition at a time, in offset order; partitions in parallel), "key"
+	// (records of different keys of one partition concurrently, each key
+	// in order; records without a key share one lane per partition) or
+	// "unordered" (any record at any time). Zero: "partition".
+	Ordering string
+	// MaxInFlight bounds the records one subscription has fetched and not
+	// yet finished (handed to the handler, waiting behind a busy key or
+	// partition, or waiting out a nack delay): no more are polled until
+	// some finish. Zero: 1024.
+	MaxInFlight int
+	// MaxInFlightPerPartition bounds those records per partition: a
+	// partition that holds this many is paused (it fetches nothing) until
+	// it holds half as many, so a stuck partition or key cannot take the
+	// whole MaxInFlight. A poll may add up to one poll's records before the
+	// pause takes hold. Zero: 512 (at most MaxInFlight).
+	MaxInFlightPerPartition int
+	// CommitInterval is how often a subscription commits the offsets of
+	// what it finished. A partition's committed offset is that of its
+	// oldest record not yet finished, so records finish out of order but
+	// are committed in order. Offsets are committed also when partitions
+	// are revoked and on Close. Zero: 1s; a crash redelivers up to about
+	// this much finished work.
+	CommitInterval time.Duration
 	// TLS configures TLS to the brokers. Zero: plaintext.
 	TLS TLSConfig
 	// SASL configures SASL authentication. Zero: none.
@@ -84,6 +109,18 @@ func (c Config) Validate() error {
 	if c.NackDelay < 0 {
 		errs = append(errs, fmt.Errorf("kafka: nack delay %v is negative", c.NackDelay))
 	}
+	if err := validOrdering(c.Ordering); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MaxInFlight < 0 {
+		errs = append(errs, fmt.Errorf("kafka: max in flight %d is negative", c.MaxInFlight))
+	}
+	if c.MaxInFlightPerPartition < 0 {
+		errs = append(errs, fmt.Errorf("kafka: max in flight per partition %d is negative", c.MaxInFlightPerPartition))
+	}
+	if c.CommitInterval < 0 {
+		errs = append(errs, fmt.Errorf("kafka: commit interval %v is negative", c.CommitInterval))
+	}
 	switch strings.ToUpper(c.SASL.Mechanism) {
 	case "":
 		if c.SASL.User != "" || c.SASL.Password != "" {
@@ -100,4 +137,65 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("kafka: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// Ordering modes of [Config].Ordering and [SubscriberConfig].Ordering.
+const (
+	OrderPartition = "partition"
+	OrderKey       = "key"
+	OrderUnordered = "unordered"
+)
+
+func validOrdering(o string) error {
+	switch o {
+	case "", OrderPartition, OrderKey, OrderUnordered:
+		return nil
+	}
+	return fmt.Errorf("kafka: ordering %q is not partition, key or unordered", o)
+}
+
+// Defaults of the zero Config fields.
+const (
+	defaultClientID                = "busline"
+	defaultNackDelay               = time.Second
+	defaultRebalanceTimeout        = 60 * time.Second
+	defaultMaxInFlight             = 1024
+	defaultMaxInFlightPerPartition = 512
+	defaultCommitInterval          = time.Second
+)
+
+// withDefaults returns c with every zero field set to its documented default.
+func (c Config) withDefaults() Config {
+	if c.ClientID == "" {
+		c.ClientID = defaultClientID
+	}
+	if c.InitialOffset == "" {
+		c.InitialOffset = "oldest"
+	}
+	if c.Partitions == 0 {
+		c.Partitions = 1
+	}
+	if c.ReplicationFactor == 0 {
+		c.ReplicationFactor = 1
+	}
+	if c.NackDelay == 0 {
+		c.NackDelay = defaultNackDelay
+	}
+	if c.RebalanceTimeout == 0 {
+		c.RebalanceTimeout = defaultRebalanceTimeout
+	}
+	if c.Ordering == "" {
+		c.Ordering = OrderPartition
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = defaultMaxInFlight
+	}
+	if c.MaxInFlightPerPartition == 0 {
+		c.MaxInFlightPerPartition = defaultMaxInFlightPerPartition
+	}
+	c.MaxInFlightPerPartition = min(c.MaxInFlightPerPartition, c.MaxInFlight)
+	if c.CommitInterval == 0 {
+		c.CommitInterval = defaultCommitInterval
+	}
+	return c
 }

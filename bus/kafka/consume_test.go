@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/busline/busline/bus/bustest"
@@ -59,7 +58,8 @@ func TestConsumeOrderedPerPartitionParallelAcross(t *testing.T) {
 	defer concurrency.Stop()
 	fail := func(s string) { errs = append(errs, s) }
 	handler := func(m *message.Message) error {
-		p, ok := wkafka.MessagePartitionFromCtx(m.Context())
+		ri, ok := kafka.RecordFromContext(m.Context())
+		p := ri.Partition
 		if !ok {
 			t.Error("no partition in the message context")
 			return nil

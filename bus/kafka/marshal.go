@@ -2,21 +2,16 @@ package kafka
 
 import (
 	"fmt"
-	"strconv"
 
-	"github.com/IBM/sarama"
-	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/busline/busline/schema"
 )
 
-// marshaler is the subscriber's unmarshaler (see [marshaler.Unmarshal]);
-// [marshalRecords] is its other half, used by the publisher.
-type marshaler struct{}
-
-var _ wkafka.Unmarshaler = marshaler{}
+// uuidHeader is the header in which Watermill's Kafka marshalers carry a
+// message's UUID (watermill-kafka's UUIDHeaderKey).
+const uuidHeader = "_watermill_message_uuid"
 
 // records are the Kafka records of the messages of one Publish call.
 type records struct {
@@ -45,14 +40,13 @@ func (r *records) at(i int) int {
 // on one partition). An empty payload is an empty value, never a null one
 // (a tombstone on a compacted topic).
 //
-// The UUID travels once: in the ce_id header when ce_id is the UUID (every
-// message the bus publishes), else in Watermill's
-// _watermill_message_uuid header. Unmarshal takes the UUID from either, so
-// Busline reads both; a consumer using watermill-kafka's DefaultMarshaler
-// sees an empty UUID on the former, and ce_id in its metadata. A correlation
-// id equal to the event id is left out too ([schema.CorrelationImplied]) and
-// restored by Unmarshal: each header costs the producer, the broker and the
-// consumer on every message (measured against kfake: about 10% of the
+// The UUID always travels in Watermill's _watermill_message_uuid header, so
+// that a consumer using watermill-kafka's own unmarshaler sees it as
+// msg.UUID (for its dedup and logs); the CloudEvents id travels in ce_id.
+// [unmarshalRecord] reads the UUID from either. A correlation id equal to
+// the event id is left out ([schema.CorrelationImplied]) and restored by
+// the unmarshaler: each header costs the producer, the broker and the
+// consumer on every message (measured against kfake: about 7-10% of the
 // publishing throughput per 36-byte header). A message whose metadata holds
 // _watermill_message_uuid, reserved by Watermill, fails.
 //
@@ -87,14 +81,12 @@ func marshalRecords(topic string, msgs []*message.Message) records {
 	for i, m := range msgs {
 		h := len(headers)
 		id := m.Metadata[schema.KeyID]
-		if id != m.UUID {
-			headers = append(headers, kgo.RecordHeader{Key: wkafka.UUIDHeaderKey, Value: bytes(m.UUID)})
-		}
+		headers = append(headers, kgo.RecordHeader{Key: uuidHeader, Value: bytes(m.UUID)})
 		var key string
 		reserved := false
 		for k, v := range m.Metadata {
 			switch k {
-			case wkafka.UUIDHeaderKey:
+			case uuidHeader:
 				reserved = reserved || v != ""
 			case schema.KeyCorrelationID:
 				if v == id && id != "" { // implied: schema.CorrelationImplied
@@ -114,7 +106,7 @@ func marshalRecords(topic string, msgs []*message.Message) records {
 				}
 			}
 			out.failed = append(out.failed, FailedMessage{Index: i, UUID: m.UUID,
-				Err: fmt.Errorf("kafka: marshal: metadata %s is reserved by watermill for message UUID", wkafka.UUIDHeaderKey)})
+				Err: fmt.Errorf("kafka: marshal: metadata %s is reserved by watermill for message UUID", uuidHeader)})
 			continue
 		}
 		rec := &store[i]
@@ -138,52 +130,3 @@ func marshalRecords(topic string, msgs []*message.Message) records {
 // marshalChunk is the smallest byte chunk [marshalRecords] allocates for
 // header keys and values: about 40 messages as the bus publishes them.
 const marshalChunk = 4096
-
-// Unmarshal implements wkafka.Unmarshaler and never returns an error: in
-// watermill-kafka an unmarshal error ends the partition's claim, the group
-// rejoins, the same record fails again, forever, and nothing behind it on the
-// partition is ever delivered. Bad input must instead reach the handler (and
-// from there the dead-letter destination).
-//
-//   - Headers become metadata; their bytes are kept as they are, also when
-//     they are not valid UTF-8.
-//   - A record without the _watermill_message_uuid header (written by a
-//     producer that is not Watermill) gets its ce_id header as UUID, or else
-//     "kafka:<topic>/<partition>/<offset>", which is stable across
-//     redeliveries of the record.
-//   - A record key with no ce_partitionkey header becomes that header, so a
-//     message republished from a handler keeps its key.
-//   - A record with a ce_id header and no ce_correlationid header gets its
-//     ce_id as correlation id ([schema.RestoreCorrelation]).
-func (marshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Message, error) {
-	msg, err := wkafka.DefaultMarshaler{}.Unmarshal(rec)
-	if err != nil || msg == nil {
-		// DefaultMarshaler does not fail today; if a future one does, keep
-		// the record rather than stall the partition.
-		msg = message.NewMessage("", rec.Value)
-		for _, h := range rec.Headers {
-			if h != nil && string(h.Key) != wkafka.UUIDHeaderKey {
-				msg.Metadata.Set(string(h.Key), string(h.Value))
-			}
-		}
-	}
-	if msg.Metadata == nil {
-		msg.Metadata = message.Metadata{}
-	}
-	if msg.UUID == "" {
-		msg.UUID = msg.Metadata.Get(schema.KeyID)
-	}
-	if msg.UUID == "" {
-		msg.UUID = recordID(rec)
-	}
-	if len(rec.Key) > 0 && msg.Metadata.Get(schema.KeyPartitionKey) == "" {
-		msg.Metadata.Set(schema.KeyPartitionKey, string(rec.Key))
-	}
-	schema.RestoreCorrelation(msg.Metadata)
-	return msg, nil
-}
-
-// recordID is the deterministic id of a record that carries none.
-func recordID(rec *sarama.ConsumerMessage) string {
-	return "kafka:" + rec.Topic + "/" + strconv.FormatInt(int64(rec.Partition), 10) + "/" + strconv.FormatInt(rec.Offset, 10)
-}

@@ -1,0 +1,799 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/busline/busline/internal/delivery"
+)
+
+// SubscriberConfig configures one subscriber: how its handler's records may
+// run concurrently. Zero fields take the broker's [Config] values.
+type SubscriberConfig struct {
+	// Ordering is "partition", "key" or "unordered" (see Config.Ordering).
+	// Zero: Config.Ordering.
+	Ordering string
+	// BatchSize, when above 1, hands out the records of a partition in
+	// batches of up to BatchSize records that one poll returned, all at
+	// once, each message carrying its place in the batch (for a batch
+	// handler such as handlers.Batch). The next batch of the partition is
+	// handed out when every message of this one was acked; a nacked
+	// message is handed out again after the nack delay, with the others
+	// of its batch that were nacked. Batches need "partition" ordering.
+	// Zero or 1: one record at a time.
+	BatchSize int
+}
+
+func (c SubscriberConfig) validate() error {
+	var errs []error
+	if err := validOrdering(c.Ordering); err != nil {
+		errs = append(errs, err)
+	}
+	if c.BatchSize < 0 {
+		errs = append(errs, fmt.Errorf("kafka: batch size %d is negative", c.BatchSize))
+	}
+	if c.BatchSize > 1 && c.Ordering != "" && c.Ordering != OrderPartition {
+		errs = append(errs, fmt.Errorf("kafka: batches need partition ordering, not %q", c.Ordering))
+	}
+	return errors.Join(errs...)
+}
+
+// subscriber is a consumer group's subscriber: each Subscribe call joins the
+// group as a member of its own, on a franz-go client of its own.
+type subscriber struct {
+	b     *Broker
+	group string
+	cfg   consumerConfig
+
+	mu        sync.Mutex
+	closed    bool
+	consumers []*consumer
+}
+
+// consumerConfig is what a consumer needs of the broker's Config and the
+// SubscriberConfig, defaults applied.
+type consumerConfig struct {
+	ordering         string
+	batch            int
+	maxInFlight      int64
+	maxPerPartition  int
+	nackDelay        time.Duration
+	commitInterval   time.Duration
+	rebalanceTimeout time.Duration
+}
+
+func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	c, err := s.b.newConsumer(ctx, s.group, topic, s.cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.consumers = append(s.consumers, c)
+	return c.out, nil
+}
+
+// SubscribeInitialize creates topic unless it exists (the conformance
+// suite's and Watermill's hook for subscribers that need one).
+func (s *subscriber) SubscribeInitialize(topic string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+	defer cancel()
+	return s.b.Prepare(ctx, topic, s.group)
+}
+
+// Close closes every subscription: each commits what its handler finished,
+// leaves the group and closes its channel. Messages in flight and not yet
+// acked are delivered again later. It is idempotent.
+func (s *subscriber) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	cs := s.consumers
+	s.consumers = nil
+	s.mu.Unlock()
+	for _, c := range cs {
+		c.close()
+	}
+	return nil
+}
+
+// stats returns the subscriptions' stats.
+func (s *subscriber) stats() []ConsumerStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ConsumerStats, 0, len(s.consumers))
+	for _, c := range s.consumers {
+		out = append(out, c.stats())
+	}
+	return out
+}
+
+// ConsumerStats describes one subscription at one moment.
+type ConsumerStats struct {
+	Group, Topic string
+	// InFlight is the number of records fetched and not yet finished.
+	InFlight int
+	// PausedPartitions is the number of partitions paused because they
+	// hold MaxInFlightPerPartition records.
+	PausedPartitions int
+	// OldestInFlight is how long ago the oldest record not yet finished
+	// was fetched; zero when none is.
+	OldestInFlight time.Duration
+	// LostPartitions counts the partitions lost since the subscription
+	// started (the member's session expired: nothing was committed for
+	// them and their in-flight results were dropped).
+	LostPartitions int64
+}
+
+// consumer is one subscription: a group member consuming one topic.
+//
+// A poll loop fetches records (franz-go's PollRecords with
+// BlockRebalanceOnPoll, so no rebalance runs between a poll and the
+// dispatch of its records) and queues them on lanes: one per partition
+// ("partition" ordering), per partition and key ("key"), or per record
+// ("unordered"). Each lane is a goroutine that hands its records to the
+// router one at a time (or one batch at a time) and waits for the ack, so
+// the router's per-message goroutine never sees two records of one lane at
+// once. A lane ends when its queue is empty.
+//
+// Per partition, a tracker keeps the fetched records in offset order with a
+// done flag; the commit mark is one past the last record of the done prefix
+// ("the lowest offset still in flight"). A committer marks and commits the
+// marks every commitInterval; revoke and close do too.
+type consumer struct {
+	b      *Broker
+	group  string
+	topic  string
+	cfg    consumerConfig
+	cl     *kgo.Client
+	logger watermill.LoggerAdapter
+	out    chan *message.Message
+	// msgCtx is the parent of every message's context: the Subscribe
+	// context.
+	msgCtx context.Context
+
+	pollCtx   context.Context // ends the poll loop
+	stopPoll  context.CancelFunc
+	done      chan struct{} // closed by close: lanes give up
+	closeOnce sync.Once
+	loops     sync.WaitGroup // poll loop, committer
+	lanes     sync.WaitGroup
+	total     atomic.Int64 // records fetched and not finished
+	room      chan struct{}
+	lost      atomic.Int64
+	closing   atomic.Bool
+
+	mu    sync.Mutex
+	parts map[int32]*partition
+}
+
+// partition is the state of one assigned partition.
+type partition struct {
+	id int32
+
+	mu      sync.Mutex
+	stopped bool          // revoked, lost or closed: hand out nothing more
+	stop    chan struct{} // closed when stopped
+	final   bool          // the last mark was taken: mark nothing more
+	lanes   map[string]*lane
+	trk     tracker
+	pending int // records fetched and not finished
+	paused  bool
+	// inflight counts messages handed to the router and not yet acked
+	// or nacked; drained is closed when it is 0 after the stop.
+	inflight int
+	drained  chan struct{}
+}
+
+// lane is a queue of records that must run one after the other.
+type lane struct {
+	key string
+	q   []item
+}
+
+// item is a fetched record and its position in its partition's tracker.
+type item struct {
+	rec *kgo.Record
+	seq int64
+}
+
+// newConsumer starts a group member consuming topic.
+func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consumerConfig) (*consumer, error) {
+	c := &consumer{
+		b:      b,
+		group:  group,
+		topic:  topic,
+		cfg:    cfg,
+		logger: b.logger.With(watermill.LogFields{"consumer_group": group, "topic": topic}),
+		out:    make(chan *message.Message),
+		msgCtx: ctx,
+		done:   make(chan struct{}),
+		room:   make(chan struct{}, 1),
+		parts:  make(map[int32]*partition),
+	}
+	opts, err := b.cfg.kgoOptions()
+	if err != nil {
+		return nil, err
+	}
+	reset := kgo.NewOffset().AtStart()
+	if b.cfg.InitialOffset == "newest" {
+		reset = kgo.NewOffset().AtEnd()
+	}
+	opts = append(opts,
+		kgo.ConsumerGroup(group),
+		kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(reset),
+		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.RebalanceTimeout(cfg.rebalanceTimeout),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.AutoCommitMarks(),
+		kgo.AutoCommitInterval(cfg.commitInterval),
+		kgo.OnPartitionsRevoked(c.onRevoked),
+		kgo.OnPartitionsLost(c.onLost),
+		// A resumed partition waits for the fetch in flight: keep it short.
+		kgo.FetchMaxWait(time.Second),
+	)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: consumer: %w", err)
+	}
+	c.cl = cl
+	c.pollCtx, c.stopPoll = context.WithCancel(context.Background())
+	c.loops.Add(3)
+	go c.pollLoop()
+	go c.commitLoop()
+	go func() {
+		defer c.loops.Done()
+		select {
+		case <-ctx.Done():
+			// The subscriber's contract: the channel closes when the
+			// Subscribe context ends. close waits for this goroutine,
+			// so run it apart.
+			go c.close()
+		case <-c.done:
+		}
+	}()
+	return c, nil
+}
+
+// pollLoop polls while there is room, dispatches what each poll returned
+// and allows rebalances in between.
+func (c *consumer) pollLoop() {
+	defer c.loops.Done()
+	for {
+		room := c.cfg.maxInFlight - c.total.Load()
+		if room <= 0 {
+			select {
+			case <-c.room:
+				continue
+			case <-c.pollCtx.Done():
+				return
+			}
+		}
+		fs := c.cl.PollRecords(c.pollCtx, int(min(room, int64(c.cfg.maxPerPartition))))
+		if fs.IsClientClosed() || c.pollCtx.Err() != nil {
+			c.cl.AllowRebalance()
+			return
+		}
+		now := time.Now()
+		fs.EachError(func(topic string, p int32, err error) {
+			if errors.Is(err, context.Canceled) {
+				return
+			}
+			c.logger.Error("kafka: fetch", err, watermill.LogFields{"partition": p})
+		})
+		fs.EachPartition(func(ftp kgo.FetchTopicPartition) {
+			if len(ftp.Records) > 0 {
+				c.dispatch(ftp.Partition, ftp.Records, now)
+			}
+		})
+		c.cl.AllowRebalance()
+		if err := fs.Err(); fs.NumRecords() == 0 && err != nil && !errors.Is(err, context.Canceled) {
+			// A fetch error (say, the broker is down) comes back at
+			// once from the next poll too: do not spin.
+			select {
+			case <-time.After(reconnectRetrySleep):
+			case <-c.pollCtx.Done():
+				return
+			}
+		}
+	}
+}
+
+// reconnectRetrySleep is how long the poll loop waits after a poll that
+// returned only errors.
+const reconnectRetrySleep = time.Second
+
+// dispatch queues the records of one poll of partition id on their lanes,
+// starting the lanes that were idle, and pauses the partition when it holds
+// maxPerPartition records. It runs between a poll and AllowRebalance, so
+// never concurrently with a revoke.
+func (c *consumer) dispatch(id int32, recs []*kgo.Record, now time.Time) {
+	c.mu.Lock()
+	p := c.parts[id]
+	if p == nil {
+		p = &partition{id: id, stop: make(chan struct{}), drained: make(chan struct{}), lanes: map[string]*lane{}}
+		c.parts[id] = p
+	}
+	c.mu.Unlock()
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, rec := range recs {
+		it := item{rec: rec, seq: p.trk.add(rec, now)}
+		var key string
+		switch c.cfg.ordering {
+		case OrderUnordered:
+			c.startLane(p, &lane{q: []item{it}})
+			continue
+		case OrderKey:
+			key = string(rec.Key)
+		}
+		if l := p.lanes[key]; l != nil {
+			l.q = append(l.q, it)
+			continue
+		}
+		l := &lane{key: key, q: make([]item, 1, len(recs))}
+		l.q[0] = it
+		p.lanes[key] = l
+		c.startLane(p, l)
+	}
+	p.pending += len(recs)
+	c.total.Add(int64(len(recs)))
+	if !p.paused && p.pending >= c.cfg.maxPerPartition {
+		p.paused = true
+		c.cl.PauseFetchPartitions(map[string][]int32{c.topic: {id}})
+	}
+}
+
+func (c *consumer) startLane(p *partition, l *lane) {
+	c.lanes.Add(1)
+	go c.runLane(p, l)
+}
+
+// runLane hands out the lane's records until its queue is empty or the
+// partition stops.
+func (c *consumer) runLane(p *partition, l *lane) {
+	defer c.lanes.Done()
+	for {
+		p.mu.Lock()
+		if p.stopped {
+			p.mu.Unlock()
+			return
+		}
+		if len(l.q) == 0 {
+			if p.lanes[l.key] == l {
+				delete(p.lanes, l.key)
+			}
+			p.mu.Unlock()
+			return
+		}
+		n := 1
+		if c.cfg.batch > 1 {
+			n = min(len(l.q), c.cfg.batch)
+		}
+		group := l.q[:n:n]
+		l.q = l.q[n:]
+		p.mu.Unlock()
+		if !c.process(p, group) {
+			return
+		}
+	}
+}
+
+// process hands out group (one record, or one batch) until every message
+// was acked, waiting out the nack delay after each round that had nacks.
+// It returns false when the partition stopped or the consumer closed.
+func (c *consumer) process(p *partition, group []item) bool {
+	msgs := make([]*message.Message, len(group))
+	for i, it := range group {
+		msgs[i] = unmarshalRecord(it.rec)
+	}
+	var timer *time.Timer
+	for {
+		var b *delivery.Batch
+		if c.cfg.batch > 1 {
+			b = delivery.NewBatch(len(group))
+		}
+		cancels := make([]context.CancelFunc, len(group))
+		for i, it := range group {
+			// A message's context ends when it was acked or nacked
+			// (Watermill's subscriber contract).
+			ctx, cancel := context.WithCancel(c.msgCtx)
+			cancels[i] = cancel
+			rc := &recordContext{
+				Context: ctx,
+				info: RecordInfo{Topic: it.rec.Topic, Partition: it.rec.Partition,
+					Offset: it.rec.Offset, Timestamp: it.rec.Timestamp},
+				member: delivery.Member{Batch: b, Index: i},
+			}
+			msgs[i].SetContext(rc)
+		}
+		p.mu.Lock()
+		if p.stopped {
+			p.mu.Unlock()
+			return false
+		}
+		p.inflight += len(msgs)
+		p.mu.Unlock()
+		sent, stopped := len(msgs), false
+	send:
+		for i, m := range msgs {
+			select {
+			case c.out <- m:
+				continue
+			case <-p.stop:
+			case <-c.done:
+			}
+			c.handedBack(p, len(msgs)-i)
+			for _, cancel := range cancels[i:] {
+				cancel()
+			}
+			sent, stopped = i, true
+			break send
+		}
+		// Wait for what was handed out, also when the partition stopped
+		// meanwhile: a revoke waits for it, and commits it if acked.
+		var nacked []int
+		for i, m := range msgs[:sent] {
+			select {
+			case <-m.Acked():
+				c.finish(p, group[i])
+			case <-m.Nacked():
+				nacked = append(nacked, i)
+			case <-c.done:
+				for _, cancel := range cancels {
+					cancel()
+				}
+				return false
+			}
+			cancels[i]()
+			c.handedBack(p, 1)
+		}
+		if stopped {
+			return false
+		}
+		if len(nacked) == 0 {
+			return true
+		}
+		if timer == nil {
+			timer = time.NewTimer(c.cfg.nackDelay)
+		} else {
+			timer.Reset(c.cfg.nackDelay)
+		}
+		select {
+		case <-timer.C:
+		case <-p.stop:
+			timer.Stop()
+			return false
+		case <-c.done:
+			timer.Stop()
+			return false
+		}
+		next := make([]item, len(nacked))
+		nextMsgs := make([]*message.Message, len(nacked))
+		for j, i := range nacked {
+			next[j] = group[i]
+			nextMsgs[j] = msgs[i].Copy() // a message is acked or nacked once
+		}
+		group, msgs = next, nextMsgs
+	}
+}
+
+// handedBack records that n messages handed to the router were acked,
+// nacked or never taken.
+func (c *consumer) handedBack(p *partition, n int) {
+	p.mu.Lock()
+	p.inflight -= n
+	if p.inflight == 0 && p.stopped {
+		closeOnce(p.drained)
+	}
+	p.mu.Unlock()
+}
+
+// finish records that it was handled (or safely dead-lettered).
+func (c *consumer) finish(p *partition, it item) {
+	p.mu.Lock()
+	if !p.final {
+		p.trk.done(it.seq)
+	}
+	if p.stopped {
+		// Its accounting left with the partition.
+		p.mu.Unlock()
+		return
+	}
+	p.pending--
+	if p.paused && p.pending <= c.cfg.maxPerPartition/2 {
+		p.paused = false
+		c.cl.ResumeFetchPartitions(map[string][]int32{c.topic: {p.id}})
+	}
+	p.mu.Unlock()
+	if c.total.Add(-1) < c.cfg.maxInFlight {
+		select {
+		case c.room <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// commitLoop marks and commits the finished prefix of every partition every
+// commitInterval.
+func (c *consumer) commitLoop() {
+	defer c.loops.Done()
+	t := time.NewTicker(c.cfg.commitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-c.pollCtx.Done():
+			return
+		}
+		c.mu.Lock()
+		parts := make([]*partition, 0, len(c.parts))
+		for _, p := range c.parts {
+			parts = append(parts, p)
+		}
+		c.mu.Unlock()
+		if c.mark(parts, false) {
+			ctx, cancel := context.WithTimeout(c.pollCtx, c.cfg.commitInterval*5)
+			if err := c.cl.CommitMarkedOffsets(ctx); err != nil && c.pollCtx.Err() == nil {
+				c.logger.Error("kafka: commit", err, nil)
+			}
+			cancel()
+		}
+	}
+}
+
+// mark marks the commit offsets of parts with the client and reports
+// whether any moved. With final, each partition's mark is its last.
+func (c *consumer) mark(parts []*partition, final bool) bool {
+	var offs map[int32]kgo.EpochOffset
+	for _, p := range parts {
+		p.mu.Lock()
+		if !p.final {
+			if eo, moved := p.trk.mark(); moved {
+				if offs == nil {
+					offs = make(map[int32]kgo.EpochOffset, len(parts))
+				}
+				offs[p.id] = eo
+			}
+			// Marked under p.mu: a partition's stop and its last mark
+			// happen after any earlier mark of it.
+			if final {
+				p.final = true
+			}
+		}
+		p.mu.Unlock()
+	}
+	if offs == nil {
+		return false
+	}
+	c.cl.MarkCommitOffsets(map[string]map[int32]kgo.EpochOffset{c.topic: offs})
+	return true
+}
+
+// take removes ids from the assigned partitions and stops them: their
+// lanes hand out nothing more, and their records leave the in-flight
+// count. Paused ones are resumed, so that the partition fetches when it is
+// assigned again.
+func (c *consumer) take(ids []int32) []*partition {
+	c.mu.Lock()
+	var parts []*partition
+	for _, id := range ids {
+		if p := c.parts[id]; p != nil {
+			parts = append(parts, p)
+			delete(c.parts, id)
+		}
+	}
+	c.mu.Unlock()
+	var resume []int32
+	for _, p := range parts {
+		p.mu.Lock()
+		p.stopped = true
+		close(p.stop)
+		if p.inflight == 0 {
+			closeOnce(p.drained)
+		}
+		if p.paused {
+			p.paused = false
+			resume = append(resume, p.id)
+		}
+		n := p.pending
+		p.pending = 0
+		p.mu.Unlock()
+		if c.total.Add(-int64(n)) < c.cfg.maxInFlight {
+			select {
+			case c.room <- struct{}{}:
+			default:
+			}
+		}
+	}
+	if len(resume) > 0 {
+		c.cl.ResumeFetchPartitions(map[string][]int32{c.topic: resume})
+	}
+	return parts
+}
+
+// onRevoked stops the revoked partitions, lets their in-flight handlers
+// finish (within three quarters of the rebalance timeout), marks and
+// commits what finished, and only then returns, letting the rebalance go
+// on.
+func (c *consumer) onRevoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
+	parts := c.take(revoked[c.topic])
+	if len(parts) == 0 {
+		return
+	}
+	if !c.closing.Load() {
+		wait := time.NewTimer(c.cfg.rebalanceTimeout * 3 / 4)
+		defer wait.Stop()
+		for _, p := range parts {
+			select {
+			case <-p.drained:
+			case <-wait.C:
+				c.logger.Info("kafka: revoked partition's handlers did not finish in time; their records will be delivered again", watermill.LogFields{"partition": p.id})
+			case <-ctx.Done():
+			}
+		}
+	}
+	if c.mark(parts, true) {
+		if err := cl.CommitMarkedOffsets(ctx); err != nil {
+			c.logger.Error("kafka: commit on revoke", err, nil)
+		}
+	}
+}
+
+// onLost drops the lost partitions: nothing is committed for them (the
+// member is no longer in the group), and what their handlers still finish
+// is ignored.
+func (c *consumer) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
+	parts := c.take(lost[c.topic])
+	for _, p := range parts {
+		p.mu.Lock()
+		p.final = true
+		p.mu.Unlock()
+	}
+	if n := len(parts); n > 0 {
+		c.lost.Add(int64(n))
+		c.logger.Info("kafka: partitions lost (session expired?); their in-flight results are dropped and their records will be delivered again",
+			watermill.LogFields{"partitions": n})
+	}
+}
+
+// close stops polling, lets the lanes go, commits what finished, leaves the
+// group and closes the channel. It is idempotent and waits for the first
+// call to finish.
+func (c *consumer) close() {
+	c.closeOnce.Do(func() {
+		c.closing.Store(true)
+		c.stopPoll()
+		close(c.done)
+		c.loops.Wait()
+		c.lanes.Wait()
+		c.mu.Lock()
+		parts := make([]*partition, 0, len(c.parts))
+		for _, p := range c.parts {
+			parts = append(parts, p)
+		}
+		c.mu.Unlock()
+		if c.mark(parts, false) {
+			ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+			if err := c.cl.CommitMarkedOffsets(ctx); err != nil {
+				c.logger.Error("kafka: commit on close", err, nil)
+			}
+			cancel()
+		}
+		// Leaving the group revokes every partition: onRevoked commits
+		// again (nothing new) and waits for nothing (closing).
+		c.cl.CloseAllowingRebalance()
+		close(c.out)
+	})
+}
+
+func (c *consumer) stats() ConsumerStats {
+	st := ConsumerStats{Group: c.group, Topic: c.topic, InFlight: int(c.total.Load()), LostPartitions: c.lost.Load()}
+	c.mu.Lock()
+	parts := make([]*partition, 0, len(c.parts))
+	for _, p := range c.parts {
+		parts = append(parts, p)
+	}
+	c.mu.Unlock()
+	now := time.Now()
+	for _, p := range parts {
+		p.mu.Lock()
+		if p.paused {
+			st.PausedPartitions++
+		}
+		if at, ok := p.trk.oldest(); ok {
+			st.OldestInFlight = max(st.OldestInFlight, now.Sub(at))
+		}
+		p.mu.Unlock()
+	}
+	return st
+}
+
+func closeOnce(ch chan struct{}) {
+	select {
+	case <-ch:
+	default:
+		close(ch)
+	}
+}
+
+// tracker keeps a partition's fetched records in offset order with a done
+// flag each, and the commit mark: one past the last record of the done
+// prefix. Records are added in offset order (a poll's records of a
+// partition are); seq numbers them from 0.
+type tracker struct {
+	entries []entry
+	start   int   // entries[start:] are live
+	base    int64 // seq of entries[start]
+	head    kgo.EpochOffset
+	headSet bool
+	marked  kgo.EpochOffset
+}
+
+type entry struct {
+	offset int64
+	epoch  int32
+	done   bool
+	at     time.Time // fetched
+}
+
+func (t *tracker) add(rec *kgo.Record, at time.Time) int64 {
+	if t.start > 0 && t.start == len(t.entries) {
+		t.entries, t.start = t.entries[:0], 0 // empty: reuse the array
+	} else if t.start >= 64 && t.start*2 >= len(t.entries) {
+		n := copy(t.entries, t.entries[t.start:])
+		t.entries, t.start = t.entries[:n], 0
+	}
+	t.entries = append(t.entries, entry{offset: rec.Offset, epoch: rec.LeaderEpoch, at: at})
+	return t.base + int64(len(t.entries)-1-t.start)
+}
+
+// done records that record seq finished and moves the head past the done
+// prefix.
+func (t *tracker) done(seq int64) {
+	i := int(seq-t.base) + t.start
+	if i < t.start || i >= len(t.entries) {
+		return
+	}
+	t.entries[i].done = true
+	if i != t.start {
+		return
+	}
+	j := i
+	for j < len(t.entries) && t.entries[j].done {
+		j++
+	}
+	last := t.entries[j-1]
+	t.head, t.headSet = kgo.EpochOffset{Epoch: last.epoch, Offset: last.offset + 1}, true
+	t.base += int64(j - t.start)
+	t.start = j
+}
+
+// mark returns the commit offset and whether it moved since the last call.
+func (t *tracker) mark() (kgo.EpochOffset, bool) {
+	if !t.headSet || t.head == t.marked {
+		return t.head, false
+	}
+	t.marked = t.head
+	return t.head, true
+}
+
+// oldest returns when the oldest record not yet finished was fetched.
+func (t *tracker) oldest() (time.Time, bool) {
+	if t.start == len(t.entries) {
+		return time.Time{}, false
+	}
+	return t.entries[t.start].at, true
+}

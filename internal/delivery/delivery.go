@@ -1,0 +1,48 @@
+// Package delivery holds what a broker's subscriber and a handler adapter
+// share about how messages are handed out: the batch a message was
+// delivered in. It is internal: users see it through handlers.Batch and the
+// bus's handler options.
+package delivery
+
+import "context"
+
+// Batch is a group of messages a subscriber handed out together (the
+// records one poll returned for a partition, in order), each to be acked
+// for itself. Its identity is its address. It is safe for concurrent use:
+// it is never changed after it was made.
+type Batch struct {
+	size int
+}
+
+// NewBatch returns a batch of size messages.
+func NewBatch(size int) *Batch { return &Batch{size: size} }
+
+// Size is the number of messages of the batch.
+func (b *Batch) Size() int { return b.size }
+
+// Member is the place of one message in its batch.
+type Member struct {
+	Batch *Batch
+	// Index is the message's position in the batch, from 0.
+	Index int
+}
+
+// memberKey is the context key of a *Member.
+type memberKey struct{}
+
+// MemberKey is the key under which a context holds a message's *Member. A
+// subscriber's message context answers Value(MemberKey) itself (saving a
+// context layer per message); others use [WithMember].
+var MemberKey any = memberKey{}
+
+// WithMember returns ctx holding m.
+func WithMember(ctx context.Context, m *Member) context.Context {
+	return context.WithValue(ctx, MemberKey, m)
+}
+
+// MemberFromContext returns the batch membership of the message whose
+// context is ctx, or nil when it was delivered on its own.
+func MemberFromContext(ctx context.Context) *Member {
+	m, _ := ctx.Value(MemberKey).(*Member)
+	return m
+}
