@@ -56,20 +56,21 @@ type Batcher[T any] struct {
 // batch is one batch in the making. Its fields are guarded by the
 // Batcher's mu until sealed; after that items is read-only.
 type batch[T any] struct {
-	items   []slot[T]
-	sealed  bool
-	led     bool            // a message leads it (runs fn)
-	member  *delivery.Batch // the delivered batch it gathers, nil if none
-	arrived int             // messages of member that arrived (decoded or not)
-	full    chan struct{}   // closed when the batch is complete
-	done    chan struct{}   // closed when the batch was handled; err is set then
-	err     error
+	items  []*slot[T]
+	sealed bool
+	member *delivery.Batch // the delivered batch it gathers, nil if none
+	full   chan struct{}   // closed when the batch is complete
+	done   chan struct{}   // closed when the batch was handled; err is set then
+	err    error
 }
 
-// slot is an event of a batch and its place in the delivered batch.
+// slot is a message of a batch, its place in the delivered batch and,
+// once the batch is sealed and decoded, its event or decoding error.
 type slot[T any] struct {
-	it  *Item[T]
+	msg *message.Message
+	it  *Item[T] // decoded already (messages delivered on their own)
 	idx int
+	err error // set by the leader when msg does not decode
 }
 
 // Batch returns a Batcher that decodes messages into T with r (upcasting
@@ -124,14 +125,17 @@ func (b *Batcher[T]) Size() int { return b.size }
 // Messages the broker delivered as a batch (on Kafka with
 // bus.WithBatchDelivery: the records of a partition that one poll returned)
 // form that batch, in their order, with no waiting: the batch is handled as
-// soon as all of them arrived (a message that cannot be decoded counts as
-// arrived). Messages delivered on their own join the one open batch.
-// Either way a batch is handled when it holds Size events, or MaxWait after
-// its first message arrived, whichever comes first (a delivered batch waits
-// MaxWait only when some of its messages never come, for example ones
-// dedup acked as duplicates), by fn called on the first message's goroutine
-// with that message's context. Later messages wait for the result. No
-// goroutine or timer outlives a batch.
+// soon as all of them arrived. Messages delivered on their own join the one
+// open batch; one that cannot be decoded never joins it. Either way a batch
+// is handled when it holds Size messages, or MaxWait after its first
+// message arrived, whichever comes first (a delivered batch waits MaxWait
+// only when some of its messages never come, for example ones dedup acked
+// as duplicates), by fn called on the first message's goroutine with that
+// message's context. The messages of a delivered batch are decoded there,
+// on that one goroutine, and fn gets the events of those that decoded (a
+// delivered batch of Size messages with a poison one holds Size-1 events).
+// Later messages wait for the result. No goroutine or timer
+// outlives a batch.
 //
 // When the context of a waiting message ends before its batch was handled,
 // Handle takes its event out of the batch and returns the context's error
@@ -148,26 +152,31 @@ func (b *Batcher[T]) Size() int { return b.size }
 // fetched together there.
 func (b *Batcher[T]) Handle(ctx context.Context, msg *message.Message) error {
 	mem := delivery.MemberFromContext(ctx)
-	ev, env, err := schema.DecodeAs[T](b.r, msg)
-	if err != nil {
-		if mem != nil {
-			b.arrive(mem, nil)
+	sl := &slot[T]{msg: msg}
+	if mem != nil {
+		sl.idx = mem.Index
+	} else {
+		// Delivered on its own: a message that does not decode never
+		// joins a batch (with batch delivery the leader decodes the
+		// messages of the batch the broker formed, see lead).
+		ev, env, err := schema.DecodeAs[T](b.r, msg)
+		if err != nil {
+			return err
 		}
-		return err
+		sl.it = &Item[T]{Event: ev, Envelope: env}
 	}
-	it := &Item[T]{Event: ev, Envelope: env}
-	cur, leader := b.arrive(mem, it)
+	cur, leader := b.arrive(mem, sl)
 	if leader {
-		return b.lead(ctx, cur)
+		return b.lead(ctx, cur, sl)
 	}
 	select {
 	case <-cur.done:
-		return cur.err
+		return cur.result(sl)
 	case <-ctx.Done():
 	}
 	b.mu.Lock()
 	if !cur.sealed {
-		cur.items = slices.DeleteFunc(cur.items, func(x slot[T]) bool { return x.it == it })
+		cur.items = slices.DeleteFunc(cur.items, func(x *slot[T]) bool { return x == sl })
 		b.mu.Unlock()
 		return ctx.Err()
 	}
@@ -176,13 +185,22 @@ func (b *Batcher[T]) Handle(ctx context.Context, msg *message.Message) error {
 	// decides; waiting for it is bounded by fn, which runs on a context
 	// of its own that the router also cancels on shutdown.
 	<-cur.done
+	return cur.result(sl)
+}
+
+// result is what the message of sl gets once cur is done: its decoding
+// error, or the batch's outcome.
+func (cur *batch[T]) result(sl *slot[T]) error {
+	if sl.err != nil {
+		return sl.err
+	}
 	return cur.err
 }
 
-// arrive adds it (nil for a message that did not decode) to the open batch
-// of mem (nil: of messages delivered on their own), opening one if needed,
-// and reports whether the caller leads the batch.
-func (b *Batcher[T]) arrive(mem *delivery.Member, it *Item[T]) (cur *batch[T], leader bool) {
+// arrive adds sl to the open batch of mem (nil: of messages delivered on
+// their own), opening one if needed, and reports whether the caller leads
+// the batch.
+func (b *Batcher[T]) arrive(mem *delivery.Member, sl *slot[T]) (cur *batch[T], leader bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if mem != nil {
@@ -190,9 +208,10 @@ func (b *Batcher[T]) arrive(mem *delivery.Member, it *Item[T]) (cur *batch[T], l
 	} else {
 		cur = b.open
 	}
-	if cur == nil {
+	leader = cur == nil
+	if leader {
 		cur = &batch[T]{
-			items: make([]slot[T], 0, min(b.size, 64)),
+			items: make([]*slot[T], 0, min(b.size, 64)),
 			full:  make(chan struct{}),
 			done:  make(chan struct{}),
 		}
@@ -203,29 +222,19 @@ func (b *Batcher[T]) arrive(mem *delivery.Member, it *Item[T]) (cur *batch[T], l
 			b.open = cur
 		}
 	}
-	idx := 0
-	if mem != nil {
-		idx = mem.Index
-		cur.arrived++
-	}
-	if it != nil {
-		cur.items = append(cur.items, slot[T]{it: it, idx: idx})
-		leader = !cur.led
-		cur.led = true
-	}
-	complete := mem != nil && cur.arrived == mem.Batch.Size()
-	if len(cur.items) == b.size || complete {
+	cur.items = append(cur.items, sl)
+	if len(cur.items) == b.size || mem != nil && len(cur.items) == mem.Batch.Size() {
 		b.sealLocked(cur)
-		if cur.led {
-			close(cur.full)
-		}
+		close(cur.full)
 	}
 	return cur, leader
 }
 
 // lead waits until cur is full, MaxWait passed or ctx ended, then seals
-// and handles it.
-func (b *Batcher[T]) lead(ctx context.Context, cur *batch[T]) (err error) {
+// it, decodes its messages in order and hands their events to fn. Decoding
+// here, on one goroutine, instead of on each message's, keeps the others'
+// stacks small.
+func (b *Batcher[T]) lead(ctx context.Context, cur *batch[T], own *slot[T]) (err error) {
 	timer := time.NewTimer(b.maxWait)
 	select {
 	case <-cur.full:
@@ -249,16 +258,27 @@ func (b *Batcher[T]) lead(ctx context.Context, cur *batch[T]) (err error) {
 			close(cur.done)
 		}
 	}()
-	slices.SortStableFunc(cur.items, func(a, b slot[T]) int { return a.idx - b.idx })
-	items := make([]Item[T], len(cur.items))
-	for i, s := range cur.items {
-		items[i] = *s.it
+	slices.SortStableFunc(cur.items, func(a, b *slot[T]) int { return a.idx - b.idx })
+	items := make([]Item[T], 0, len(cur.items))
+	for _, sl := range cur.items {
+		if sl.it != nil {
+			items = append(items, *sl.it)
+			continue
+		}
+		ev, env, err := schema.DecodeAs[T](b.r, sl.msg)
+		if err != nil {
+			sl.err = err
+			continue
+		}
+		items = append(items, Item[T]{Event: ev, Envelope: env})
 	}
-	err = b.fn(ctx, items)
+	if len(items) > 0 {
+		err = b.fn(ctx, items)
+	}
 	completed = true
 	cur.err = err
 	close(cur.done)
-	return err
+	return cur.result(own)
 }
 
 // sealLocked closes cur to new messages. b.mu must be held.

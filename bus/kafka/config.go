@@ -40,6 +40,15 @@ type Config struct {
 	// margin). Zero: 60s. A handler still running then is not waited for:
 	// its record is delivered again to the partition's new owner.
 	RebalanceTimeout time.Duration
+	// SessionTimeout is how long the group coordinator waits for a member's
+	// heartbeat before it takes the member's partitions away: after a crash
+	// (SIGKILL, a lost machine) the partitions of the dead member are not
+	// consumed for this long. Heartbeats go every third of it, at most
+	// every 3s. Zero: 10s (Kafka's default before 3.0; Kafka 3.0 and
+	// franz-go use 45s, which makes a crash cost 45s of its partitions'
+	// consumption). It must lie within the brokers'
+	// group.min.session.timeout.ms and group.max.session.timeout.ms.
+	SessionTimeout time.Duration
 	// Ordering is how a handler's records may run concurrently, unless the
 	// handler sets its own (bus.WithOrdering): "partition" (one record of a
 	// partition at a time, in offset order; partitions in parallel), "key"
@@ -52,11 +61,14 @@ type Config struct {
 	// partition, or waiting out a nack delay): no more are polled until
 	// some finish. Zero: 1024.
 	MaxInFlight int
-	// MaxInFlightPerPartition bounds those records per partition: a
-	// partition that holds this many is paused (it fetches nothing) until
-	// it holds half as many, so a stuck partition or key cannot take the
-	// whole MaxInFlight. A poll may add up to one poll's records before the
-	// pause takes hold. Zero: 512 (at most MaxInFlight).
+	// MaxInFlightPerPartition bounds those records per partition when
+	// partitions compete: a partition that holds this many and finished
+	// none since its previous records came (a slow handler, a stuck key, a
+	// nack loop) is paused (it fetches nothing) until it holds half as
+	// many, so it cannot take the whole MaxInFlight from the others. A
+	// partition that merely runs ahead is not paused: a pause drops what
+	// the client fetched ahead for it, which is fetched again on resume.
+	// Zero: 512 (at most MaxInFlight).
 	MaxInFlightPerPartition int
 	// CommitInterval is how often a subscription commits the offsets of
 	// what it finished. A partition's committed offset is that of its
@@ -118,6 +130,9 @@ func (c Config) Validate() error {
 	if c.MaxInFlightPerPartition < 0 {
 		errs = append(errs, fmt.Errorf("kafka: max in flight per partition %d is negative", c.MaxInFlightPerPartition))
 	}
+	if c.SessionTimeout < 0 {
+		errs = append(errs, fmt.Errorf("kafka: session timeout %v is negative", c.SessionTimeout))
+	}
 	if c.CommitInterval < 0 {
 		errs = append(errs, fmt.Errorf("kafka: commit interval %v is negative", c.CommitInterval))
 	}
@@ -162,6 +177,7 @@ const (
 	defaultMaxInFlight             = 1024
 	defaultMaxInFlightPerPartition = 512
 	defaultCommitInterval          = time.Second
+	defaultSessionTimeout          = 10 * time.Second
 )
 
 // withDefaults returns c with every zero field set to its documented default.
@@ -196,6 +212,9 @@ func (c Config) withDefaults() Config {
 	c.MaxInFlightPerPartition = min(c.MaxInFlightPerPartition, c.MaxInFlight)
 	if c.CommitInterval == 0 {
 		c.CommitInterval = defaultCommitInterval
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = defaultSessionTimeout
 	}
 	return c
 }

@@ -189,6 +189,11 @@ type partition struct {
 	trk     tracker
 	pending int // records fetched and not finished
 	paused  bool
+	// finished counts records finished; progressFinished is its value
+	// when records came at progressAt, the last time records came and
+	// finished had moved since the time before.
+	finished, progressFinished int64
+	progressAt                 time.Time
 	// inflight counts messages handed to the router and not yet acked
 	// or nacked; drained is closed when it is 0 after the stop.
 	inflight int
@@ -235,13 +240,14 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 		kgo.ConsumeResetOffset(reset),
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
 		kgo.RebalanceTimeout(cfg.rebalanceTimeout),
+		kgo.SessionTimeout(b.cfg.SessionTimeout),
+		kgo.HeartbeatInterval(min(b.cfg.SessionTimeout/3, 3*time.Second)),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.AutoCommitMarks(),
 		kgo.AutoCommitInterval(cfg.commitInterval),
 		kgo.OnPartitionsRevoked(c.onRevoked),
 		kgo.OnPartitionsLost(c.onLost),
-		// A resumed partition waits for the fetch in flight: keep it short.
-		kgo.FetchMaxWait(time.Second),
+		kgo.FetchMaxWait(fetchMaxWait),
 	)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
@@ -271,8 +277,12 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 func (c *consumer) pollLoop() {
 	defer c.loops.Done()
 	for {
-		room := c.cfg.maxInFlight - c.total.Load()
-		if room <= 0 {
+		// Poll when a quarter of the bound is free (or nothing is in
+		// flight): polls of a few records each would cost more than
+		// the records.
+		total := c.total.Load()
+		room := c.cfg.maxInFlight - total
+		if room < max(c.cfg.maxInFlight/4, 1) && total > 0 {
 			select {
 			case <-c.room:
 				continue
@@ -310,6 +320,15 @@ func (c *consumer) pollLoop() {
 	}
 }
 
+// fetchMaxWait is how long the broker holds a fetch that finds no new
+// data. A resumed partition waits for the fetch in flight, so it is
+// shorter than Kafka's 500ms default.
+const fetchMaxWait = 100 * time.Millisecond
+
+// stuckAfter is how long a partition that holds MaxInFlightPerPartition
+// records must finish none before it is paused.
+const stuckAfter = 500 * time.Millisecond
+
 // reconnectRetrySleep is how long the poll loop waits after a poll that
 // returned only errors.
 const reconnectRetrySleep = time.Second
@@ -325,6 +344,7 @@ func (c *consumer) dispatch(id int32, recs []*kgo.Record, now time.Time) {
 		p = &partition{id: id, stop: make(chan struct{}), drained: make(chan struct{}), lanes: map[string]*lane{}}
 		c.parts[id] = p
 	}
+	nparts := len(c.parts)
 	c.mu.Unlock()
 
 	p.mu.Lock()
@@ -343,14 +363,23 @@ func (c *consumer) dispatch(id int32, recs []*kgo.Record, now time.Time) {
 			l.q = append(l.q, it)
 			continue
 		}
-		l := &lane{key: key, q: make([]item, 1, len(recs))}
-		l.q[0] = it
+		l := &lane{key: key, q: []item{it}}
 		p.lanes[key] = l
 		c.startLane(p, l)
 	}
 	p.pending += len(recs)
 	c.total.Add(int64(len(recs)))
-	if !p.paused && p.pending >= c.cfg.maxPerPartition {
+	// Pause only a partition that holds its share and finished nothing
+	// for stuckAfter (a slow handler, a stuck key, a nack loop), and only
+	// when other partitions could use the room. A pause
+	// drops what the client fetched for the partition beyond the cursor,
+	// and it is fetched again on resume: pausing a partition that merely
+	// runs ahead would fetch and decode its records over and over.
+	if p.finished != p.progressFinished || p.progressAt.IsZero() {
+		p.progressFinished, p.progressAt = p.finished, now
+	}
+	stuck := now.Sub(p.progressAt) >= stuckAfter
+	if !p.paused && stuck && p.pending >= c.cfg.maxPerPartition && nparts > 1 {
 		p.paused = true
 		c.cl.PauseFetchPartitions(map[string][]int32{c.topic: {id}})
 	}
@@ -513,12 +542,13 @@ func (c *consumer) finish(p *partition, it item) {
 		return
 	}
 	p.pending--
+	p.finished++
 	if p.paused && p.pending <= c.cfg.maxPerPartition/2 {
 		p.paused = false
 		c.cl.ResumeFetchPartitions(map[string][]int32{c.topic: {p.id}})
 	}
 	p.mu.Unlock()
-	if c.total.Add(-1) < c.cfg.maxInFlight {
+	if n := c.total.Add(-1); n == 0 || n == c.cfg.maxInFlight-max(c.cfg.maxInFlight/4, 1) {
 		select {
 		case c.room <- struct{}{}:
 		default:
