@@ -92,7 +92,7 @@ func New(cfg Config, opts ...Option) (*Bus, error) {
 		if err != nil {
 			return nil, err
 		}
-		b.broker, b.drain = m, m
+		b.broker = m
 	case BrokerKafka:
 		k, err := kafka.New(cfg.Kafka, wlog)
 		if err != nil {
@@ -106,7 +106,9 @@ func New(cfg Config, opts ...Option) (*Bus, error) {
 		}
 		b.broker = a
 	}
-	if b.drain == nil {
+	if d, ok := b.broker.(drainer); ok {
+		b.drain = d
+	} else {
 		b.gate = newGate()
 		b.drain = b.gate
 	}

@@ -10,8 +10,8 @@ import (
 )
 
 // drainer is a broker that can stop fetching and wait for the messages in
-// flight itself (the in-process broker); other brokers' subscribers are
-// wrapped in a drainSubscriber.
+// flight itself (the in-process broker, Kafka); other brokers' subscribers
+// are wrapped in a drainSubscriber.
 type drainer interface {
 	StopFetching()
 	Drain(ctx context.Context) error

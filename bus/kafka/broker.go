@@ -148,6 +148,42 @@ func (b *Broker) SubscriberWith(group string, cfg SubscriberConfig) (message.Sub
 	return sub, nil
 }
 
+// StopFetching makes every subscription stop polling: each partition
+// finishes the records up to the highest one it handed out (in "key" and
+// "unordered" ordering some records below it may still wait behind a busy
+// key) and hands out no later one, so that what finished is one contiguous
+// prefix per partition and the group's next consumer handles none of it
+// again. It is the first step of a graceful shutdown, before [Broker.Drain].
+func (b *Broker) StopFetching() {
+	for _, c := range b.consumers() {
+		c.stopFetching()
+	}
+}
+
+// Drain waits until every subscription's partitions finished what
+// StopFetching left them, or ctx is done.
+func (b *Broker) Drain(ctx context.Context) error {
+	for _, c := range b.consumers() {
+		if err := c.drain(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *Broker) consumers() []*consumer {
+	b.mu.Lock()
+	subs := append([]*subscriber(nil), b.subs...)
+	b.mu.Unlock()
+	var cs []*consumer
+	for _, s := range subs {
+		s.mu.Lock()
+		cs = append(cs, s.consumers...)
+		s.mu.Unlock()
+	}
+	return cs
+}
+
 // ConsumerStats returns the stats of every subscription of the broker's
 // subscribers.
 func (b *Broker) ConsumerStats() []ConsumerStats {

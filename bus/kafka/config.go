@@ -61,14 +61,18 @@ type Config struct {
 	// partition, or waiting out a nack delay): no more are polled until
 	// some finish. Zero: 1024.
 	MaxInFlight int
-	// MaxInFlightPerPartition bounds those records per partition when
-	// partitions compete: a partition that holds this many and finished
-	// none since its previous records came (a slow handler, a stuck key, a
-	// nack loop) is paused (it fetches nothing) until it holds half as
-	// many, so it cannot take the whole MaxInFlight from the others. A
-	// partition that merely runs ahead is not paused: a pause drops what
-	// the client fetched ahead for it, which is fetched again on resume.
-	// Zero: 512 (at most MaxInFlight).
+	// MaxInFlightPerPartition is a partition's share of MaxInFlight when
+	// it is slow: a partition that holds more records than this, the
+	// oldest of them fetched 500ms ago or earlier (a stuck record or key, a
+	// nack loop, a slow handler), while other partitions are assigned, is
+	// paused (it fetches nothing) until it holds half as many, and its
+	// records beyond this many stop counting against MaxInFlight, so that
+	// the other partitions get room. A subscription therefore holds at most
+	// MaxInFlight records plus, per slow partition, what it held beyond its
+	// share when it was paused: never more than MaxInFlight per assigned
+	// partition. A partition that merely runs ahead is not paused: a pause
+	// drops what the client fetched ahead for it, which is then fetched
+	// again. Zero: 256 (at most MaxInFlight).
 	MaxInFlightPerPartition int
 	// CommitInterval is how often a subscription commits the offsets of
 	// what it finished. A partition's committed offset is that of its
@@ -175,7 +179,7 @@ const (
 	defaultNackDelay               = time.Second
 	defaultRebalanceTimeout        = 60 * time.Second
 	defaultMaxInFlight             = 1024
-	defaultMaxInFlightPerPartition = 512
+	defaultMaxInFlightPerPartition = 256
 	defaultCommitInterval          = time.Second
 	defaultSessionTimeout          = 10 * time.Second
 )

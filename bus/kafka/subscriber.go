@@ -171,10 +171,12 @@ type consumer struct {
 	total     atomic.Int64 // records fetched and not finished
 	room      chan struct{}
 	lost      atomic.Int64
+	assigned  atomic.Int64 // partitions assigned
 	closing   atomic.Bool
 
-	mu    sync.Mutex
-	parts map[int32]*partition
+	mu           sync.Mutex
+	parts        map[int32]*partition
+	fetchStopped bool // stopFetching was called: take no new records
 }
 
 // partition is the state of one assigned partition.
@@ -189,15 +191,17 @@ type partition struct {
 	trk     tracker
 	pending int // records fetched and not finished
 	paused  bool
-	// finished counts records finished; progressFinished is its value
-	// when records came at progressAt, the last time records came and
-	// finished had moved since the time before.
-	finished, progressFinished int64
-	progressAt                 time.Time
-	// inflight counts messages handed to the router and not yet acked
-	// or nacked; drained is closed when it is 0 after the stop.
-	inflight int
-	drained  chan struct{}
+	// released is how many of pending no longer count against
+	// maxInFlight (see pauseSlow); the next ones to finish are these.
+	released int
+	// maxOut is the highest offset handed to the router, -1 if none.
+	maxOut int64
+	// draining: revoked, the partition finishes the records up to cutoff
+	// (its maxOut then) and hands out no later one; settled is closed
+	// once every record up to cutoff finished.
+	draining bool
+	cutoff   int64
+	settled  chan struct{}
 }
 
 // lane is a queue of records that must run one after the other.
@@ -245,6 +249,9 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 		kgo.BlockRebalanceOnPoll(),
 		kgo.AutoCommitMarks(),
 		kgo.AutoCommitInterval(cfg.commitInterval),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, a map[string][]int32) {
+			c.assigned.Add(int64(len(a[topic])))
+		}),
 		kgo.OnPartitionsRevoked(c.onRevoked),
 		kgo.OnPartitionsLost(c.onLost),
 		kgo.FetchMaxWait(fetchMaxWait),
@@ -276,7 +283,15 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 // and allows rebalances in between.
 func (c *consumer) pollLoop() {
 	defer c.loops.Done()
+	check := time.NewTimer(stuckAfter)
+	defer check.Stop()
 	for {
+		select {
+		case <-check.C:
+			c.pauseSlow(time.Now())
+			check.Reset(stuckAfter)
+		default:
+		}
 		// Poll when a quarter of the bound is free (or nothing is in
 		// flight): polls of a few records each would cost more than
 		// the records.
@@ -285,10 +300,13 @@ func (c *consumer) pollLoop() {
 		if room < max(c.cfg.maxInFlight/4, 1) && total > 0 {
 			select {
 			case <-c.room:
-				continue
+			case <-check.C:
+				c.pauseSlow(time.Now())
+				check.Reset(stuckAfter)
 			case <-c.pollCtx.Done():
 				return
 			}
+			continue
 		}
 		fs := c.cl.PollRecords(c.pollCtx, int(min(room, int64(c.cfg.maxPerPartition))))
 		if fs.IsClientClosed() || c.pollCtx.Err() != nil {
@@ -325,26 +343,26 @@ func (c *consumer) pollLoop() {
 // shorter than Kafka's 500ms default.
 const fetchMaxWait = 100 * time.Millisecond
 
-// stuckAfter is how long a partition that holds MaxInFlightPerPartition
-// records must finish none before it is paused.
-const stuckAfter = 500 * time.Millisecond
-
 // reconnectRetrySleep is how long the poll loop waits after a poll that
 // returned only errors.
 const reconnectRetrySleep = time.Second
 
 // dispatch queues the records of one poll of partition id on their lanes,
 // starting the lanes that were idle, and pauses the partition when it holds
-// maxPerPartition records. It runs between a poll and AllowRebalance, so
-// never concurrently with a revoke.
+// maxPerPartition records and others are assigned (see
+// Config.MaxInFlightPerPartition). It runs between a poll and
+// AllowRebalance, so never concurrently with a revoke.
 func (c *consumer) dispatch(id int32, recs []*kgo.Record, now time.Time) {
 	c.mu.Lock()
+	if c.fetchStopped {
+		c.mu.Unlock()
+		return // never tracked, so never committed: fetched again later
+	}
 	p := c.parts[id]
 	if p == nil {
-		p = &partition{id: id, stop: make(chan struct{}), drained: make(chan struct{}), lanes: map[string]*lane{}}
+		p = &partition{id: id, stop: make(chan struct{}), settled: make(chan struct{}), lanes: map[string]*lane{}, maxOut: -1}
 		c.parts[id] = p
 	}
-	nparts := len(c.parts)
 	c.mu.Unlock()
 
 	p.mu.Lock()
@@ -369,19 +387,47 @@ func (c *consumer) dispatch(id int32, recs []*kgo.Record, now time.Time) {
 	}
 	p.pending += len(recs)
 	c.total.Add(int64(len(recs)))
-	// Pause only a partition that holds its share and finished nothing
-	// for stuckAfter (a slow handler, a stuck key, a nack loop), and only
-	// when other partitions could use the room. A pause
-	// drops what the client fetched for the partition beyond the cursor,
-	// and it is fetched again on resume: pausing a partition that merely
-	// runs ahead would fetch and decode its records over and over.
-	if p.finished != p.progressFinished || p.progressAt.IsZero() {
-		p.progressFinished, p.progressAt = p.finished, now
+}
+
+// stuckAfter is how long a partition's oldest record must have been
+// waiting before the partition counts as slow (see pauseSlow).
+const stuckAfter = 500 * time.Millisecond
+
+// pauseSlow pauses every partition that holds more than maxPerPartition
+// records, the oldest of them fetched stuckAfter ago or earlier (a stuck
+// record or key, a nack loop, a slow handler), when other partitions are
+// assigned; its records beyond maxPerPartition stop counting against
+// maxInFlight, so that the other partitions get room. A paused partition
+// fetches nothing until it holds half of maxPerPartition. A partition that
+// merely runs ahead is never paused: a pause drops what the client fetched
+// ahead for it, which is then fetched again.
+func (c *consumer) pauseSlow(now time.Time) {
+	if c.assigned.Load() < 2 {
+		return
 	}
-	stuck := now.Sub(p.progressAt) >= stuckAfter
-	if !p.paused && stuck && p.pending >= c.cfg.maxPerPartition && nparts > 1 {
+	c.mu.Lock()
+	parts := make([]*partition, 0, len(c.parts))
+	for _, p := range c.parts {
+		parts = append(parts, p)
+	}
+	c.mu.Unlock()
+	for _, p := range parts {
+		p.mu.Lock()
+		at, ok := p.trk.oldest()
+		if p.stopped || p.paused || p.pending <= c.cfg.maxPerPartition || !ok || now.Sub(at) < stuckAfter {
+			p.mu.Unlock()
+			continue
+		}
 		p.paused = true
-		c.cl.PauseFetchPartitions(map[string][]int32{c.topic: {id}})
+		release := p.pending - c.cfg.maxPerPartition - p.released
+		p.released += release
+		p.mu.Unlock()
+		c.cl.PauseFetchPartitions(map[string][]int32{c.topic: {p.id}})
+		c.total.Add(-int64(release))
+		select {
+		case c.room <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -411,6 +457,18 @@ func (c *consumer) runLane(p *partition, l *lane) {
 		if c.cfg.batch > 1 {
 			n = min(len(l.q), c.cfg.batch)
 		}
+		if p.draining {
+			// Revoked: only records up to the cutoff still run; the
+			// partition's next owner starts after them.
+			k := 0
+			for k < n && l.q[k].rec.Offset <= p.cutoff {
+				k++
+			}
+			if n = k; n == 0 {
+				p.mu.Unlock()
+				return
+			}
+		}
 		group := l.q[:n:n]
 		l.q = l.q[n:]
 		p.mu.Unlock()
@@ -430,6 +488,22 @@ func (c *consumer) process(p *partition, group []item) bool {
 	}
 	var timer *time.Timer
 	for {
+		p.mu.Lock()
+		if p.stopped || p.draining && group[0].rec.Offset > p.cutoff {
+			// Revoked after runLane took the group: the next owner
+			// starts with it.
+			p.mu.Unlock()
+			return false
+		}
+		if p.draining {
+			k := 1
+			for k < len(group) && group[k].rec.Offset <= p.cutoff {
+				k++
+			}
+			group, msgs = group[:k], msgs[:k]
+		}
+		p.maxOut = max(p.maxOut, group[len(group)-1].rec.Offset)
+		p.mu.Unlock()
 		var b *delivery.Batch
 		if c.cfg.batch > 1 {
 			b = delivery.NewBatch(len(group))
@@ -448,13 +522,6 @@ func (c *consumer) process(p *partition, group []item) bool {
 			}
 			msgs[i].SetContext(rc)
 		}
-		p.mu.Lock()
-		if p.stopped {
-			p.mu.Unlock()
-			return false
-		}
-		p.inflight += len(msgs)
-		p.mu.Unlock()
 		sent, stopped := len(msgs), false
 	send:
 		for i, m := range msgs {
@@ -464,7 +531,6 @@ func (c *consumer) process(p *partition, group []item) bool {
 			case <-p.stop:
 			case <-c.done:
 			}
-			c.handedBack(p, len(msgs)-i)
 			for _, cancel := range cancels[i:] {
 				cancel()
 			}
@@ -481,13 +547,18 @@ func (c *consumer) process(p *partition, group []item) bool {
 			case <-m.Nacked():
 				nacked = append(nacked, i)
 			case <-c.done:
+				// Closing: an ack that came in meanwhile still counts.
+				select {
+				case <-m.Acked():
+					c.finish(p, group[i])
+				default:
+				}
 				for _, cancel := range cancels {
 					cancel()
 				}
 				return false
 			}
 			cancels[i]()
-			c.handedBack(p, 1)
 		}
 		if stopped {
 			return false
@@ -519,22 +590,14 @@ func (c *consumer) process(p *partition, group []item) bool {
 	}
 }
 
-// handedBack records that n messages handed to the router were acked,
-// nacked or never taken.
-func (c *consumer) handedBack(p *partition, n int) {
-	p.mu.Lock()
-	p.inflight -= n
-	if p.inflight == 0 && p.stopped {
-		closeOnce(p.drained)
-	}
-	p.mu.Unlock()
-}
-
 // finish records that it was handled (or safely dead-lettered).
 func (c *consumer) finish(p *partition, it item) {
 	p.mu.Lock()
 	if !p.final {
 		p.trk.done(it.seq)
+		if p.draining && p.trk.settled(p.cutoff) {
+			closeOnce(p.settled)
+		}
 	}
 	if p.stopped {
 		// Its accounting left with the partition.
@@ -542,10 +605,15 @@ func (c *consumer) finish(p *partition, it item) {
 		return
 	}
 	p.pending--
-	p.finished++
 	if p.paused && p.pending <= c.cfg.maxPerPartition/2 {
 		p.paused = false
 		c.cl.ResumeFetchPartitions(map[string][]int32{c.topic: {p.id}})
+	}
+	if p.released > 0 {
+		// Its count left with the release.
+		p.released--
+		p.mu.Unlock()
+		return
 	}
 	p.mu.Unlock()
 	if n := c.total.Add(-1); n == 0 || n == c.cfg.maxInFlight-max(c.cfg.maxInFlight/4, 1) {
@@ -565,7 +633,7 @@ func (c *consumer) commitLoop() {
 	for {
 		select {
 		case <-t.C:
-		case <-c.pollCtx.Done():
+		case <-c.done:
 			return
 		}
 		c.mu.Lock()
@@ -575,8 +643,8 @@ func (c *consumer) commitLoop() {
 		}
 		c.mu.Unlock()
 		if c.mark(parts, false) {
-			ctx, cancel := context.WithTimeout(c.pollCtx, c.cfg.commitInterval*5)
-			if err := c.cl.CommitMarkedOffsets(ctx); err != nil && c.pollCtx.Err() == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), c.cfg.commitInterval*5)
+			if err := c.cl.CommitMarkedOffsets(ctx); err != nil && !c.closing.Load() {
 				c.logger.Error("kafka: commit", err, nil)
 			}
 			cancel()
@@ -612,12 +680,10 @@ func (c *consumer) mark(parts []*partition, final bool) bool {
 	return true
 }
 
-// take removes ids from the assigned partitions and stops them: their
-// lanes hand out nothing more, and their records leave the in-flight
-// count. Paused ones are resumed, so that the partition fetches when it is
-// assigned again.
-func (c *consumer) take(ids []int32) []*partition {
+// detach removes ids from the assigned partitions and returns their state.
+func (c *consumer) detach(ids []int32) []*partition {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	var parts []*partition
 	for _, id := range ids {
 		if p := c.parts[id]; p != nil {
@@ -625,56 +691,75 @@ func (c *consumer) take(ids []int32) []*partition {
 			delete(c.parts, id)
 		}
 	}
-	c.mu.Unlock()
+	return parts
+}
+
+// stopParts stops parts: their lanes hand out nothing more, and their
+// records leave the in-flight count. Paused ones are resumed, so that the
+// partition fetches when it is assigned again.
+func (c *consumer) stopParts(parts []*partition) {
 	var resume []int32
 	for _, p := range parts {
 		p.mu.Lock()
+		if p.stopped {
+			p.mu.Unlock()
+			continue
+		}
 		p.stopped = true
 		close(p.stop)
-		if p.inflight == 0 {
-			closeOnce(p.drained)
-		}
 		if p.paused {
 			p.paused = false
 			resume = append(resume, p.id)
 		}
-		n := p.pending
-		p.pending = 0
+		n := p.pending - p.released
+		p.pending, p.released = 0, 0
 		p.mu.Unlock()
-		if c.total.Add(-int64(n)) < c.cfg.maxInFlight {
-			select {
-			case c.room <- struct{}{}:
-			default:
-			}
+		c.total.Add(-int64(n))
+		select {
+		case c.room <- struct{}{}:
+		default:
 		}
 	}
 	if len(resume) > 0 {
 		c.cl.ResumeFetchPartitions(map[string][]int32{c.topic: resume})
 	}
-	return parts
 }
 
-// onRevoked stops the revoked partitions, lets their in-flight handlers
-// finish (within three quarters of the rebalance timeout), marks and
-// commits what finished, and only then returns, letting the rebalance go
-// on.
+// onRevoked lets the revoked partitions finish every record up to the
+// highest one handed out (later ones are not handed out; the next owner
+// starts with them), within three quarters of the rebalance timeout; then
+// it stops them, marks and commits what finished, and only then returns,
+// letting the rebalance go on. Finishing up to the highest record handed
+// out, not only the ones in flight, leaves no finished record behind the
+// committed offset in "key" and "unordered" ordering, where records finish
+// out of order: the next owner handles none of them again.
 func (c *consumer) onRevoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
-	parts := c.take(revoked[c.topic])
+	c.assigned.Add(-int64(len(revoked[c.topic])))
+	parts := c.detach(revoked[c.topic])
 	if len(parts) == 0 {
 		return
 	}
 	if !c.closing.Load() {
+		for _, p := range parts {
+			p.beginDrain()
+		}
 		wait := time.NewTimer(c.cfg.rebalanceTimeout * 3 / 4)
 		defer wait.Stop()
+	parts:
 		for _, p := range parts {
 			select {
-			case <-p.drained:
+			case <-p.settled:
 			case <-wait.C:
-				c.logger.Info("kafka: revoked partition's handlers did not finish in time; their records will be delivered again", watermill.LogFields{"partition": p.id})
+				c.logger.Info("kafka: revoked partitions' handlers did not finish in time; their records will be delivered again", nil)
+				break parts
+			case <-c.done:
+				break parts
 			case <-ctx.Done():
+				break parts
 			}
 		}
 	}
+	c.stopParts(parts)
 	if c.mark(parts, true) {
 		if err := cl.CommitMarkedOffsets(ctx); err != nil {
 			c.logger.Error("kafka: commit on revoke", err, nil)
@@ -682,11 +767,63 @@ func (c *consumer) onRevoked(ctx context.Context, cl *kgo.Client, revoked map[st
 	}
 }
 
+// stopFetching stops polling and makes every partition finish the records
+// up to the highest one handed out, and hand out no later one (see
+// onRevoked): the first step of a graceful shutdown. Records fetched and
+// not handed out are fetched again by the next consumer of the group.
+func (c *consumer) stopFetching() {
+	c.mu.Lock()
+	c.fetchStopped = true
+	parts := make([]*partition, 0, len(c.parts))
+	for _, p := range c.parts {
+		parts = append(parts, p)
+	}
+	c.mu.Unlock()
+	c.stopPoll()
+	for _, p := range parts {
+		p.beginDrain()
+	}
+}
+
+// drain waits until every partition settled (see stopFetching) or ctx is
+// done.
+func (c *consumer) drain(ctx context.Context) error {
+	c.mu.Lock()
+	parts := make([]*partition, 0, len(c.parts))
+	for _, p := range c.parts {
+		parts = append(parts, p)
+	}
+	c.mu.Unlock()
+	for _, p := range parts {
+		select {
+		case <-p.settled:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// beginDrain makes p finish the records up to its highest one handed out
+// and hand out no later one; settled closes when they finished.
+func (p *partition) beginDrain() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.draining {
+		p.draining, p.cutoff = true, p.maxOut
+	}
+	if p.trk.settled(p.cutoff) {
+		closeOnce(p.settled)
+	}
+}
+
 // onLost drops the lost partitions: nothing is committed for them (the
 // member is no longer in the group), and what their handlers still finish
 // is ignored.
 func (c *consumer) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
-	parts := c.take(lost[c.topic])
+	c.assigned.Add(-int64(len(lost[c.topic])))
+	parts := c.detach(lost[c.topic])
+	c.stopParts(parts)
 	for _, p := range parts {
 		p.mu.Lock()
 		p.final = true
@@ -818,6 +955,11 @@ func (t *tracker) mark() (kgo.EpochOffset, bool) {
 	}
 	t.marked = t.head
 	return t.head, true
+}
+
+// settled reports whether every record up to offset cutoff finished.
+func (t *tracker) settled(cutoff int64) bool {
+	return t.start == len(t.entries) || t.entries[t.start].offset > cutoff
 }
 
 // oldest returns when the oldest record not yet finished was fetched.
