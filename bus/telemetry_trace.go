@@ -45,6 +45,7 @@ const (
 	EventDeadLetter = "busline.dead_letter"
 	EventDuplicate  = "busline.duplicate"
 	EventThrottle   = "busline.throttle_wait"
+	EventDedupWait  = "busline.dedup_wait"
 )
 
 // maxTopicCache bounds the per-topic attribute cache of the publisher;
