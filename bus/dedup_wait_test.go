@@ -78,4 +78,3 @@ func TestCrashRecoveryWaitIsLoggedOnceAndCounted(t *testing.T) {
 		t.Errorf("%s = %d, want 1", bus.MetricDedupWaits, n)
 	}
 }
-
