@@ -188,23 +188,7 @@ func TestInteropSpanServerAttributes(t *testing.T) {
 					deleteAMQPTopology(t, cfg.AMQP.URL, []string{amqp.QueueName(topic, cfg.Group+".h")}, []string{topic})
 				})
 			}
-			done := make(chan struct{}, 1)
-			if err := b.Handle("h", topic, func(context.Context, *message.Message) error {
-				done <- struct{}{}
-				return nil
-			}); err != nil {
-				t.Fatal(err)
-			}
-			if err := b.Publish(context.Background(), topic, message.NewMessage("m1", nil)); err != nil {
-				t.Fatal(err)
-			}
-			stop := runBus(t, b)
-			select {
-			case <-done:
-			case <-time.After(30 * time.Second):
-				t.Fatal("message not handled within 30s")
-			}
-			stop()
+			handleOne(t, b, topic)
 
 			var host string
 			var port int

@@ -2,7 +2,6 @@ package amqp_test
 
 import (
 	"context"
-	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -76,17 +75,7 @@ func TestInteropConformanceReconnect(t *testing.T) {
 		t.Skip("TestReconnect publishes 10,000 messages")
 	}
 	tp := newTopology(t)
-	u, err := url.Parse(bustest.AMQPURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := newCutProxy(t, u.Host)
-	u.Host = px.ln.Addr().String()
-	b, err := amqp.New(amqp.Config{URL: u.String(), NackDelay: 10 * time.Millisecond}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
+	b, px := proxiedBroker(t, amqp.Config{NackDelay: 10 * time.Millisecond})
 	topic, group := tp.topic("reconnect-suite"), tp.group("g")
 	ctx := bustest.Context(t, 2*time.Minute)
 	if err := b.Prepare(ctx, topic, group); err != nil {
