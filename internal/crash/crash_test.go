@@ -48,7 +48,7 @@ func TestMain(m *testing.M) {
 const (
 	messages   = 2000
 	lease      = 3 * time.Second
-	work       = 5 * time.Millisecond
+	work       = 2 * time.Millisecond
 	unclaimedB = 10 * time.Second          // bound for messages not claimed at the kill
 	claimedB   = lease + 10*time.Second    // bound for messages claimed at the kill
 	deadline   = claimedB + 30*time.Second // how long the test waits at most for a step
