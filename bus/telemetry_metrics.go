@@ -85,7 +85,7 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 		metric.WithDescription("Handler attempts that failed and were retried."))
 	check(err)
 	in.dedupHits, err = m.Int64Counter(MetricDedupHits, metric.WithUnit("{message}"),
-		metric.WithDescription("Messages not processed because their key was done (already-done) or being processed (in-progress)."))
+		metric.WithDescription("Messages not processed because their key was done (already-done): duplicates acked without effect."))
 	check(err)
 	in.dedupWaits, err = m.Int64Counter(MetricDedupWaits, metric.WithUnit("{message}"),
 		metric.WithDescription("Messages that found their dedup key claimed by another delivery (in progress, or left by a crashed process until its lease ends) and waited for it."))
