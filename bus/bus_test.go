@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/busline/busline/bus"
+	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/schema"
 )
 
@@ -72,12 +73,14 @@ func TestConfigFromEnv(t *testing.T) {
 	t.Setenv("BUSLINE_KAFKA_SASL_USER", "u")
 	t.Setenv("BUSLINE_SHUTDOWN_TIMEOUT", "5s")
 	t.Setenv("BUSLINE_AMQP_PREFETCH", "7")
+	t.Setenv("BUSLINE_KAFKA_PARTITIONER", "sarama")
 	c, err := bus.ConfigFromEnv()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Broker != "kafka" || len(c.Kafka.Brokers) != 2 || c.Kafka.Brokers[1] != "b:9092" ||
-		c.ShutdownTimeout != 5*time.Second || c.AMQP.Prefetch != 7 || c.Kafka.SASL.User != "u" {
+		c.ShutdownTimeout != 5*time.Second || c.AMQP.Prefetch != 7 || c.Kafka.SASL.User != "u" ||
+		c.Kafka.Partitioner != kafka.PartitionerSarama {
 		t.Fatalf("config %+v", c)
 	}
 	if err := c.Validate(); err != nil {

@@ -58,7 +58,7 @@ type Config struct {
 	// BUSLINE_KAFKA_TLS_CERT_FILE, BUSLINE_KAFKA_TLS_KEY_FILE,
 	// BUSLINE_KAFKA_TLS_SERVER_NAME, BUSLINE_KAFKA_TLS_INSECURE_SKIP_VERIFY,
 	// BUSLINE_KAFKA_SASL_MECHANISM, BUSLINE_KAFKA_SASL_USER,
-	// BUSLINE_KAFKA_SASL_PASSWORD.
+	// BUSLINE_KAFKA_SASL_PASSWORD, BUSLINE_KAFKA_PARTITIONER.
 	Kafka kafka.Config
 	// AMQP configures the RabbitMQ broker.
 	// Env: BUSLINE_AMQP_URL, BUSLINE_AMQP_PREFETCH,
@@ -159,6 +159,7 @@ func configFromLookup(lookup func(string) (string, bool)) (Config, error) {
 				User:      e.str("BUSLINE_KAFKA_SASL_USER"),
 				Password:  e.str("BUSLINE_KAFKA_SASL_PASSWORD"),
 			},
+			Partitioner: e.str("BUSLINE_KAFKA_PARTITIONER"),
 		},
 		AMQP: amqp.Config{
 			URL:             e.str("BUSLINE_AMQP_URL"),

@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -22,7 +23,14 @@ import (
 // decorators, and the broker's subscriber behind the bus's drain wrapper.
 // The adapters' own packages run the full suite on the bare adapters; here
 // the slow, message-heavy cases are shortened (ForceShort) for Kafka and
-// RabbitMQ to keep CI fast.
+// RabbitMQ on a developer's machine, and run at full size when CI (or
+// BUSLINE_CONFORMANCE_FULL) is set: once per CI run.
+
+// fullConformance reports whether the Kafka and RabbitMQ suites run at
+// full size.
+func fullConformance() bool {
+	return os.Getenv("CI") != "" || os.Getenv("BUSLINE_CONFORMANCE_FULL") != ""
+}
 
 // pair returns the bus's publisher and a subscriber in group as Handle
 // builds them.
@@ -81,7 +89,7 @@ func TestConformanceKafka(t *testing.T) {
 		return b.pair(t, group)
 	}
 	tests.TestPubSub(t,
-		tests.Features{ConsumerGroups: true, Persistent: true, GuaranteedOrder: true, ForceShort: true},
+		tests.Features{ConsumerGroups: true, Persistent: true, GuaranteedOrder: true, ForceShort: !fullConformance()},
 		func(t *testing.T) (message.Publisher, message.Subscriber) {
 			return newPair(t, "conformance-"+strings.ReplaceAll(t.Name(), "/", "-"))
 		},
@@ -114,7 +122,7 @@ func TestConformanceAMQP(t *testing.T) {
 			GuaranteedOrder:                     true,
 			GuaranteedOrderWithSingleSubscriber: true,
 			Persistent:                          true,
-			ForceShort:                          true,
+			ForceShort:                          !fullConformance(),
 			GenerateTopicFunc: func(tctx tests.TestContext) string {
 				name := "busline-bus-conformance-" + string(tctx.TestID)
 				mu.Lock()

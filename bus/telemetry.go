@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/middleware"
 )
 
@@ -32,7 +33,7 @@ import (
 // (semconv 1.43.0, its schema URL on the tracer and meter):
 //
 //   - Publishing makes one "send {topic}" PRODUCER span per message ("publish
-//     {exchange}" on RabbitMQ) and injects its context into the message's
+//     {exchange}" on RabbitMQ, whose conventions name the operation so) and injects its context into the message's
 //     metadata with the propagator: traceparent, tracestate, baggage. A
 //     message that already carries a span context (forwarded, dead-lettered,
 //     replayed) keeps it; its send span is then a CLIENT span linked to it.
@@ -114,6 +115,10 @@ type telemetry struct {
 
 	system     attribute.KeyValue
 	sendOpName string // "send", or "publish" on RabbitMQ
+	// sendServer and processServer are the span attributes of the server
+	// and the client: server.address, server.port, messaging.client.id
+	// (none on the in-process broker).
+	sendServer, processServer []attribute.KeyValue
 
 	topics     sync.Map // topic name -> *topicTel
 	topicCount atomic.Int32
@@ -135,8 +140,15 @@ func newTelemetry(o options, cfg Config, logger *slog.Logger) *telemetry {
 	switch cfg.Broker {
 	case BrokerKafka:
 		t.system, t.sendOpName = semconv.MessagingSystemKafka, "send"
+		host, port := cfg.Kafka.ServerAddress()
+		id := cfg.Kafka.EffectiveClientID()
+		t.sendServer = serverAttrs(host, port, id)
+		t.processServer = t.sendServer
 	case BrokerAMQP:
 		t.system, t.sendOpName = semconv.MessagingSystemRabbitMQ, "publish"
+		host, port := cfg.AMQP.ServerAddress()
+		t.sendServer = serverAttrs(host, port, amqp.PublishConnectionName)
+		t.processServer = serverAttrs(host, port, amqp.ConsumeConnectionName)
 	default:
 		t.system, t.sendOpName = semconv.MessagingSystemKey.String(SystemMemory), "send"
 	}
@@ -192,6 +204,22 @@ func newTelemetry(o options, cfg Config, logger *slog.Logger) *telemetry {
 		}
 	}
 	return t
+}
+
+// serverAttrs returns server.address, server.port and messaging.client.id,
+// each where known.
+func serverAttrs(host string, port int, clientID string) []attribute.KeyValue {
+	var attrs []attribute.KeyValue
+	if host != "" {
+		attrs = append(attrs, semconv.ServerAddress(host))
+		if port > 0 {
+			attrs = append(attrs, semconv.ServerPort(port))
+		}
+	}
+	if clientID != "" {
+		attrs = append(attrs, semconv.MessagingClientID(clientID))
+	}
+	return attrs
 }
 
 // SystemMemory is the messaging.system attribute value of the in-process

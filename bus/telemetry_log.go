@@ -59,7 +59,7 @@ func messageLogAttrs(ctx context.Context, msg *message.Message) []slog.Attr {
 	attrs = append(attrs, slog.String("message_id", id))
 	// A message without a correlation id starts its own (as the
 	// correlation middleware decides).
-	corr := msg.Metadata[schema.KeyCorrelationID]
+	corr := schema.CorrelationID(msg.Metadata)
 	if corr == "" {
 		corr = middleware.RootCorrelation(msg)
 	}

@@ -25,6 +25,7 @@ const (
 	MetricDeadLettered  = "busline.dlq.messages"
 	MetricRetries       = "busline.retries"
 	MetricDedupHits     = "busline.dedup.hits"
+	MetricDedupWaits    = "busline.dedup.waits"
 	MetricThrottleWaits = "busline.throttle.waits"
 	MetricBreakerState  = "busline.breaker.state"
 	MetricEndToEnd      = "busline.end_to_end.duration"
@@ -50,6 +51,7 @@ type instruments struct {
 	deadLettered  metric.Int64Counter
 	retries       metric.Int64Counter
 	dedupHits     metric.Int64Counter
+	dedupWaits    metric.Int64Counter
 	throttleWaits metric.Int64Counter
 	endToEnd      metric.Float64Histogram
 
@@ -83,7 +85,10 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 		metric.WithDescription("Handler attempts that failed and were retried."))
 	check(err)
 	in.dedupHits, err = m.Int64Counter(MetricDedupHits, metric.WithUnit("{message}"),
-		metric.WithDescription("Messages not processed because their key was done (already-done) or being processed (in-progress)."))
+		metric.WithDescription("Messages not processed because their key was done (already-done): duplicates acked without effect."))
+	check(err)
+	in.dedupWaits, err = m.Int64Counter(MetricDedupWaits, metric.WithUnit("{message}"),
+		metric.WithDescription("Messages that found their dedup key claimed by another delivery (in progress, or left by a crashed process until its lease ends) and waited for it."))
 	check(err)
 	in.throttleWaits, err = m.Int64Counter(MetricThrottleWaits, metric.WithUnit("{wait}"),
 		metric.WithDescription("Handler attempts that waited for a rate token or a concurrency slot."))
@@ -194,6 +199,44 @@ func (t *telemetry) hooks(cfg *middleware.StackConfig, h *handlerTel) {
 		}
 		if prevDup != nil {
 			prevDup(info)
+		}
+	}
+
+	prevDedupWait := cfg.Dedup.OnWait
+	cfg.Dedup.OnWait = func(info middleware.DedupInfo) {
+		ctx := info.Message.Context()
+		state := AttrDedupState.String(info.State.String())
+		if sp := trace.SpanFromContext(ctx); sp.IsRecording() {
+			sp.AddEvent(EventDedupWait, trace.WithAttributes(state))
+		}
+		if m != nil {
+			m.dedupWaits.Add(ctx, 1, h.withAttrs())
+		}
+		// One line per message, however long it waits.
+		if t.logger.Enabled(ctx, slog.LevelInfo) {
+			t.logger.LogAttrs(ctx, slog.LevelInfo, "bus: message is in progress elsewhere, waiting for its dedup claim to end",
+				append(messageLogAttrs(ctx, info.Message),
+					slog.String("handler", h.name),
+					slog.String("topic", h.topic),
+					slog.String("dedup_key", info.Key))...)
+		}
+		if prevDedupWait != nil {
+			prevDedupWait(info)
+		}
+	}
+
+	prevStoreErr := cfg.Dedup.OnStoreError
+	cfg.Dedup.OnStoreError = func(info middleware.DedupInfo) {
+		ctx := info.Message.Context()
+		if t.logger.Enabled(ctx, slog.LevelWarn) {
+			t.logger.LogAttrs(ctx, slog.LevelWarn, "bus: dedup store "+info.Op+" failed",
+				append(messageLogAttrs(ctx, info.Message),
+					slog.String("handler", h.name),
+					slog.String("dedup_key", info.Key),
+					slog.Any("error", info.Err))...)
+		}
+		if prevStoreErr != nil {
+			prevStoreErr(info)
 		}
 	}
 

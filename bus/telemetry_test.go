@@ -91,6 +91,30 @@ func runBus(t *testing.T, b *bus.Bus) (stop func()) {
 	return stop
 }
 
+// handleOne registers a handler "h" on topic, publishes one message to it,
+// runs b until the handler was called, and closes b: every span has ended
+// when it returns.
+func handleOne(t *testing.T, b *bus.Bus, topic string) {
+	t.Helper()
+	done := make(chan struct{}, 1)
+	if err := b.Handle("h", topic, func(context.Context, *message.Message) error {
+		done <- struct{}{}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(context.Background(), topic, message.NewMessage("m1", nil)); err != nil {
+		t.Fatal(err)
+	}
+	stop := runBus(t, b)
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("handler not called within 30s")
+	}
+	stop()
+}
+
 func attrMap(kvs []attribute.KeyValue) map[attribute.Key]attribute.Value {
 	m := make(map[attribute.Key]attribute.Value, len(kvs))
 	for _, kv := range kvs {
@@ -657,20 +681,7 @@ func TestTraceNewRootOnProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	topic := bustest.Name("t")
-	done := make(chan struct{})
-	if err := b.Handle("h", topic, func(context.Context, *message.Message) error { close(done); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Publish(context.Background(), topic, message.NewMessage("m", nil)); err != nil {
-		t.Fatal(err)
-	}
-	stop := runBus(t, b)
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("handler not called within 10s")
-	}
-	stop()
+	handleOne(t, b, topic)
 	spans := exp.GetSpans()
 	send, proc := findSpan(t, spans, "send "+topic), findSpan(t, spans, "process "+topic)
 	if proc.Parent.IsValid() || proc.SpanContext.TraceID() == send.SpanContext.TraceID() {

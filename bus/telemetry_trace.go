@@ -44,6 +44,7 @@ const (
 	EventDeadLetter = "busline.dead_letter"
 	EventDuplicate  = "busline.duplicate"
 	EventThrottle   = "busline.throttle_wait"
+	EventDedupWait  = "busline.dedup_wait"
 )
 
 // maxTopicCache bounds the per-topic attribute cache of the publisher;
@@ -54,6 +55,7 @@ const maxTopicCache = 1024
 type topicTel struct {
 	sendName   string
 	startAttrs []attribute.KeyValue // + operation type
+	spanAttrs  []attribute.KeyValue // startAttrs + server and client
 	sentOK     []metric.AddOption
 	durOK      []metric.RecordOption
 	attrs      []attribute.KeyValue // system, operation name, destination
@@ -84,6 +86,7 @@ func (t *telemetry) topic(name string) *topicTel {
 	tt := &topicTel{
 		sendName:   t.sendOpName + " " + dest,
 		startAttrs: startAttrs,
+		spanAttrs:  append(startAttrs[:len(startAttrs):len(startAttrs)], t.sendServer...),
 		sentOK:     []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attrs...))},
 		durOK:      []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(startAttrs...))},
 		attrs:      attrs,
@@ -183,7 +186,7 @@ func (t *telemetry) startSend(m *message.Message, tt *topicTel) trace.Span {
 	carrier := propagation.MapCarrier(m.Metadata)
 	a := getSpanArgs()
 	defer putSpanArgs(a)
-	a.attrs = appendMessageAttrs(append(a.attrs, tt.startAttrs...), m, t.broker == BrokerKafka)
+	a.attrs = appendMessageAttrs(append(a.attrs, tt.spanAttrs...), m, t.broker == BrokerKafka)
 	if t.hasCreationContext(m.Metadata) {
 		a.opts = append(a.opts, clientKind, a.attrsOption())
 		if sc := trace.SpanContextFromContext(t.prop.Extract(context.Background(), carrier)); sc.IsValid() {
@@ -223,7 +226,7 @@ func appendMessageAttrs(attrs []attribute.KeyValue, m *message.Message, kafkaKey
 		id = m.UUID
 	}
 	attrs = append(attrs, semconv.MessagingMessageID(id))
-	if v := md[schema.KeyCorrelationID]; v != "" {
+	if v := schema.CorrelationID(md); v != "" {
 		attrs = append(attrs, semconv.MessagingMessageConversationID(v))
 	}
 	if v := md[schema.KeyType]; v != "" {
@@ -340,7 +343,7 @@ func newHandlerTel(t *telemetry, name, topic, group string) *handlerTel {
 	h.attrs = attrs
 	h.processName = "process " + h.dest
 	start := append(attrs[:len(attrs):len(attrs)], semconv.MessagingOperationTypeProcess, AttrHandlerName.String(name))
-	h.startAttrs = start
+	h.startAttrs = append(start, t.processServer...)
 	set := metric.WithAttributeSet(attribute.NewSet(attrs...))
 	h.consumedOK = []metric.AddOption{set}
 	h.processOK = []metric.RecordOption{set}
@@ -536,6 +539,9 @@ func (t *telemetry) processArgs(ctx context.Context, msg *message.Message, ht *h
 	case BrokerAMQP:
 		if rk := msg.Metadata[amqp.KeyRoutingKey]; rk != "" {
 			a.attrs = append(a.attrs, semconv.MessagingRabbitMQDestinationRoutingKey(rk))
+		}
+		if tag, err := strconv.Atoi(msg.Metadata[amqp.KeyDeliveryTag]); err == nil {
+			a.attrs = append(a.attrs, semconv.MessagingRabbitMQMessageDeliveryTag(tag))
 		}
 	}
 	a.opts = append(a.opts, a.attrsOption())

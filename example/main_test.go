@@ -249,7 +249,8 @@ func checkStory(t *testing.T, out, prefix, dlq string) {
 
 	expect("telemetry",
 		`^o-1001 is one trace [0-9a-f]{32}: (send|publish) orders > process orders > (send|publish) payments > process payments > (send|publish) shipments > process shipments$`,
-		`^\d+ spans; metrics: sent=\d+ consumed=\d+ retries=2 dead-lettered=1 dedup-hits=1 throttle-waits=[1-9]\d*$`)
+		`^\d+ spans; metrics: sent=\d+ consumed=\d+ retries=2 dead-lettered=1 dedup-hits=1 throttle-waits=[1-9]\d*$`,
+		`^consumed = sent - 1 dead-letter copies \(.*\) \+ 2 redeliveries \(the nacked warehouse calls\)$`)
 	if !regexp.MustCompile(`(?m)^done in \S+$`).MatchString(out) {
 		t.Error("no final line")
 	}

@@ -11,8 +11,9 @@ import (
 // Correlation returns a middleware that carries the correlation and causation
 // ids through a handler:
 //
-//   - the handled message keeps its ce_correlationid; when it has none, the
-//     message starts a new correlation whose id is its own event id, or its
+//   - the handled message keeps its ce_correlationid, or else Watermill's
+//     correlation_id (schema.CorrelationID: ce_correlationid wins when both
+//     are present); when it has neither, the message starts a new correlation whose id is its own event id, or its
 //     UUID when it has no event id ([RootCorrelation]). The
 //     message itself is not changed (a message without a correlation id is
 //     the root of its own, as on the wire: schema.CorrelationImplied); the
@@ -41,13 +42,14 @@ func Correlation() message.HandlerMiddleware {
 	}
 }
 
-// correlationOf returns msg's correlation id: its ce_correlationid, or,
-// when it has none, [RootCorrelation]. The message is not changed: a
+// correlationOf returns msg's correlation id: its ce_correlationid or
+// Watermill's correlation_id (schema.CorrelationID), or, when it has
+// neither, [RootCorrelation]. The message is not changed: a
 // message without a correlation id is the root of its own (see
 // schema.CorrelationImplied); the dead-letter step writes the id into the
 // copy it publishes.
 func correlationOf(msg *message.Message) string {
-	if corr := msg.Metadata[schema.KeyCorrelationID]; corr != "" {
+	if corr := schema.CorrelationID(msg.Metadata); corr != "" {
 		return corr
 	}
 	return RootCorrelation(msg)
@@ -65,9 +67,10 @@ func RootCorrelation(msg *message.Message) string {
 }
 
 // Propagate stamps correlation metadata on messages about to be published
-// under ctx. A message that has no ce_correlationid gets the correlation id
-// from ctx (see [CorrelationIDFromContext]) or, when ctx has none, its own
-// UUID: it is the edge where a new correlation starts. A message that has no
+// under ctx. A message that has no ce_correlationid gets Watermill's
+// correlation_id when it has one, else the correlation id from ctx (see
+// [CorrelationIDFromContext]) or, when ctx has none, its own UUID: it is
+// the edge where a new correlation starts. A message that has no
 // ce_causationid gets the id of the message being handled in ctx, if any.
 // Ids a message already carries are kept. Propagate does not allocate when
 // the metadata maps exist; nil messages are skipped.
@@ -88,13 +91,20 @@ func Propagate(ctx context.Context, msgs ...*message.Message) {
 	}
 }
 
-// stamp sets correlation and causation metadata on m where m has none.
+// stamp sets correlation and causation metadata on m where m has none. A
+// message that has Watermill's correlation_id but no ce_correlationid
+// keeps its own correlation: it gets ce_correlationid from that.
 func stamp(m *message.Message, corr, cause string) {
 	if m.Metadata == nil {
 		m.Metadata = make(message.Metadata, 2)
 	}
-	if corr != "" && m.Metadata[schema.KeyCorrelationID] == "" {
-		m.Metadata[schema.KeyCorrelationID] = corr
+	if m.Metadata[schema.KeyCorrelationID] == "" {
+		if w := m.Metadata[schema.KeyWatermillCorrelationID]; w != "" {
+			corr = w
+		}
+		if corr != "" {
+			m.Metadata[schema.KeyCorrelationID] = corr
+		}
 	}
 	if cause != "" && m.Metadata[schema.KeyCausationID] == "" {
 		m.Metadata[schema.KeyCausationID] = cause

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
+	mrand "math/rand/v2"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -19,7 +21,7 @@ type ClaimState int
 // Claim outcomes.
 const (
 	// Claimed: no live record existed; the caller now holds a claim on the
-	// key until it commits, releases, or the lease runs out.
+	// key until it commits, releases, or the lease runs out unrenewed.
 	Claimed ClaimState = iota + 1
 	// AlreadyDone: the key was committed within its TTL: a duplicate.
 	AlreadyDone
@@ -41,7 +43,8 @@ func (s ClaimState) String() string {
 }
 
 // DedupStore records which messages were processed, for [Dedup]. It is
-// claim -> process -> commit: a claim is a lease held while the handler runs;
+// claim -> process -> commit: a claim is a short lease that its owner renews
+// while the handler runs (a heartbeat), so that it belongs to a live owner;
 // a commit turns it into a "done" record kept for a TTL; a release drops the
 // claim so that a retry or a replay is processed. Implementations must be
 // safe for concurrent use by many goroutines (and, for shared stores, many
@@ -54,6 +57,12 @@ type DedupStore interface {
 	// record it returns AlreadyDone; with a live claim (any owner) it returns
 	// InProgress. An expired claim or done record counts as no record.
 	Claim(ctx context.Context, key, owner string, lease time.Duration) (ClaimState, error)
+	// Renew extends owner's claim on key to lease from now and reports
+	// whether owner still holds it: false when the key is done or another
+	// owner claimed it. A claim of owner that expired and that nobody else
+	// took may be renewed. [Dedup] calls it every lease/3 while the
+	// handler runs.
+	Renew(ctx context.Context, key, owner string, lease time.Duration) (bool, error)
 	// Commit records key as done for ttl, whoever holds the claim (the work
 	// is done; a lost lease must not make it run again).
 	Commit(ctx context.Context, key string, ttl time.Duration) error
@@ -80,11 +89,18 @@ type DedupConfig struct {
 	// (message.HandlerNameFromCtx), or no prefix outside a router. It is
 	// never used with the private default store.
 	Namespace string
-	// Lease is how long a claim lives when its holder neither commits nor
-	// releases it (the process crashed). It must be longer than the
-	// longest handling, retries and breaker pauses included; until it runs
-	// out, redeliveries of the message are nacked as in progress. Zero
-	// means 5 minutes.
+	// Lease is how long a claim outlives its owner. The owner renews its
+	// claim every Lease/3 while the handler runs (retries and breaker
+	// pauses included), so a live handler keeps its claim however long it
+	// runs, and the claims of a process that crashed expire within Lease:
+	// a redelivery of such a message waits at most about Lease before it is
+	// processed. Make it several times longer than a store round trip
+	// under load: a claim whose renewals fail for 2/3 of Lease can be taken
+	// by a duplicate delivery. Zero means 10s.
+	//
+	// With a [MemoryStore] the owner and the store live and die together:
+	// its claims are held exactly as long as the handler runs, with no
+	// heartbeat, and Lease is not used.
 	Lease time.Duration
 	// TTL is how long a done record is kept: duplicates arriving later are
 	// processed again. Zero means 24 hours.
@@ -95,13 +111,24 @@ type DedupConfig struct {
 	StoreTimeout time.Duration
 	// OnDuplicate, when set, is called for each message not processed
 	// because of its key: State AlreadyDone (a dedup hit, acked with no
-	// effect) or InProgress (nacked for later). Telemetry counts dedup hits
+	// effect), also after a wait (see OnWait). Telemetry counts dedup hits
 	// with it. It runs on the handler goroutine and must not block.
 	OnDuplicate func(DedupInfo)
-	// OnStoreError, when set, is called when a Commit or Release fails.
-	// Neither changes the outcome: a failed commit still acks (the work is
-	// done), a failed release still returns the handler's error (the claim
-	// expires after Lease). It must not block.
+	// OnWait, when set, is called once for each message whose key another
+	// owner holds (State InProgress), when it starts waiting for that
+	// claim to end: it waits with backoff, holding the message, without
+	// spending retry attempts, until the owner commits (the message is
+	// then a duplicate), releases, or its lease runs out unrenewed (the
+	// message is then processed). Telemetry logs one line and counts a
+	// wait with it. It runs on the handler goroutine and must not block.
+	OnWait func(DedupInfo)
+	// OnStoreError, when set, is called when a Commit, Release or Renew
+	// fails, or a Renew finds the claim lost. None changes the outcome: a
+	// failed commit still acks (the work is done), a failed release still
+	// returns the handler's error (the claim expires after Lease), a failed
+	// renewal is tried again at the next beat. Renewal failures are
+	// reported, the first one per message, when the handler returned. It
+	// runs on the handler goroutine and must not block.
 	OnStoreError func(DedupInfo)
 }
 
@@ -111,9 +138,10 @@ type DedupInfo struct {
 	Message *message.Message
 	// Key is the store key (namespace included).
 	Key string
-	// State is the claim outcome (OnDuplicate).
+	// State is the claim outcome (OnDuplicate, OnWait).
 	State ClaimState
-	// Op is the failed store operation, "commit" or "release" (OnStoreError).
+	// Op is the failed store operation, "commit", "release" or "renew"
+	// (OnStoreError).
 	Op string
 	// Err is the store's error (OnStoreError).
 	Err error
@@ -121,7 +149,7 @@ type DedupInfo struct {
 
 // Defaults of [DedupConfig].
 const (
-	DefaultDedupLease        = 5 * time.Minute
+	DefaultDedupLease        = 10 * time.Second
 	DefaultDedupTTL          = 24 * time.Hour
 	DefaultDedupStoreTimeout = 5 * time.Second
 )
@@ -130,10 +158,15 @@ const (
 // with success, in claim -> process -> commit steps:
 //
 //   - Claim the key. A done key is a duplicate: the message is acked with no
-//     effect (OnDuplicate, State AlreadyDone). A key claimed by a live
-//     concurrent delivery returns [ErrInProgress]: duplicates never run
-//     concurrently; the message is nacked and comes back later.
-//   - Run the handler.
+//     effect (OnDuplicate, State AlreadyDone). A key claimed by another
+//     delivery makes the message wait, with backoff and without spending
+//     retry attempts, until that claim ends (OnWait, once): duplicates never
+//     run concurrently. The wait ends early only when the message's context
+//     ends; it then returns [ErrInProgress] (wrapping the context's error)
+//     and the message is nacked.
+//   - Run the handler, renewing the claim every Lease/3 (the heartbeat) so
+//     that it lives as long as the handler runs, and no longer than Lease
+//     after its process died.
 //   - On success commit the key (done for TTL); on failure release the
 //     claim, so that a retry, a redelivery or a replay from the dead-letter
 //     topic is processed, not swallowed as a duplicate.
@@ -141,7 +174,8 @@ const (
 // A store failure on claim fails closed: a [*DedupStoreError], which is a
 // redelivery error, never dead-lettered. Dedup is safe with [Retry] on
 // either side of it; place it inside [DeadLetter] (a dead-lettered message
-// must not be committed).
+// must not be committed). Each message's heartbeat is a goroutine that ends
+// before the message's handling returns.
 func Dedup(cfg DedupConfig) message.HandlerMiddleware {
 	cfg = cfg.withDefaults()
 	return func(h message.HandlerFunc) message.HandlerFunc {
@@ -239,53 +273,104 @@ func (d *dedup) handle(h message.HandlerFunc, msg *message.Message) ([]*message.
 	}
 	ctx := msg.Context()
 	owner := newOwner()
-	state, err := d.store.Claim(ctx, key, owner, d.cfg.Lease)
-	if err != nil {
-		if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
-			err = fmt.Errorf("%w: %w", cerr, err)
+	claim := func() (ClaimState, error) {
+		state, err := d.store.Claim(ctx, key, owner, d.cfg.Lease)
+		if err != nil {
+			if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+				err = fmt.Errorf("%w: %w", cerr, err)
+			}
+			return 0, &DedupStoreError{Op: "claim", Err: err}
 		}
-		return nil, &DedupStoreError{Op: "claim", Err: err}
+		return state, nil
+	}
+	state, err := claim()
+	if err == nil && state == InProgress {
+		state, err = d.wait(msg, key, claim)
+	}
+	if err != nil {
+		return nil, err
 	}
 	switch state {
 	case Claimed:
-	case AlreadyDone, InProgress:
+	case AlreadyDone:
 		return d.duplicate(msg, key, state)
 	default:
 		return nil, &DedupStoreError{Op: "claim", Err: fmt.Errorf("unknown claim state %d", int(state))}
 	}
 
+	hb := d.heartbeat(ctx, key, owner)
 	out, herr := h(msg)
+	if rerr := hb.stop(); rerr != nil {
+		d.storeError(msg, key, "renew", rerr)
+	}
 
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.StoreTimeout)
 	defer cancel()
 	if herr != nil {
-		if rerr := d.store.Release(sctx, key, owner); rerr != nil && d.cfg.OnStoreError != nil {
-			d.cfg.OnStoreError(DedupInfo{Message: msg, Key: key, Op: "release", Err: rerr})
+		if rerr := d.store.Release(sctx, key, owner); rerr != nil {
+			d.storeError(msg, key, "release", rerr)
 		}
-	} else if cerr := d.store.Commit(sctx, key, d.cfg.TTL); cerr != nil && d.cfg.OnStoreError != nil {
-		d.cfg.OnStoreError(DedupInfo{Message: msg, Key: key, Op: "commit", Err: cerr})
-	}
-	if herr != nil {
 		return nil, herr
+	}
+	if cerr := d.store.Commit(sctx, key, d.cfg.TTL); cerr != nil {
+		d.storeError(msg, key, "commit", cerr)
 	}
 	return out, nil
 }
 
+func (d *dedup) storeError(msg *message.Message, key, op string, err error) {
+	if d.cfg.OnStoreError != nil {
+		d.cfg.OnStoreError(DedupInfo{Message: msg, Key: key, Op: op, Err: err})
+	}
+}
+
+// heldLease is the lease of a [MemoryStore] claim made by [Dedup]: for
+// ever, until the handler commits or releases it. The store lives in the
+// claim owner's process, so the owner cannot die and leave the claim
+// behind, and a slow handler keeps it without renewals.
+const heldLease = time.Duration(math.MaxInt64)
+
 // handleMemory is handle for a [MemoryStore]: no contexts, no owner
 // strings, one map lookup per message.
-func (d *dedup) handleMemory(h message.HandlerFunc, msg *message.Message, key string) ([]*message.Message, error) {
+func (d *dedup) handleMemory(h message.HandlerFunc, msg *message.Message, key string) (out []*message.Message, err error) {
 	token := ownerSeq.Add(1)
-	state, slot := d.mem.claim(key, "", token, monoNow(), d.cfg.Lease)
+	state, slot := d.mem.claim(key, "", token, monoNow(), heldLease)
+	if state == InProgress {
+		if state, slot, err = d.waitMemory(msg, key, token); err != nil {
+			return nil, err
+		}
+	}
 	if state != Claimed {
 		return d.duplicate(msg, key, state)
 	}
-	out, err := h(msg)
+	settled := false
+	defer func() {
+		if !settled { // the handler panicked: do not hold the claim for ever
+			d.mem.release(key, slot, "", token)
+		}
+	}()
+	out, err = h(msg)
+	settled = true
 	if err != nil {
 		d.mem.release(key, slot, "", token)
 		return nil, err
 	}
 	d.mem.commit(key, slot, d.cfg.TTL)
 	return out, nil
+}
+
+// waitMemory is wait for a [MemoryStore] claim by token; it returns the
+// final state and the key's slot.
+//
+//go:noinline
+func (d *dedup) waitMemory(msg *message.Message, key string, token uint64) (ClaimState, int, error) {
+	var slot int
+	state, err := d.wait(msg, key, func() (ClaimState, error) {
+		var st ClaimState
+		st, slot = d.mem.claim(key, "", token, monoNow(), heldLease)
+		return st, nil
+	})
+	return state, slot, err
 }
 
 func (d *dedup) duplicate(msg *message.Message, key string, state ClaimState) ([]*message.Message, error) {
@@ -296,6 +381,109 @@ func (d *dedup) duplicate(msg *message.Message, key string, state ClaimState) ([
 		return nil, ErrInProgress
 	}
 	return nil, nil
+}
+
+// Backoff of a message waiting for another owner's claim: the first try
+// after dedupWaitInitial, each next wait doubled, up to the renewal
+// interval (a claim's lease ends at most that long after its last
+// renewal failed) and at most dedupWaitMax, each with ±20% jitter.
+const (
+	dedupWaitInitial = 50 * time.Millisecond
+	dedupWaitMax     = 2 * time.Second
+)
+
+// wait makes msg wait for key's claim, held by another owner, to end,
+// trying claim again after each backoff wait. It returns the first state
+// other than InProgress, or [ErrInProgress] wrapping the context's error
+// when msg's context ends first.
+func (d *dedup) wait(msg *message.Message, key string, claim func() (ClaimState, error)) (ClaimState, error) {
+	if d.cfg.OnWait != nil {
+		d.cfg.OnWait(DedupInfo{Message: msg, Key: key, State: InProgress})
+	}
+	ctx := msg.Context()
+	maxWait := min(d.renewEvery(), dedupWaitMax)
+	delay := dedupWaitInitial
+	timer := time.NewTimer(jitter(delay))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%w: %w", ErrInProgress, ctx.Err())
+		case <-timer.C:
+		}
+		state, err := claim()
+		if err != nil || state != InProgress {
+			return state, err
+		}
+		delay = min(2*delay, maxWait)
+		timer.Reset(jitter(delay))
+	}
+}
+
+// jitter returns d plus or minus up to 20%, so that waiters do not poll a
+// shared store in step.
+func jitter(d time.Duration) time.Duration {
+	return d - d/5 + mrand.N(2*d/5+1)
+}
+
+// renewEvery is the heartbeat's interval: a third of the lease, so that
+// two renewals in a row may fail before the claim is lost.
+func (d *dedup) renewEvery() time.Duration { return max(d.cfg.Lease/3, time.Millisecond) }
+
+// beat is a claim's heartbeat, started by [dedup.heartbeat].
+type beat struct {
+	stopc chan struct{}
+	done  chan struct{}
+	err   error // the first renewal failure; read after done is closed
+}
+
+// ErrClaimLost is what [DedupConfig].OnStoreError receives (Op "renew")
+// when a renewal found that the handler's claim was no longer its own: its
+// renewals had failed for longer than the lease, and another delivery of
+// the message may have run concurrently.
+var ErrClaimLost = errors.New("middleware: dedup claim lost: lease expired before it was renewed")
+
+// heartbeat renews owner's claim on key every d.renewEvery() until stop is
+// called; ctx is the message's context, whose cancellation the renewals
+// ignore (a shutdown drains handlers, and their claims must live on).
+func (d *dedup) heartbeat(ctx context.Context, key, owner string) *beat {
+	b := &beat{stopc: make(chan struct{}), done: make(chan struct{})}
+	ctx = context.WithoutCancel(ctx)
+	every := d.renewEvery()
+	go func() {
+		defer close(b.done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-b.stopc:
+				return
+			case <-t.C:
+			}
+			rctx, cancel := context.WithTimeout(ctx, min(d.cfg.StoreTimeout, every))
+			held, err := d.store.Renew(rctx, key, owner, d.cfg.Lease)
+			cancel()
+			lost := err == nil && !held
+			if lost {
+				err = ErrClaimLost
+			}
+			if err != nil && b.err == nil {
+				b.err = err
+			}
+			if lost {
+				return
+			}
+		}
+	}()
+	return b
+}
+
+// stop ends the heartbeat, waits for its goroutine, and returns its first
+// renewal failure.
+func (b *beat) stop() error {
+	close(b.stopc)
+	<-b.done
+	return b.err
 }
 
 var (

@@ -94,43 +94,172 @@ func TestDedupWithRetryOutsideHasExactlyOneEffect(t *testing.T) {
 }
 
 func TestDedupConcurrentDuplicatesDoNotRunTogether(t *testing.T) {
+	for name, store := range map[string]middleware.DedupStore{
+		"private":   nil,
+		"shared":    middleware.NewMemoryStore(middleware.MemoryStoreConfig{}),
+		"interface": storeOnly{middleware.NewMemoryStore(middleware.MemoryStoreConfig{})},
+	} {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var running, maxRunning, effects, waits, dups atomic.Int32
+				release := make(chan struct{})
+				h := middleware.Dedup(middleware.DedupConfig{
+					Store:       store,
+					OnWait:      func(middleware.DedupInfo) { waits.Add(1) },
+					OnDuplicate: func(middleware.DedupInfo) { dups.Add(1) },
+				})(func(*message.Message) ([]*message.Message, error) {
+					n := running.Add(1)
+					if n > maxRunning.Load() {
+						maxRunning.Store(n)
+					}
+					<-release
+					running.Add(-1)
+					effects.Add(1)
+					return nil, nil
+				})
+				const n = 8
+				errs := make([]error, n)
+				var wg sync.WaitGroup
+				for i := range n {
+					wg.Go(func() { _, errs[i] = h(newMsg("same", "")) })
+				}
+				synctest.Wait()
+				// The duplicates wait (one OnWait each) for the first to end.
+				if waits.Load() != n-1 {
+					t.Errorf("%d waits, want %d", waits.Load(), n-1)
+				}
+				close(release)
+				wg.Wait()
+				for _, err := range errs {
+					if err != nil {
+						t.Errorf("err %v", err)
+					}
+				}
+				if maxRunning.Load() != 1 || effects.Load() != 1 || dups.Load() != n-1 {
+					t.Errorf("max running %d, effects %d, duplicates %d", maxRunning.Load(), effects.Load(), dups.Load())
+				}
+			})
+		})
+	}
+}
+
+// storeOnly hides a store's concrete type, so that [middleware.Dedup]
+// takes the path of shared stores (heartbeat included).
+type storeOnly struct{ middleware.DedupStore }
+
+// A message whose claim was left by a crashed owner waits, without error
+// and with one OnWait, until the lease runs out, then is processed.
+func TestDedupWaitsForACrashedOwnersLease(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var running, maxRunning, effects atomic.Int32
-		release := make(chan struct{})
-		h := middleware.Dedup(middleware.DedupConfig{})(func(*message.Message) ([]*message.Message, error) {
-			n := running.Add(1)
-			if n > maxRunning.Load() {
-				maxRunning.Store(n)
-			}
-			<-release
-			running.Add(-1)
-			effects.Add(1)
+		store := storeOnly{middleware.NewMemoryStore(middleware.MemoryStoreConfig{})}
+		const lease = 3 * time.Second
+		if st, _ := store.Claim(context.Background(), "ns/u1", "crashed", lease); st != middleware.Claimed {
+			t.Fatal(st)
+		}
+		start := time.Now()
+		waits, calls := 0, 0
+		h := middleware.Dedup(middleware.DedupConfig{
+			Store: store, Namespace: "ns", Lease: lease,
+			OnWait: func(middleware.DedupInfo) { waits++ },
+		})(func(*message.Message) ([]*message.Message, error) {
+			calls++
 			return nil, nil
 		})
-		const n = 8
-		errs := make([]error, n)
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Go(func() { _, errs[i] = h(newMsg("same", "")) })
+		if _, err := h(newMsg("u1", "")); err != nil {
+			t.Fatal(err)
 		}
-		synctest.Wait()
-		close(release)
-		wg.Wait()
-		inProgress := 0
-		for _, err := range errs {
-			switch {
-			case err == nil:
-			case errors.Is(err, middleware.ErrInProgress):
-				if !middleware.IsRedelivery(err) {
-					t.Error("ErrInProgress is not a redelivery error")
-				}
-				inProgress++
-			default:
-				t.Errorf("err %v", err)
+		waited := time.Since(start)
+		if calls != 1 || waits != 1 || waited < lease || waited > lease+time.Second {
+			t.Errorf("%d calls, %d waits, waited %v; want 1, 1, a little over %v", calls, waits, waited, lease)
+		}
+	})
+}
+
+// A live handler that runs for many leases keeps its claim: the heartbeat
+// renews it, so a concurrent delivery of the same key waits all along.
+func TestDedupHeartbeatKeepsASlowHandlersClaim(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := storeOnly{middleware.NewMemoryStore(middleware.MemoryStoreConfig{})}
+		const lease = 300 * time.Millisecond
+		var storeErrs []error
+		var running, maxRunning atomic.Int32
+		h := middleware.Dedup(middleware.DedupConfig{
+			Store: store, Namespace: "ns", Lease: lease,
+			OnStoreError: func(i middleware.DedupInfo) { storeErrs = append(storeErrs, i.Err) },
+		})(func(*message.Message) ([]*message.Message, error) {
+			if n := running.Add(1); n > maxRunning.Load() {
+				maxRunning.Store(n)
 			}
+			time.Sleep(10 * lease)
+			running.Add(-1)
+			return nil, nil
+		})
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if _, err := h(newMsg("u1", "")); err != nil {
+				t.Error(err)
+			}
+		})
+		time.Sleep(5 * lease)
+		if st, _ := store.Claim(context.Background(), "ns/u1", "other", lease); st != middleware.InProgress {
+			t.Errorf("claim after 5 leases of a running handler = %v, want in-progress", st)
 		}
-		if maxRunning.Load() != 1 || effects.Load() != 1 || inProgress != n-1 {
-			t.Errorf("max running %d, effects %d, in progress %d", maxRunning.Load(), effects.Load(), inProgress)
+		wg.Go(func() {
+			if _, err := h(newMsg("u1", "")); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Wait()
+		if maxRunning.Load() != 1 || len(storeErrs) != 0 {
+			t.Errorf("max running %d, store errors %v", maxRunning.Load(), storeErrs)
+		}
+	})
+}
+
+// A renewal that finds its claim taken reports ErrClaimLost once.
+func TestDedupReportsALostClaim(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := storeOnly{middleware.NewMemoryStore(middleware.MemoryStoreConfig{})}
+		var infos []middleware.DedupInfo
+		h := middleware.Dedup(middleware.DedupConfig{
+			Store: store, Namespace: "ns", Lease: time.Second,
+			OnStoreError: func(i middleware.DedupInfo) { infos = append(infos, i) },
+		})(func(*message.Message) ([]*message.Message, error) {
+			// Another owner takes the claim over (as after a long pause).
+			if err := store.Commit(context.Background(), "ns/u1", time.Hour); err != nil {
+				t.Error(err)
+			}
+			time.Sleep(3 * time.Second)
+			return nil, nil
+		})
+		if _, err := h(newMsg("u1", "")); err != nil {
+			t.Fatal(err)
+		}
+		if len(infos) != 1 || infos[0].Op != "renew" || !errors.Is(infos[0].Err, middleware.ErrClaimLost) {
+			t.Errorf("store errors %+v, want one renew ErrClaimLost", infos)
+		}
+	})
+}
+
+// A wait ends with the message's context: a redelivery error, never run.
+func TestDedupWaitEndsWithTheContext(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := middleware.NewMemoryStore(middleware.MemoryStoreConfig{})
+		if st, _ := store.Claim(context.Background(), "ns/u1", "other", time.Hour); st != middleware.Claimed {
+			t.Fatal(st)
+		}
+		calls := 0
+		h := middleware.Dedup(middleware.DedupConfig{Store: store, Namespace: "ns"})(func(*message.Message) ([]*message.Message, error) {
+			calls++
+			return nil, nil
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		msg := newMsg("u1", "")
+		msg.SetContext(ctx)
+		_, err := h(msg)
+		if calls != 0 || !errors.Is(err, middleware.ErrInProgress) || !errors.Is(err, context.DeadlineExceeded) || !middleware.IsRedelivery(err) {
+			t.Errorf("calls %d, err %v; want no call and a redelivery ErrInProgress", calls, err)
 		}
 	})
 }
@@ -187,5 +316,38 @@ func TestDedupSharedStoreIsNamespacedPerHandler(t *testing.T) {
 	}
 	if len(keys) != 1 || keys[0] != "u1" {
 		t.Errorf("duplicate keys %v", keys)
+	}
+}
+
+// A panic that escapes the stack (its recover step off) must not leave the
+// in-memory claim held: the redelivery is processed at once.
+func TestDedupPanicReleasesTheMemoryClaim(t *testing.T) {
+	for name, mw := range map[string]message.HandlerMiddleware{
+		"dedup": middleware.Dedup(middleware.DedupConfig{}),
+		"stack": middleware.Stack(middleware.StackConfig{Disable: middleware.StepRecover | middleware.StepRetry}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				calls := 0
+				h := mw(func(*message.Message) ([]*message.Message, error) {
+					calls++
+					if calls == 1 {
+						panic("boom")
+					}
+					return nil, nil
+				})
+				func() {
+					defer func() { _ = recover() }()
+					_, _ = h(newMsg("u1", ""))
+				}()
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				msg := newMsg("u1", "")
+				msg.SetContext(ctx)
+				if _, err := h(msg); err != nil || calls != 2 {
+					t.Errorf("redelivery after a panic: %v, %d calls; want processed", err, calls)
+				}
+			})
+		})
 	}
 }

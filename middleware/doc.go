@@ -39,7 +39,8 @@
 //
 // Hooks (OnRetry, OnDeadLetter, OnDuplicate, OnStoreError, OnWait,
 // OnStateChange) observe; they never change outcomes. Telemetry uses them to
-// count retries, dead letters, dedup hits, throttle waits and breaker states.
+// count retries, dead letters, dedup hits and waits, throttle waits and
+// breaker states.
 //
 // # Ordering
 //
@@ -62,8 +63,10 @@
 //	  - dedup is outside breaker and retry: one claim covers every attempt,
 //	    the commit happens only after success, and duplicates are acked before
 //	    they reach the breaker (a duplicate's success must not close a
-//	    half-open breaker) or spend throttle tokens. Its lease must therefore
-//	    outlast retries and breaker pauses (see DedupConfig.Lease).
+//	    half-open breaker) or spend throttle tokens. Its claim is renewed by
+//	    a heartbeat through retries and breaker pauses (see
+//	    DedupConfig.Lease), and a message waiting for another delivery's
+//	    claim spends no attempts.
 //	  - breaker is outside retry, so a message that failed every attempt counts
 //	    as one failure, and a paused message waits before its first attempt.
 //	  - retry is outside throttle: each attempt, retries included, takes a
@@ -109,7 +112,9 @@
 //   - Messages returned by a failing handler are never published.
 //   - Dedup never runs two deliveries of one key at once, and a failure
 //     releases the claim: retries, redeliveries and replays are processed,
-//     not swallowed. A crash leaves a claim that expires after its lease.
+//     not swallowed. A claim is renewed while its handler runs; a crash
+//     leaves claims that expire within their lease (10s by default), and a
+//     redelivery of such a message waits for that, then is processed.
 //   - Retry, breaker pauses, throttle waits and nack delays all hold the
 //     message unacked on its handler goroutine. Subscribers deliver the next
 //     message of a partition or queue only after an ack or nack, so these

@@ -169,9 +169,11 @@ func (e *RetryError) Error() string { return e.Err.Error() }
 func (e *RetryError) Unwrap() error { return e.Err }
 
 // ErrInProgress is returned by [Dedup] for a message whose key another
-// delivery holds a live claim on: a concurrent duplicate. It is a redelivery
-// error ([IsRedelivery]): the message is nacked and comes back later, when
-// the other delivery has committed (then it is acked as a duplicate) or
+// delivery holds a live claim on (a concurrent duplicate) when the
+// message's context ended while it waited for that claim to end; the
+// returned error wraps the context's error too. It is a redelivery error
+// ([IsRedelivery]): the message is nacked and comes back later, when the
+// other delivery has committed (then it is acked as a duplicate) or
 // released its claim (then it is processed).
 var ErrInProgress error = inProgressError{}
 

@@ -75,6 +75,10 @@ func (s *fused) handle(msg *message.Message) (out []*message.Message, err error)
 	// One allocation for the contexts of a message that succeeds at once,
 	// correlation's and the first attempt's, and its state.
 	c := new(fusedCtxs)
+	if s.dd != nil && !s.recover {
+		// A panic would skip after: do not hold the claim for ever.
+		defer s.releaseIfPanicked(c)
+	}
 	if err = s.before(msg, c); err == nil && (s.dd == nil || c.claimed) {
 		if s.br != nil && !s.br.clean.Load() {
 			// Breaker open, half-open or counting failures: gobreaker decides.
@@ -108,7 +112,13 @@ func (s *fused) before(msg *message.Message, c *fusedCtxs) (err error) {
 		c.now = monoNow()
 		c.token = ownerSeq.Add(1)
 		var state ClaimState
-		state, c.slot = s.dd.mem.claim(c.key, "", c.token, c.now, s.dd.cfg.Lease)
+		state, c.slot = s.dd.mem.claim(c.key, "", c.token, c.now, heldLease)
+		if state == InProgress {
+			if state, c.slot, err = s.dd.waitMemory(msg, c.key, c.token); err != nil {
+				return err
+			}
+			c.now = monoNow() // the first attempt's deadline counts from here
+		}
 		if state != Claimed {
 			return s.duplicate(msg, c.key, state)
 		}
@@ -126,6 +136,7 @@ func (s *fused) before(msg *message.Message, c *fusedCtxs) (err error) {
 func (s *fused) after(msg *message.Message, c *fusedCtxs, out []*message.Message, err error) ([]*message.Message, error) {
 	// Dedup: commit or release.
 	if c.claimed {
+		c.claimed = false
 		if err != nil {
 			s.dd.mem.release(c.key, c.slot, "", c.token)
 			out = nil
@@ -152,6 +163,15 @@ func (s *fused) after(msg *message.Message, c *fusedCtxs, out []*message.Message
 		}
 	}
 	return out, err
+}
+
+// releaseIfPanicked releases the dedup claim of a message whose handling
+// panicked through the stack (its recover step off): the claim is held
+// until released, so it must not outlive the handling.
+func (s *fused) releaseIfPanicked(c *fusedCtxs) {
+	if c.claimed {
+		s.dd.mem.release(c.key, c.slot, "", c.token)
+	}
 }
 
 // stampAll stamps the messages a handler returned with the correlation of

@@ -111,6 +111,23 @@ func (s *MemoryStore) Release(_ context.Context, key, owner string) error {
 	return nil
 }
 
+// Renew implements [DedupStore].
+func (s *MemoryStore) Renew(_ context.Context, key, owner string, lease time.Duration) (bool, error) {
+	expires := monoAfter(monoNow(), lease)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, i := s.find(key, maphash.String(s.seed, key))
+	if i < 0 {
+		return false, nil
+	}
+	e := &s.ring[i]
+	if e.done || e.owner != owner || e.token != 0 {
+		return false, nil
+	}
+	e.expires = expires
+	return true, nil
+}
+
 // claim is Claim at now (monoNow) for an owner given as a string or, from
 // [Dedup] in this process, as a token; it also returns the slot, for commit
 // and release. It runs on the handler goroutine's stack under the whole

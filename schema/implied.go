@@ -13,9 +13,23 @@ func CorrelationImplied(md message.Metadata) bool {
 	return id != "" && md[KeyCorrelationID] == id
 }
 
-// RestoreCorrelation gives md the correlation id its event id implies: when
-// md has an event id (ce_id) and no correlation id, the correlation id
-// becomes the event id. A message that carries no correlation id starts a
+// CorrelationID returns the correlation id md carries: its
+// ce_correlationid, else Watermill's correlation_id
+// ([KeyWatermillCorrelationID]), so that a message from a Watermill service
+// that used middleware.SetCorrelationID keeps its correlation; else "".
+// ce_correlationid wins when both are present: it is the CloudEvents
+// attribute, which Busline writes and other CloudEvents tools read.
+func CorrelationID(md message.Metadata) string {
+	if c := md[KeyCorrelationID]; c != "" {
+		return c
+	}
+	return md[KeyWatermillCorrelationID]
+}
+
+// RestoreCorrelation gives md the correlation id it carries or its event
+// id implies: when md has no ce_correlationid, it becomes Watermill's
+// correlation_id when md has one ([CorrelationID]), else the event id
+// (ce_id). A message that carries no correlation id starts a
 // correlation of its own, named by its event id, which is what Busline's
 // correlation middleware decides for it too (middleware.RootCorrelation);
 // restoring it in the unmarshaler lets everything that reads metadata
@@ -23,6 +37,10 @@ func CorrelationImplied(md message.Metadata) bool {
 // same id. An empty correlation id counts as none.
 func RestoreCorrelation(md message.Metadata) {
 	if md[KeyCorrelationID] != "" {
+		return
+	}
+	if c := md[KeyWatermillCorrelationID]; c != "" {
+		md[KeyCorrelationID] = c
 		return
 	}
 	if id := md[KeyID]; id != "" {

@@ -19,6 +19,13 @@ const (
 	KeyDataContentType = "content-type"
 )
 
+// KeyWatermillCorrelationID is the metadata key of Watermill's own
+// correlation id (its middleware.CorrelationIDMetadataKey, set by
+// middleware.SetCorrelationID). Busline accepts it on input as the
+// correlation id of a message that has no ce_correlationid; when both are
+// present, ce_correlationid wins (see [CorrelationID]).
+const KeyWatermillCorrelationID = "correlation_id"
+
 // PrivatePrefix starts every metadata key that belongs to Busline itself
 // (dead-letter details, transport facts). Such keys are never CloudEvents
 // attributes.

@@ -47,7 +47,7 @@ func TestValidatePrefetchBelowConcurrency(t *testing.T) {
 }
 
 // Metadata cannot name another UUID than the message's: a
-// _watermill_message_uuid key is dropped when the UUID travels as ce_id.
+// _watermill_message_uuid key in it is replaced by the message's UUID.
 func TestMarshalIgnoresUUIDInMetadata(t *testing.T) {
 	m := message.NewMessage("id-1", nil)
 	m.Metadata = message.Metadata{schema.KeyID: "id-1", uuidHeader: "other"}
@@ -55,8 +55,8 @@ func TestMarshalIgnoresUUIDInMetadata(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v, ok := p.Headers[uuidHeader]; ok {
-		t.Errorf("header %s = %v, want none", uuidHeader, v)
+	if v := p.Headers[uuidHeader]; v != "id-1" {
+		t.Errorf("header %s = %v, want id-1", uuidHeader, v)
 	}
 	if back, _ := (marshaler{}).Unmarshal(amqp091.Delivery{Headers: p.Headers, MessageId: p.MessageId}); back.UUID != "id-1" {
 		t.Errorf("UUID back %q, want id-1", back.UUID)

@@ -246,8 +246,9 @@ func TestMarshalWritesCloudEventsBinding(t *testing.T) {
 
 // What the receiver can tell from the event id is not sent: a message as
 // the bus publishes it outside a handler (UUID, event id and correlation id
-// all equal) carries the cloudEvents_id header alone, and arrives with its
-// UUID and correlation id restored.
+// all equal) carries the cloudEvents_id header and, for stock Watermill
+// subscribers, the _watermill_message_uuid header, and arrives with its
+// correlation id restored.
 func TestMarshalLeavesImpliedIDsOff(t *testing.T) {
 	t.Parallel()
 	tp := newTopology(t)
@@ -271,7 +272,7 @@ func TestMarshalLeavesImpliedIDsOff(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("Get: %v, %v", ok, err)
 	}
-	if want := (amqp091.Table{"cloudEvents_id": id}); !maps.Equal(d.Headers, want) {
+	if want := (amqp091.Table{"cloudEvents_id": id, "_watermill_message_uuid": id}); !maps.Equal(d.Headers, want) {
 		t.Errorf("headers %v, want %v", d.Headers, want)
 	}
 	if d.MessageId != id || d.CorrelationId != "" {

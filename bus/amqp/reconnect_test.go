@@ -57,6 +57,29 @@ func newCutProxy(t *testing.T, target string) *cutProxy {
 	return p
 }
 
+// proxiedBroker returns a broker of cfg on the local RabbitMQ, reached
+// through a cutProxy, closed when the test ends.
+func proxiedBroker(t *testing.T, cfg amqp.Config) (*amqp.Broker, *cutProxy) {
+	t.Helper()
+	u, err := url.Parse(bustest.AMQPURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := newCutProxy(t, u.Host)
+	u.Host = px.ln.Addr().String()
+	cfg.URL = u.String()
+	b, err := amqp.New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return b, px
+}
+
 // cut closes every connection open through the proxy.
 func (p *cutProxy) cut() {
 	p.mu.Lock()
@@ -77,21 +100,7 @@ func (p *cutProxy) cut() {
 func TestReconnectsAfterConnectionLoss(t *testing.T) {
 	t.Parallel()
 	tp := newTopology(t)
-	u, err := url.Parse(bustest.AMQPURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := newCutProxy(t, u.Host)
-	u.Host = px.ln.Addr().String()
-	b, err := amqp.New(amqp.Config{URL: u.String()}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := b.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
+	b, px := proxiedBroker(t, amqp.Config{})
 	ctx := bustest.Context(t, 2*wait)
 	topic, fresh, group := tp.topic("reconnect"), tp.topic("reconnect-fresh"), tp.group("g")
 	for _, tpc := range []string{topic, fresh} {

@@ -85,6 +85,14 @@ type Config struct {
 	TLS TLSConfig
 	// SASL configures SASL authentication. Zero: none.
 	SASL SASLConfig
+	// Partitioner names how the publisher maps a record key
+	// (ce_partitionkey) to a partition: "murmur2" (the Java client's,
+	// franz-go's, and librdkafka's murmur2 partitioners), "sarama"
+	// (Sarama's default hash: FNV-1a) or "crc32" (librdkafka's default,
+	// consistent_random). Producers sharing a topic must agree, or one key
+	// lands on two partitions; see [PartitionerMurmur2] and the others.
+	// Zero: "murmur2".
+	Partitioner string
 }
 
 // SASLConfig configures SASL authentication. The zero value means none.
@@ -112,6 +120,9 @@ func (c Config) Validate() error {
 	case "", "oldest", "newest":
 	default:
 		errs = append(errs, fmt.Errorf("kafka: initial offset %q is neither oldest nor newest", c.InitialOffset))
+	}
+	if !validPartitioner(c.Partitioner) {
+		errs = append(errs, fmt.Errorf("kafka: partitioner %q is not one of murmur2, sarama, crc32", c.Partitioner))
 	}
 	if c.Partitions < 0 {
 		errs = append(errs, fmt.Errorf("kafka: partitions %d is negative", c.Partitions))

@@ -64,11 +64,16 @@
 // # Partitioning and order
 //
 // The metadata value schema.KeyPartitionKey (ce_partitionkey) is the
-// record key. A key maps to a partition as in Kafka's Java client and
-// franz-go (murmur2), so producers in other languages put the same key on
-// the same partition. A message without that key has no record key; such
+// record key. By default a key maps to a partition as in Kafka's Java
+// client, franz-go and librdkafka's "murmur2" partitioners (murmur2):
+// producers using those put the same key on the same partition. Sarama's
+// default partitioner (FNV-1a) and librdkafka's default
+// ("consistent_random", CRC32) do not: on a topic shared with such
+// producers set Config.Partitioner to [PartitionerSarama] or
+// [PartitionerCRC32]. A message without that key has no record key; such
 // records stick to one partition for a while and then move on (the
-// "sticky" partitioning of Kafka's Java client 2.4 to 3.2). Order is kept per partition, and so per key: never
+// "sticky" partitioning of Kafka's Java client 2.4 to 3.2), whatever the
+// partitioner. Order is kept per partition, and so per key: never
 // across partitions, and not for messages without a key on a topic with more
 // than one partition.
 //

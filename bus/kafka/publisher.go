@@ -72,11 +72,13 @@ func producerOptions(timeout time.Duration) []kgo.Opt {
 	}
 }
 
-// newPublisher connects a producer with the connection options opts (see
-// Config.kgoOptions) and producerOptions(timeout). It fails when opts are
-// invalid; brokers are dialled on first use.
+// newPublisher connects a producer with producerOptions(timeout) and the
+// connection options opts (see Config.kgoOptions), which come last and so
+// override the former: Config.PartitionerOptions in opts replaces the
+// default partitioner. It fails when opts are invalid; brokers are dialled
+// on first use.
 func newPublisher(opts []kgo.Opt, timeout time.Duration) (*publisher, error) {
-	cl, err := kgo.NewClient(append(slices.Clip(opts), producerOptions(timeout)...)...)
+	cl, err := kgo.NewClient(append(producerOptions(timeout), opts...)...)
 	if err != nil {
 		return nil, err
 	}

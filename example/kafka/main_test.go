@@ -79,3 +79,19 @@ func TestBadFlags(t *testing.T) {
 		t.Errorf("exit code %d, want 2", c)
 	}
 }
+
+// Given a command, run serves the cluster while the command runs, with the
+// bus's environment pointing at it, and exits with the command's code: no
+// background job to kill (issue 15: the README's block must work in a
+// script).
+func TestInteropRunCommand(t *testing.T) {
+	var stdout, stderr syncBuffer
+	script := `test "$BUSLINE_BROKER" = kafka && (exec 3<>/dev/tcp/${BUSLINE_KAFKA_BROKERS%:*}/${BUSLINE_KAFKA_BROKERS##*:}) && echo "reached $BUSLINE_KAFKA_BROKERS" && exit 3`
+	code := run(context.Background(), []string{"-addr", "127.0.0.1:0", "bash", "-c", script}, &stdout, &stderr)
+	if code != 3 {
+		t.Fatalf("exit code %d, want the command's 3; stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+	if !regexp.MustCompile(`reached 127\.0\.0\.1:\d+`).MatchString(stdout.String()) {
+		t.Errorf("the command did not reach the cluster: stdout %q, stderr %q", stdout.String(), stderr.String())
+	}
+}

@@ -2,7 +2,9 @@
 // [middleware.Dedup], shared by every process that uses the same Redis.
 //
 // A claim is a key holding "c:" and the owner token, set with
-// SET NX PX lease semantics; a commit overwrites it with "done" and the TTL;
+// SET NX PX lease semantics; a renewal (the heartbeat of a running handler)
+// resets its PX while it still holds the caller's claim, or sets it again
+// when it expired and nobody took it; a commit overwrites it with "done" and the TTL;
 // a release deletes the key only while it still holds the caller's claim.
 // Claim and release are Lua scripts, so each is one atomic round trip.
 // Expiry is Redis's own: nothing to clean up.
@@ -69,6 +71,22 @@ end
 return 0
 `)
 
+// renewScript: KEYS[1] key; ARGV[1] claim value; ARGV[2] lease in ms.
+// Returns 1 when the claim is (again) the caller's, 0 when the key is done
+// or another owner's.
+var renewScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+`)
+
 // Claim implements [middleware.DedupStore].
 func (s *Store) Claim(ctx context.Context, key, owner string, lease time.Duration) (middleware.ClaimState, error) {
 	n, err := claimScript.Run(ctx, s.client, []string{s.prefix + key}, "c:"+owner, millis(lease)).Int()
@@ -84,6 +102,15 @@ func (s *Store) Claim(ctx context.Context, key, owner string, lease time.Duratio
 		return middleware.InProgress, nil
 	}
 	return 0, fmt.Errorf("dedupredis: claim: unexpected script result %d", n)
+}
+
+// Renew implements [middleware.DedupStore].
+func (s *Store) Renew(ctx context.Context, key, owner string, lease time.Duration) (bool, error) {
+	n, err := renewScript.Run(ctx, s.client, []string{s.prefix + key}, "c:"+owner, millis(lease)).Int()
+	if err != nil {
+		return false, fmt.Errorf("dedupredis: renew: %w", err)
+	}
+	return n == 1, nil
 }
 
 // Commit implements [middleware.DedupStore].

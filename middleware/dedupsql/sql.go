@@ -5,7 +5,8 @@
 // One table holds a row per key: its claim owner, whether it is done, and
 // when the row expires. A claim is one INSERT ... ON CONFLICT DO UPDATE that
 // takes over the row only when it has expired, so concurrent claims have one
-// winner; a commit upserts the row as done with the TTL; a release deletes
+// winner; a renewal (the heartbeat of a running handler) moves the expiry of
+// a row that still holds the caller's claim; a commit upserts the row as done with the TTL; a release deletes
 // the row only while it still holds the caller's claim. Times come from the
 // database clock. Expired rows are ignored, and deleted by [Store.Purge]:
 // call it now and then (every few minutes) to keep the table small.
@@ -48,9 +49,9 @@ var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0
 // Store is a PostgreSQL [middleware.DedupStore]. It is safe for concurrent
 // use when its DB is (a pool is).
 type Store struct {
-	db                                   DB
-	table                                string
-	claimSQL, commitSQL, releaseSQL, ddl string
+	db                                             DB
+	table                                          string
+	claimSQL, renewSQL, commitSQL, releaseSQL, ddl string
 }
 
 var _ middleware.DedupStore = (*Store)(nil)
@@ -90,6 +91,8 @@ func New(db DB, cfg Config) *Store {
 	RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM ins), (SELECT done FROM ` + t + ` WHERE key = $1)`,
+		renewSQL: `UPDATE ` + t + ` SET expires_at = now() + $3::bigint * interval '1 millisecond'
+WHERE key = $1 AND owner = $2 AND NOT done`,
 		commitSQL: `INSERT INTO ` + t + ` AS d (key, owner, done, expires_at)
 VALUES ($1, '', true, now() + $2::bigint * interval '1 millisecond')
 ON CONFLICT (key) DO UPDATE SET owner = '', done = true, expires_at = EXCLUDED.expires_at`,
@@ -143,6 +146,15 @@ func (s *Store) Claim(ctx context.Context, key, owner string, lease time.Duratio
 		return middleware.AlreadyDone, nil
 	}
 	return middleware.InProgress, nil
+}
+
+// Renew implements [middleware.DedupStore].
+func (s *Store) Renew(ctx context.Context, key, owner string, lease time.Duration) (bool, error) {
+	tag, err := s.db.Exec(ctx, s.renewSQL, key, owner, millis(lease))
+	if err != nil {
+		return false, fmt.Errorf("dedupsql: renew: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
 }
 
 // Commit implements [middleware.DedupStore].

@@ -17,7 +17,7 @@ import (
 // Run runs the conformance tests as subtests of t. newStore returns the
 // store under test; the tests use fresh random keys, so one store may serve
 // every subtest, but it must see the real clock: lease and TTL expiry are
-// checked with short real waits (about a quarter second in all).
+// checked with short real waits (about a second in all).
 func Run(t *testing.T, newStore func(t *testing.T) middleware.DedupStore) {
 	t.Helper()
 	ctx := context.Background()
@@ -65,6 +65,29 @@ func Run(t *testing.T, newStore func(t *testing.T) middleware.DedupStore) {
 			t.Fatal(err)
 		}
 		mustState(t, s, key, "c", long, middleware.InProgress)
+	})
+
+	t.Run("RenewKeepsTheClaim", func(t *testing.T) {
+		s, key := newStore(t), Key(t)
+		const lease = 150 * time.Millisecond
+		mustState(t, s, key, "a", lease, middleware.Claimed)
+		for range 3 { // 300 ms in all: twice the lease
+			time.Sleep(lease / 3)
+			mustRenew(t, s, key, "a", lease, true)
+			time.Sleep(lease / 3)
+		}
+		mustState(t, s, key, "b", long, middleware.InProgress)
+		mustRenew(t, s, key, "b", lease, false) // not b's claim
+		// Without renewals the claim expires and another owner takes it;
+		// its old owner's renewal then fails.
+		time.Sleep(lease + 50*time.Millisecond)
+		mustState(t, s, key, "b", long, middleware.Claimed)
+		mustRenew(t, s, key, "a", lease, false)
+		if err := s.Commit(ctx, key, long); err != nil {
+			t.Fatal(err)
+		}
+		mustRenew(t, s, key, "b", lease, false) // done
+		mustState(t, s, key, "c", long, middleware.AlreadyDone)
 	})
 
 	t.Run("DoneExpiresAfterTTL", func(t *testing.T) {
@@ -142,5 +165,16 @@ func mustState(t *testing.T, s middleware.DedupStore, key, owner string, lease t
 	}
 	if got != want {
 		t.Fatalf("Claim(%q, %q) = %v, want %v", key, owner, got, want)
+	}
+}
+
+func mustRenew(t *testing.T, s middleware.DedupStore, key, owner string, lease time.Duration, want bool) {
+	t.Helper()
+	got, err := s.Renew(context.Background(), key, owner, lease)
+	if err != nil {
+		t.Fatalf("Renew(%q, %q): %v", key, owner, err)
+	}
+	if got != want {
+		t.Fatalf("Renew(%q, %q) = %v, want %v", key, owner, got, want)
 	}
 }

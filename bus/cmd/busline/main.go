@@ -226,23 +226,40 @@ func (c *cli) show(ctx context.Context, args []string) int {
 	if i < 0 {
 		return c.fail(fmt.Errorf("no dead letter %s in %s", id, c.where()))
 	}
-	m := msgs[i]
+	printDeadLetter(c.stdout, msgs[i])
+	return exitOK
+}
+
+// printDeadLetter prints m for show: one field a line, the continuation
+// lines of a multi-line value (an error with a wrapped cause, a header)
+// indented under the value, so that the layout holds.
+func printDeadLetter(w io.Writer, m *message.Message) {
 	md := m.Metadata
-	w := c.stdout
-	fmt.Fprintf(w, "id:            %s\n", m.UUID)
-	fmt.Fprintf(w, "reason:        %s\n", dash(md.Get(middleware.KeyDLQReason)))
-	fmt.Fprintf(w, "error:         %s\n", dash(md.Get(middleware.KeyDLQError)))
-	fmt.Fprintf(w, "handler:       %s\n", dash(md.Get(middleware.KeyDLQHandler)))
-	fmt.Fprintf(w, "topic:         %s\n", dash(md.Get(middleware.KeyDLQTopic)))
-	fmt.Fprintf(w, "attempts:      %s\n", dash(md.Get(middleware.KeyDLQAttempts)))
-	fmt.Fprintf(w, "first failure: %s\n", dash(md.Get(middleware.KeyDLQFirstFailure)))
-	fmt.Fprintf(w, "last failure:  %s\n", dash(md.Get(middleware.KeyDLQLastFailure)))
+	field := func(name, v string) {
+		fmt.Fprintf(w, "%-15s%s\n", name+":", indented(dash(v), 15))
+	}
+	field("id", m.UUID)
+	field("reason", md.Get(middleware.KeyDLQReason))
+	field("error", md.Get(middleware.KeyDLQError))
+	field("handler", md.Get(middleware.KeyDLQHandler))
+	field("topic", md.Get(middleware.KeyDLQTopic))
+	field("attempts", md.Get(middleware.KeyDLQAttempts))
+	field("first failure", md.Get(middleware.KeyDLQFirstFailure))
+	field("last failure", md.Get(middleware.KeyDLQLastFailure))
 	fmt.Fprintln(w, "headers:")
 	for _, k := range slices.Sorted(maps.Keys(md)) {
-		fmt.Fprintf(w, "  %s: %s\n", k, md[k])
+		fmt.Fprintf(w, "  %s: %s\n", k, indented(md[k], 4))
 	}
 	fmt.Fprintf(w, "payload (%d bytes):\n%s\n", len(m.Payload), m.Payload)
-	return exitOK
+}
+
+// indented returns s with every line after the first indented by n
+// spaces.
+func indented(s string, n int) string {
+	if !strings.Contains(s, "\n") {
+		return s
+	}
+	return strings.ReplaceAll(s, "\n", "\n"+strings.Repeat(" ", n))
 }
 
 // selection picks dead letters for replay and purge.

@@ -274,3 +274,29 @@ func deleteTopology(t *testing.T, url, topic, group string) {
 		t.Errorf("clean-up: %v", err)
 	}
 }
+
+// show keeps its layout for a multi-line error (an error that wraps
+// others with errors.Join): its continuation lines are indented under the
+// value, as are those of a multi-line header.
+func TestInteropShowIndentsMultiLineValues(t *testing.T) {
+	m := message.NewMessage("dl-1", []byte("{}"))
+	m.Metadata.Set(middleware.KeyDLQReason, "handler_error")
+	m.Metadata.Set(middleware.KeyDLQError, "charge failed\ncard declined\ntry later")
+	var out bytes.Buffer
+	printDeadLetter(&out, m)
+	want := "error:         charge failed\n" +
+		"               card declined\n" +
+		"               try later\n" +
+		"handler:       -\n"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("show output:\n%s\nwant it to contain:\n%s", out.String(), want)
+	}
+	if !strings.Contains(out.String(), "  "+middleware.KeyDLQError+": charge failed\n    card declined\n    try later\n") {
+		t.Errorf("header lines not indented:\n%s", out.String())
+	}
+	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		if l != "" && !strings.HasPrefix(l, " ") && !strings.Contains(l, ":") && l != "{}" {
+			t.Errorf("unindented continuation line %q", l)
+		}
+	}
+}
