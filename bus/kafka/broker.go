@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -58,7 +59,7 @@ func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka: admin client: %w", err)
 	}
-	pub, err := newPublisher(adminOpts, deliveryTimeout)
+	pub, err := newPublisher(append(slices.Clone(adminOpts), cfg.PartitionerOptions()...), deliveryTimeout)
 	if err != nil {
 		kcl.Close()
 		return nil, fmt.Errorf("kafka: publisher: %w", err)

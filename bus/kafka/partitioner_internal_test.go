@@ -67,7 +67,7 @@ func TestInteropPartitionerHashes(t *testing.T) {
 	}
 }
 
-// Through the publisher, on a real (kfake) topic of 4 partitions, the
+// Through the broker's publisher, on a real (kfake) topic of 4 partitions, the
 // "sarama" partitioner puts each keyed message on Sarama's partition.
 func TestInteropSaramaPartitionerPublish(t *testing.T) {
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(4))
@@ -76,15 +76,12 @@ func TestInteropSaramaPartitionerPublish(t *testing.T) {
 	}
 	defer c.Close()
 	cfg := Config{Brokers: c.ListenAddrs(), Partitioner: PartitionerSarama}
-	opts, err := cfg.withDefaults().kgoOptions()
+	b, err := New(cfg, nil) // through the broker, as the bus builds it
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := newPublisher(append(opts, cfg.PartitionerOptions()...), 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	defer b.Close()
+	p := b.Publisher()
 	const n = 200
 	msgs := make([]*message.Message, n)
 	for i := range msgs {
