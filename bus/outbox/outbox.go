@@ -96,6 +96,9 @@ func New(b *bus.Bus, pool *pgxpool.Pool, cfg Config) (*Outbox, error) {
 	return o, nil
 }
 
+// Config returns the outbox's configuration with defaults filled in.
+func (o *Outbox) Config() Config { return o.cfg }
+
 // Migrate creates the outbox and inbox tables and their indexes when they
 // do not exist. It is idempotent.
 func (o *Outbox) Migrate(ctx context.Context) error {

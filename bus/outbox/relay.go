@@ -99,17 +99,18 @@ func (o *Outbox) listen(ctx context.Context, wake chan<- struct{}) {
 }
 
 func (o *Outbox) listenOnce(ctx context.Context, wake chan<- struct{}) error {
-	conn, err := o.pool.Acquire(ctx)
+	pc, err := o.pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
 	// A connection left listening must not go back to the pool.
-	defer conn.Hijack().Close(context.Background())
+	conn := pc.Hijack()
+	defer conn.Close(context.Background())
 	if _, err := conn.Exec(ctx, "LISTEN "+o.channel); err != nil {
 		return err
 	}
 	for {
-		if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
 			return err
 		}
 		select {
