@@ -70,6 +70,19 @@ type Config struct {
 	// and marked sent. It observes only; it runs on the relay's goroutine,
 	// so it must be quick.
 	OnRelayed func(RelayedInfo)
+	// OnDuplicate, when set, is called when [Outbox.Inbox] finds a
+	// message it handled before and acks it with no effect. It observes
+	// only and must be quick.
+	OnDuplicate func(DuplicateInfo)
+}
+
+// DuplicateInfo describes a message the inbox found it had handled, for
+// [Config].OnDuplicate.
+type DuplicateInfo struct {
+	// Group is the group given to [Outbox.Inbox].
+	Group string
+	// MessageID is the message's UUID (its CloudEvents id).
+	MessageID string
 }
 
 // RelayedInfo describes one batch the relay moved to the broker, for

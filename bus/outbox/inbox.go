@@ -50,6 +50,9 @@ func (o *Outbox) Inbox(group string, h bus.HandlerFunc) bus.HandlerFunc {
 			return fmt.Errorf("outbox: inbox %s: record %s: %w", group, msg.UUID, err)
 		}
 		if tag.RowsAffected() == 0 {
+			if o.cfg.OnDuplicate != nil {
+				o.cfg.OnDuplicate(DuplicateInfo{Group: group, MessageID: msg.UUID})
+			}
 			return nil // a duplicate: the deferred rollback ends the tx
 		}
 		if err := h(ContextWithTx(ctx, tx), msg); err != nil {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -36,8 +37,9 @@ const (
 )
 
 // child starts the test binary in mode with env, reads its event lines,
-// and kills it with SIGKILL after n events. It returns the events seen.
-func killChild(t *testing.T, mode string, env []string, n int) int {
+// and kills it with SIGKILL after n events. It returns the events seen
+// and the duplicates the child's inbox reported ("d" lines) until then.
+func killChild(t *testing.T, mode string, env []string, n int) (seen, dups int) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(append(os.Environ(), childEnv+"="+mode), env...)
@@ -50,13 +52,16 @@ func killChild(t *testing.T, mode string, env []string, n int) int {
 		t.Fatal(err)
 	}
 	sc := bufio.NewScanner(out)
-	seen := 0
 	for seen < n && sc.Scan() {
+		if sc.Text() == "d" {
+			dups++ // a duplicate: not a kill point
+			continue
+		}
 		seen++
 	}
 	_ = cmd.Process.Signal(syscall.SIGKILL)
 	_ = cmd.Wait()
-	return seen
+	return seen, dups
 }
 
 // runChild is the child process's main. It works until killed.
@@ -98,7 +103,8 @@ func childMain(mode string) error {
 	o, err := outbox.New(b, p, outbox.Config{
 		Table: os.Getenv("KILL_OUTBOX"), InboxTable: os.Getenv("KILL_INBOX"), BatchSize: 10,
 		DisableRelay: mode == "inbox",
-		OnRelayed: func(outbox.RelayedInfo) { event("r") },
+		OnRelayed:    func(outbox.RelayedInfo) { event("r") },
+		OnDuplicate:  func(outbox.DuplicateInfo) { event("d") },
 	})
 	if err != nil {
 		return err
@@ -133,7 +139,18 @@ func childMain(mode string) error {
 			event("w")
 		}
 	case "inbox":
-		if err := b.Handle("effects", os.Getenv("KILL_TOPIC"), inboxHandler(o, os.Getenv("KILL_EFFECTS"), func() { event("h") }),
+		// With KILL_BLOCK_AT=n, the n-th handled message's handler never
+		// returns after the inbox committed: the kill then falls between
+		// the commit and the ack for sure.
+		blockAt, _ := strconv.Atoi(os.Getenv("KILL_BLOCK_AT"))
+		handled := 0
+		if err := b.Handle("effects", os.Getenv("KILL_TOPIC"), inboxHandler(o, os.Getenv("KILL_EFFECTS"), func() {
+			handled++
+			event("h")
+			if handled == blockAt {
+				<-make(chan struct{})
+			}
+		}),
 			bus.HandlerStack(func(c *middleware.StackConfig) { c.Disable |= middleware.StepDedup })); err != nil {
 			return err
 		}
@@ -179,7 +196,7 @@ func TestOutboxKillAtomicity(t *testing.T) {
 		env := []string{"KILL_DSN=" + bustest.PostgresDSN(t), "KILL_KAFKA=" + strings.Join(addrs, ","),
 			"KILL_OUTBOX=" + obTable, "KILL_INBOX=" + ibTable, "KILL_TOPIC=" + topic, "KILL_LEDGER=" + ledger,
 			"KILL_BASE=" + strconv.Itoa(k*1_000_000)}
-		if got := killChild(t, "outbox", env, 1+rng.IntN(40)); got == 0 {
+		if got, _ := killChild(t, "outbox", env, 1+rng.IntN(40)); got == 0 {
 			t.Fatalf("child %d reported nothing before it ended", k)
 		}
 	}
@@ -284,9 +301,17 @@ func TestInboxKill(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 71))
 	env := []string{"KILL_DSN=" + bustest.PostgresDSN(t), "KILL_AMQP=" + url, "KILL_GROUP=" + group,
 		"KILL_OUTBOX=" + obTable, "KILL_INBOX=" + ibTable, "KILL_TOPIC=" + topic, "KILL_EFFECTS=" + effects}
-	handled := 0
-	for range kills {
-		handled += killChild(t, "inbox", env, 1+rng.IntN(12))
+	handled, dups := 0, 0
+	for k := range kills {
+		// Every other child is killed right after an inbox commit, before
+		// the ack; the others at a random point of their work.
+		n, e := 1+rng.IntN(12), env
+		if k%2 == 0 {
+			e = append(e[:len(e):len(e)], "KILL_BLOCK_AT="+strconv.Itoa(n))
+		}
+		h, d := killChild(t, "inbox", e, n)
+		handled += h
+		dups += d
 	}
 
 	// This process handles the rest.
@@ -295,7 +320,9 @@ func TestInboxKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close(context.Background()) })
-	o2, err := outbox.New(b, p, outbox.Config{Table: obTable, InboxTable: ibTable, DisableRelay: true})
+	var finalDups atomic.Int64
+	o2, err := outbox.New(b, p, outbox.Config{Table: obTable, InboxTable: ibTable, DisableRelay: true,
+		OnDuplicate: func(outbox.DuplicateInfo) { finalDups.Add(1) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -326,5 +353,10 @@ func TestInboxKill(t *testing.T) {
 	if doubles != 0 {
 		t.Errorf("%d messages had more than one effect", doubles)
 	}
-	t.Logf("%d kills after %d handled messages in the children; %d messages, 0 double effects wanted, %d found", kills, handled, n, doubles)
+	t.Logf("%d kills after %d successful handler calls in the children (duplicates included); %d redeliveries of handled messages acked with no effect (%d in the children, %d after); %d messages, %d with a double effect",
+		kills, handled, int64(dups)+finalDups.Load(), dups, finalDups.Load(), n, doubles)
+	if int64(dups)+finalDups.Load() < kills/2 {
+		t.Errorf("%d redeliveries of handled messages, want at least %d (one per child killed between commit and ack)",
+			int64(dups)+finalDups.Load(), kills/2)
+	}
 }
