@@ -45,7 +45,7 @@ func (o *Outbox) relay(ctx context.Context) error {
 	nextCleanup := time.Now()
 	for {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), roundTimeout)
-		full, err := o.round(rctx)
+		moved, err := o.round(rctx)
 		if err == nil && !time.Now().Before(nextCleanup) {
 			if err = o.cleanup(rctx); err == nil {
 				nextCleanup = time.Now().Add(o.cfg.CleanupInterval)
@@ -61,8 +61,8 @@ func (o *Outbox) relay(ctx context.Context) error {
 			o.cfg.Logger.Warn("outbox: relay round failed, retrying", slog.String("table", o.cfg.Table),
 				slog.Duration("retry_in", o.cfg.RetryInterval), slog.Any("error", err))
 			wait = o.cfg.RetryInterval
-		case full:
-			continue // a backlog: go on at once
+		case moved:
+			continue // maybe a backlog (or other buckets): go on at once
 		}
 		timer.Reset(wait)
 		select {
@@ -133,9 +133,9 @@ type row struct {
 // oldest unsent rows that no other relay holds (at most half of them, so
 // that a second relay finds work), reads up to BatchSize unsent rows of
 // those buckets in id order, publishes them through the bus (one call per
-// topic, in that order) and marks them sent. It reports whether the batch
-// was full.
-func (o *Outbox) round(ctx context.Context) (full bool, err error) {
+// topic, in that order) and marks them sent. It reports whether it moved
+// any row: only a round that found nothing to do lets the relay wait.
+func (o *Outbox) round(ctx context.Context) (moved bool, err error) {
 	start := time.Now()
 	tx, err := o.pool.BeginTx(ctx, pgx.TxOptions{})
 	if err != nil {
@@ -201,7 +201,7 @@ WHERE sent_at IS NULL AND bucket = ANY($1) ORDER BY id LIMIT $2`, buckets, o.cfg
 	if o.cfg.OnRelayed != nil {
 		o.cfg.OnRelayed(RelayedInfo{Messages: len(batch), Duration: time.Since(start)})
 	}
-	return len(batch) == o.cfg.BatchSize, nil
+	return true, nil
 }
 
 // publish publishes batch through the bus, grouped by topic in the order
