@@ -480,3 +480,75 @@ func TestInboxDuplicates(t *testing.T) {
 		t.Errorf("outbox holds %d rows, want 2", rows)
 	}
 }
+
+// With a negative Retention rows are deleted as they are marked sent;
+// with a positive one the relay's cleanup deletes sent outbox rows and
+// inbox rows past their retention.
+func TestOutboxRetention(t *testing.T) {
+	p := pool(t)
+	ctx := bustest.Context(t, 30*time.Second)
+	write := func(o *outbox.Outbox, topic string, n int) {
+		t.Helper()
+		tx, err := p.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			if err := o.PublishTx(ctx, tx, topic, message.NewMessage(fmt.Sprintf("m%d", i), nil)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func(table string) int {
+		t.Helper()
+		var n int
+		if err := p.QueryRow(ctx, `SELECT count(*) FROM `+table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	t.Run("delete when sent", func(t *testing.T) {
+		b := memoryBus(t)
+		hook, waitRelayed := waitRelayed()
+		o := newOutbox(t, b, p, outbox.Config{Retention: -1, OnRelayed: hook})
+		run(t, b)
+		write(o, bustest.Name("gone"), 5)
+		waitRelayed(t, 5)
+		if n := count(o.Config().Table); n != 0 {
+			t.Errorf("%d rows left, want 0", n)
+		}
+	})
+
+	t.Run("cleanup", func(t *testing.T) {
+		b := memoryBus(t)
+		hook, waitRelayed := waitRelayed()
+		o := newOutbox(t, b, p, outbox.Config{Retention: time.Millisecond, InboxRetention: time.Hour,
+			CleanupInterval: time.Millisecond, PollInterval: 5 * time.Millisecond, OnRelayed: hook})
+		cfg := o.Config()
+		if _, err := p.Exec(ctx, `INSERT INTO `+cfg.InboxTable+` (grp, id, created_at) VALUES
+			('g', 'old', now() - interval '2 hours'), ('g', 'new', now())`); err != nil {
+			t.Fatal(err)
+		}
+		run(t, b)
+		write(o, bustest.Name("aged"), 5)
+		waitRelayed(t, 5)
+		// The relay deletes on its own schedule: wait for the condition.
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for count(cfg.Table) != 0 || count(cfg.InboxTable) != 1 {
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+				t.Fatalf("outbox rows %d (want 0), inbox rows %d (want 1)", count(cfg.Table), count(cfg.InboxTable))
+			}
+		}
+		var id string
+		if err := p.QueryRow(ctx, `SELECT id FROM `+cfg.InboxTable).Scan(&id); err != nil || id != "new" {
+			t.Errorf("inbox kept %q (%v), want new", id, err)
+		}
+	})
+}
