@@ -167,11 +167,8 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	switch b.state {
-	case stateRunning:
-		return ErrRunning
-	case stateClosing:
-		return ErrClosed
+	if err := b.registrable(); err != nil {
+		return err
 	}
 	if _, dup := b.handlers[name]; dup {
 		return fmt.Errorf("bus: handler %q is already registered", name)

@@ -34,11 +34,8 @@ func (b *Bus) AddWorker(name string, w Worker) error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	switch b.state {
-	case stateRunning:
-		return ErrRunning
-	case stateClosing:
-		return ErrClosed
+	if err := b.registrable(); err != nil {
+		return err
 	}
 	for _, nw := range b.workers.list {
 		if nw.name == name {
@@ -46,6 +43,18 @@ func (b *Bus) AddWorker(name string, w Worker) error {
 		}
 	}
 	b.workers.list = append(b.workers.list, namedWorker{name, w})
+	return nil
+}
+
+// registrable returns ErrRunning or ErrClosed when handlers and workers
+// can no longer be registered; b.mu must be held.
+func (b *Bus) registrable() error {
+	switch b.state {
+	case stateRunning:
+		return ErrRunning
+	case stateClosing:
+		return ErrClosed
+	}
 	return nil
 }
 
