@@ -12,11 +12,14 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/outbox"
+	"github.com/busline/busline/middleware"
+	"github.com/busline/busline/middleware/dedupredis"
 	"github.com/busline/busline/schema"
 )
 
@@ -220,5 +223,66 @@ func amqpQueue(b *testing.B, cfg amqp.Config, topic string) {
 		}
 		_, _ = ch.QueueDelete(amqp.QueueName(topic, "bench"), false, false, false)
 		_ = ch.ExchangeDelete(amqp.ExchangeName(topic), false, false)
+	})
+}
+
+// BenchmarkInbox measures the cost per message of a handler that writes
+// one row: through the inbox (its transaction holds the inbox row and the
+// write), and the same write in a transaction of its own behind the dedup
+// middleware with the Redis store (claim, then commit, in Redis). Handlers
+// are called directly, without a broker; each message is new.
+//
+//	go test -run '^$' -bench BenchmarkInbox -benchtime 5000x ./bus/outbox/
+func BenchmarkInbox(b *testing.B) {
+	p := pool(b)
+	ctx := context.Background()
+	o := newOutbox(b, memoryBus(b), p, outbox.Config{DisableRelay: true})
+	effects := o.Config().Table + "_effects"
+	if _, err := p.Exec(ctx, `CREATE TABLE `+effects+` (id text NOT NULL)`); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _, _ = p.Exec(context.Background(), `DROP TABLE IF EXISTS `+effects) })
+	insert := `INSERT INTO ` + effects + ` (id) VALUES ($1)`
+
+	b.Run("inbox", func(b *testing.B) {
+		h := o.Inbox("bench", func(ctx context.Context, msg *message.Message) error {
+			_, err := outbox.TxFromContext(ctx).Exec(ctx, insert, msg.UUID)
+			return err
+		})
+		b.ReportAllocs()
+		b.ResetTimer()
+		for range b.N {
+			if err := h(ctx, message.NewMessage(watermill.NewUUID(), nil)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	})
+	b.Run("redis_dedup", func(b *testing.B) {
+		rc := redis.NewClient(&redis.Options{Addr: bustest.RedisAddr(b)})
+		defer rc.Close()
+		h := middleware.Dedup(middleware.DedupConfig{
+			Store:     dedupredis.New(rc, dedupredis.Config{Prefix: bustest.Name("bench") + ":"}),
+			Namespace: "bench",
+		})(func(msg *message.Message) ([]*message.Message, error) {
+			ctx := msg.Context()
+			tx, err := p.Begin(ctx)
+			if err != nil {
+				return nil, err
+			}
+			defer func() { _ = tx.Rollback(ctx) }()
+			if _, err := tx.Exec(ctx, insert, msg.UUID); err != nil {
+				return nil, err
+			}
+			return nil, tx.Commit(ctx)
+		})
+		b.ReportAllocs()
+		b.ResetTimer()
+		for range b.N {
+			if _, err := h(message.NewMessage(watermill.NewUUID(), nil)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 	})
 }
