@@ -53,6 +53,18 @@
 // FOR UPDATE SKIP LOCKED alone would let a second relay send a key's later
 // row while the first still sends its earlier one.
 //
+// # Why not watermill-sql
+//
+// watermill-sql v4 (with Watermill's forwarder component) was checked for
+// the relay and is used only as a benchmark baseline (docs/benchmarks.md):
+// its PostgreSQL schema orders rows by transaction id, which is start
+// order, not commit order per key (see Ordering); its consumer group reads
+// its offsets row FOR UPDATE, so a second relay waits instead of sharing
+// the work; the forwarder wraps each message in an envelope of its own and
+// moves one message at a time through a router; and its subscriber's
+// transaction-in-context (sql.TxFromContext) gives an inbox only for
+// messages that come from SQL, not from Kafka or RabbitMQ.
+//
 // # Delivery
 //
 // At least once, with duplicates only after a crash: a relay that
