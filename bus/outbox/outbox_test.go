@@ -17,9 +17,14 @@ import (
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/outbox"
+	"github.com/busline/busline/handlers"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
+
+// An Outbox is a handlers.Publisher: handlers.Publish writes typed events
+// into the handler's transaction.
+var _ handlers.Publisher = (*outbox.Outbox)(nil)
 
 // A message written in a committed transaction (pgx, database/sql, or the
 // transaction in ctx) reaches the broker with its full envelope; one
