@@ -87,7 +87,10 @@
 // runs the handler with the transaction in its context ([TxFromContext];
 // [Outbox.Publish] writes into it), and commits all together. A duplicate
 // finds the row and is acked with no effect. It needs no lease: the row
-// lock of the uncommitted insert makes a concurrent duplicate wait.
+// lock of the uncommitted insert makes a concurrent duplicate wait. It has
+// the shape of the typed adapters of package handlers and composes with
+// them: ob.Inbox("billing", handlers.Event(reg, fn)), where fn publishes
+// with handlers.Publish(ctx, ob, reg, topic, v) into the same transaction.
 //
 // # Shutdown
 //
