@@ -11,6 +11,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/kafka"
@@ -48,6 +50,7 @@ type Bus struct {
 	handlers  map[string]string    // name -> topic
 	subs      []message.Subscriber // handlers'
 	extraSubs []message.Subscriber // DeadLetters'
+	workers   workers              // AddWorker's (worker.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -166,11 +169,8 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	switch b.state {
-	case stateRunning:
-		return ErrRunning
-	case stateClosing:
-		return ErrClosed
+	if err := b.registrable(); err != nil {
+		return err
 	}
 	if _, dup := b.handlers[name]; dup {
 		return fmt.Errorf("bus: handler %q is already registered", name)
@@ -234,6 +234,16 @@ func (b *Bus) Publish(ctx context.Context, topic string, msgs ...*message.Messag
 	if b.isClosed() {
 		return ErrClosed
 	}
+	stamp(ctx, msgs)
+	if err := b.pub.Publish(topic, msgs...); err != nil {
+		return fmt.Errorf("bus: publish to %s: %w", topic, err)
+	}
+	return nil
+}
+
+// stamp gives msgs their ids and the correlation of ctx, and sets ctx as
+// their context: what Publish does before the broker, and Stamp too.
+func stamp(ctx context.Context, msgs []*message.Message) {
 	for _, m := range msgs {
 		if m.UUID == "" {
 			m.UUID = watermill.NewUUID()
@@ -247,10 +257,28 @@ func (b *Bus) Publish(ctx context.Context, topic string, msgs ...*message.Messag
 		m.SetContext(ctx)
 	}
 	middleware.Propagate(ctx, msgs...)
-	if err := b.pub.Publish(topic, msgs...); err != nil {
-		return fmt.Errorf("bus: publish to %s: %w", topic, err)
+}
+
+// Stamp gives msgs the envelope [Bus.Publish] would give them now, for
+// code that stores messages and publishes them later (the outbox of
+// bus/outbox): a UUID and CloudEvents id when they have none, the
+// correlation and causation ids of ctx (see [middleware.Propagate]), and,
+// when tracing is on and ctx carries a span, that span's context injected
+// with the bus's propagator (traceparent, tracestate, baggage) as the
+// messages' creation context. Values a message already carries are kept.
+// Publishing a stamped message later changes none of it: its send span is
+// then linked to the creation context.
+func (b *Bus) Stamp(ctx context.Context, msgs ...*message.Message) {
+	stamp(ctx, msgs)
+	t := b.tel
+	if t.tracer == nil || !trace.SpanContextFromContext(ctx).IsValid() {
+		return
 	}
-	return nil
+	for _, m := range msgs {
+		if m != nil && !t.hasCreationContext(m.Metadata) {
+			t.prop.Inject(ctx, propagation.MapCarrier(m.Metadata))
+		}
+	}
 }
 
 // Publisher returns a Watermill publisher that publishes through the bus
@@ -286,6 +314,9 @@ func (b *Bus) Run(ctx context.Context) error {
 		return ErrClosed
 	}
 	b.state = stateRunning
+	// Started under the lock, so that a Close that sees the bus running
+	// finds them started.
+	werrc := b.workers.start(ctx)
 	b.mu.Unlock()
 	stopTelemetry := b.startTelemetry() // the broker poller, stopped by Close too
 	defer stopTelemetry()
@@ -313,6 +344,12 @@ func (b *Bus) Run(ctx context.Context) error {
 	case <-b.closed:
 		<-errc
 		return b.closeErr
+	case werr := <-werrc:
+		sctx, cancel := context.WithTimeout(context.Background(), b.cfg.ShutdownTimeout)
+		defer cancel()
+		err := b.Close(sctx)
+		<-errc
+		return errors.Join(werr, err)
 	}
 }
 
@@ -336,6 +373,9 @@ func (b *Bus) Close(ctx context.Context) error {
 
 		var errs []error
 		if wasRunning {
+			// Workers first: they stop taking new work while the
+			// handlers drain, and may publish until they return.
+			b.workers.once.Do(func() { b.workers.cancel() })
 			b.drain.StopFetching()
 			if err := b.drain.Drain(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("bus: shutdown interrupted handlers still running, their messages will be delivered again: %w", err))
@@ -361,6 +401,11 @@ func (b *Bus) Close(ctx context.Context) error {
 		for _, s := range extra {
 			if err := s.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("bus: close dead-letter subscriber: %w", err))
+			}
+		}
+		if wasRunning {
+			if err := b.workers.stop(ctx); err != nil {
+				errs = append(errs, err)
 			}
 		}
 		b.stopTelemetry()

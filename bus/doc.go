@@ -50,6 +50,15 @@
 // with memory.ErrQueueFull after Config.Memory.PublishTimeout. It keeps
 // nothing across a restart.
 //
+// # Workers
+//
+// [Bus.AddWorker] registers a long-running task, such as the outbox relay
+// of package bus/outbox, that Run starts and Close stops: Close cancels its
+// context first and waits for it before the publisher closes, so it may
+// publish through the bus until then. A worker that fails shuts the bus
+// down. [Bus.Stamp] gives messages stored for later publishing the
+// envelope Publish would give them now.
+//
 // # Shutdown
 //
 // [Bus.Close] (and Run when its context ends) stops fetching messages, lets
