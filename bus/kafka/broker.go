@@ -110,11 +110,12 @@ func (b *Broker) Subscriber(group string) (message.Subscriber, error) {
 // and its offset is committed once it and every earlier record of its
 // partition were acked. A nacked record is handed out again after
 // Config.NackDelay; meanwhile only its lane (its partition, or its key)
-// waits. When partitions are revoked, their records are no longer handed
-// out, the handlers in flight get up to three quarters of
-// Config.RebalanceTimeout to finish, what finished is committed, and then
-// the rebalance goes on. Closing the subscriber commits what finished and
-// leaves the group; what was in flight is delivered again later.
+// waits. When partitions are revoked, each finishes the records up to the
+// highest one it handed out (within three quarters of
+// Config.RebalanceTimeout), hands out no later one, commits what finished,
+// and then the rebalance goes on. Closing the subscriber commits what
+// finished and leaves the group; what was in flight is delivered again
+// later.
 func (b *Broker) SubscriberWith(group string, cfg SubscriberConfig) (message.Subscriber, error) {
 	if group == "" {
 		return nil, errors.New("kafka: empty consumer group")

@@ -35,10 +35,11 @@ type Config struct {
 	NackDelay time.Duration
 	// RebalanceTimeout is how long the group coordinator waits for every
 	// member to rejoin during a rebalance, and so bounds how long a member
-	// whose partitions are revoked lets their in-flight handlers finish
-	// before it commits and lets go (three quarters of it; the rest is
-	// margin). Zero: 60s. A handler still running then is not waited for:
-	// its record is delivered again to the partition's new owner.
+	// whose partitions are revoked takes to finish their records up to the
+	// highest one it handed out before it commits and lets go (three
+	// quarters of it; the rest is margin). Zero: 60s. A handler still
+	// running then is not waited for: its record is delivered again to the
+	// partition's new owner.
 	RebalanceTimeout time.Duration
 	// SessionTimeout is how long the group coordinator waits for a member's
 	// heartbeat before it takes the member's partitions away: after a crash

@@ -1,16 +1,22 @@
 // Package kafka is the Kafka broker of a bus (BUSLINE_BROKER=kafka): a
-// franz-go producer and watermill-kafka v3's consumer (Sarama), with the
-// safe defaults that Watermill and Sarama leave off.
+// franz-go producer and a franz-go group consumer of Busline's own under
+// Watermill's router, with the safe defaults that Watermill and Sarama
+// leave off. It is the module's one Kafka client.
 //
 // # Overview
 //
 // [New] builds a [Broker] from a [Config]. [Broker.Publisher] is one shared
 // publisher; [Broker.Subscriber] makes a subscriber in a consumer group;
 // [Broker.Prepare] creates a topic; [Broker.Ping] checks the connection;
-// [Broker.Lag] reports a group's consumer lag per partition. Publishing
+// [Broker.Lag] reports a group's consumer lag per partition;
+// [Broker.StopFetching] and [Broker.Drain] are the bus's graceful shutdown;
+// [Broker.ConsumerStats] reports what the subscriptions hold. Publishing
 // goes through Busline's own small publisher on a franz-go producer,
-// consuming through watermill-kafka's subscriber (Sarama); topic creation,
-// ping and lag go through a franz-go admin client, which honours contexts.
+// consuming through Busline's own subscriber on a franz-go group consumer
+// (watermill-kafka's Sarama subscriber hands out one message per partition
+// at a time, lets a rebalance deliver duplicates during a slow handler, and
+// blocks a partition for every nack); topic creation, ping and lag go
+// through a franz-go admin client, which honours contexts.
 //
 // # Publishing
 //
@@ -51,15 +57,18 @@
 //     seconds or the brokers refuse the credentials. watermill-kafka's
 //     OpenTelemetry tracer stays off: it would rewrite traceparent, which
 //     Busline propagates itself.
-//   - Consumer: a consumer group per [Broker.Subscriber]. A group with no
-//     committed offset starts at the oldest record (Config.InitialOffset).
-//     Sarama's and Watermill's default, the newest, silently skips every
-//     message published before the group first joined.
+//   - Consumer: a consumer group per [Broker.Subscriber], cooperative-sticky
+//     assignment, a 10s session timeout (a crashed member's partitions
+//     wait that long). A group with no committed offset starts at the
+//     oldest record (Config.InitialOffset). Sarama's and Watermill's
+//     default, the newest, silently skips every message published before
+//     the group first joined. At most 1024 records in flight per
+//     subscription (Config.MaxInFlight), offsets committed every second.
 //   - Nack: a nacked message is delivered again after Config.NackDelay (1s),
-//     never in a hot loop.
+//     never in a hot loop; only its lane waits.
 //   - Security: TLS and SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) from
-//     Config. SCRAM uses franz-go's implementation, also for the Sarama
-//     consumer; user names and passwords are sent as given (no SASLprep).
+//     Config, for producer and consumer alike; user names and passwords are
+//     sent as given (no SASLprep).
 //
 // # Partitioning and order
 //
@@ -80,22 +89,36 @@
 // Publishing keeps it: the records of one Publish call reach each
 // partition in the order of the call, and the idempotent producer's retries
 // neither reorder nor duplicate them (concurrent Publish calls interleave).
-// Consuming keeps it: a subscriber hands out the next message of a
-// partition only after the previous one was acked, and hands out messages
-// of different partitions at the same time, so on a bus (whose router runs
-// each message it receives in a goroutine of its own) a handler processes
-// one message per partition at a time, the partitions in parallel. The
-// parallelism is the number of partitions the member is assigned;
-// TestConsumeOrderedPerPartitionParallelAcross pins both properties.
+// Consuming keeps what the handler's ordering asks for (Config.Ordering,
+// or per handler bus.WithOrdering). Records wait in lanes, and a lane
+// hands out its next record only after the previous one was acked:
+//
+//   - "partition" (the default): one lane per partition. A handler
+//     processes one record of a partition at a time, in offset order, the
+//     partitions in parallel; the parallelism is the number of partitions
+//     the member is assigned. TestConsumeOrderedPerPartitionParallelAcross
+//     pins both properties.
+//   - "key": one lane per partition and key; records without a key share
+//     one lane per partition. Records of one key run one at a time in
+//     offset order; different keys of a partition run concurrently, up to
+//     the in-flight bound. Across keys there is no order.
+//   - "unordered": every record runs as soon as it is fetched, up to the
+//     in-flight bound.
+//
+// With batch delivery ([SubscriberConfig].BatchSize, bus.WithBatchDelivery)
+// a partition's lane hands out up to BatchSize records that one poll
+// returned at once, in order, each knowing its place in the batch, and the
+// next batch when every message of this one was acked.
 //
 // # Record format
 //
-// The message UUID travels once: in the ce_id header when it equals the
-// UUID (every message the bus publishes), else in Watermill's
-// _watermill_message_uuid header. Consumers using watermill-kafka's own
-// unmarshaler see an empty UUID on the former (and ce_id in the metadata).
-// A ce_correlationid equal to ce_id is not sent either; the unmarshaler
-// restores it (schema.RestoreCorrelation).
+// The message UUID travels in Watermill's _watermill_message_uuid header,
+// so that consumers using watermill-kafka's own unmarshaler see it as
+// msg.UUID; the CloudEvents id travels in ce_id. A ce_correlationid equal
+// to ce_id is not sent; the unmarshaler restores it
+// (schema.RestoreCorrelation). Records a stock watermill-kafka publisher
+// wrote are read with their UUID and metadata
+// (TestKafkaConsumerWireCompat, in package bus, pins both directions).
 //
 // The unmarshaler never fails (in watermill-kafka an unmarshal error makes
 // the group rejoin forever and blocks the partition). Headers become
@@ -106,21 +129,47 @@
 //
 // # Delivery semantics
 //
-// At least once. Within a partition a subscriber delivers the next message
-// only after the current one is acked; partitions are consumed in parallel.
-// An ack marks the offset, and offsets are committed every second, so a
-// crash redelivers up to a second of acked messages; an ack that races with
-// Close or with a rebalance is dropped, and the message is delivered again.
-// A nacked message blocks its partition until it is acked: the bus's retry
-// and dead-letter middleware must end that. A rebalance waits for every
-// member's in-flight message, up to Config.RebalanceTimeout (60s); a member
-// still busy then is evicted and its message is delivered again elsewhere.
+// At least once. An offset is committed only when its record and every
+// earlier record of its partition were acked (handled, or safely
+// dead-lettered): records finish out of order in "key" and "unordered"
+// ordering, and the committed offset is that of the oldest record not yet
+// finished. Commits go every Config.CommitInterval (1s), on revoke and on
+// close, never one round trip per record. A crash (SIGKILL) redelivers the
+// records in flight and those finished within about one commit interval
+// (TestKafkaConsumerCrash counts them).
+//
+// A nacked record is handed out again after Config.NackDelay; meanwhile
+// only its lane waits (its partition, or its key), and the committed offset
+// stays at it, so a crash loses nothing. Records queued behind a waiting
+// lane count against the in-flight bound.
+//
+// Rebalances (cooperative-sticky) block while a poll's records are being
+// dispatched (franz-go's BlockRebalanceOnPoll). When partitions are
+// revoked, each finishes the records up to the highest one it handed out,
+// hands out no later one, commits what finished, and only then lets the
+// rebalance go on, within three quarters of Config.RebalanceTimeout (60s):
+// the next owner handles none of the finished records again, in every
+// ordering (TestKafkaConsumerRebalance: 0 lost, 0 twice). A handler still
+// running after that is not waited for; its record is delivered again to
+// the next owner. Lost partitions (the member's session expired) commit
+// nothing; their in-flight results are dropped, with a log line and
+// busline.kafka.lost_partitions.
+//
+// Backpressure: a subscription fetches no more once it holds
+// Config.MaxInFlight records; a slow partition is paused (see
+// Config.MaxInFlightPerPartition). Nothing is buffered without bound.
+//
 // Each Subscribe call is its own group member; a message reaches one member
 // of each group.
 //
 // # Shutdown
 //
-// [Broker.Close] closes the subscribers it made (in-flight, unacked
-// messages are redelivered later), then the publisher, waiting for Publish
-// calls in flight, then the admin client.
+// The bus calls [Broker.StopFetching], then [Broker.Drain]: each
+// partition finishes the records up to the highest one it handed out (as on
+// a revoke), so that what finished is one contiguous prefix and the next
+// consumer of the group handles none of it again. [Broker.Close] then
+// closes the subscribers it made (each commits what finished and leaves the
+// group; what was in flight and not acked is delivered again later), then
+// the publisher, waiting for Publish calls in flight, then the admin
+// client.
 package kafka
