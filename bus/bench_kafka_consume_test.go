@@ -36,7 +36,11 @@ import (
 //   - busline: a bus handler with the default stack and no-op body,
 //     "partition" ordering (the default);
 //   - busline_key: the same in "key" ordering;
-//   - busline_batch: handlers.Batch of size 100 with batch delivery of 100.
+//   - busline_batch: handlers.Batch of size 100 with batch delivery of 100;
+//   - router_unordered: the floor of any handler the router runs one message
+//     at a time: a bare Watermill router (no middleware, no bus) on the
+//     bus's Kafka subscriber in "unordered" ordering (up to 1,024 records
+//     in flight), no-op handler.
 //
 // io1ms runs a handler that waits 1ms (I/O bound) on a one-partition
 // topic of ioRecords records over the same 1,000 keys, in "partition" and
@@ -57,6 +61,7 @@ func BenchmarkKafkaConsume(b *testing.B) {
 				benchConsumeBusline(b, addrs, parts, topic, consumeRecords, noopConsume, bus.WithOrdering(bus.OrderKey))
 			})
 			b.Run("busline_batch", func(b *testing.B) { benchConsumeBatch(b, addrs, parts, topic, consumeRecords) })
+			b.Run("router_unordered", func(b *testing.B) { benchConsumeRouterFloor(b, addrs, topic, consumeRecords) })
 		})
 	}
 	b.Run("io1ms", func(b *testing.B) {
@@ -296,6 +301,42 @@ func benchConsumeBatch(b *testing.B, addrs []string, parts int32, topic string, 
 		}
 		total += runConsumeBus(b, bs, done)
 		b.ReportMetric(float64(n)/float64(batches.Load()), "msgs/batch")
+	}
+	reportMsgsPerSec(b, n*b.N, total, "msgs/s")
+}
+
+func benchConsumeRouterFloor(b *testing.B, addrs []string, topic string, n int) {
+	b.ReportAllocs()
+	b.StopTimer()
+	var total time.Duration
+	for range b.N {
+		br, err := kafka.New(kafka.Config{Brokers: addrs}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sub, err := br.SubscriberWith(bustest.Name("floor"), kafka.SubscriberConfig{Ordering: kafka.OrderUnordered})
+		if err != nil {
+			b.Fatal(err)
+		}
+		r, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var got atomic.Int64
+		done := make(chan struct{})
+		r.AddConsumerHandler("h", topic, sub, func(*message.Message) error {
+			if got.Add(1) == int64(n) {
+				close(done)
+			}
+			return nil
+		})
+		runErr := make(chan error, 1)
+		total += timedConsume(b, func() {
+			go func() { runErr <- r.Run(context.Background()) }()
+		}, done)
+		_ = r.Close()
+		<-runErr
+		_ = br.Close()
 	}
 	reportMsgsPerSec(b, n*b.N, total, "msgs/s")
 }

@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -75,14 +76,30 @@ func unmarshalRecord(rec *kgo.Record) *message.Message {
 		value = []byte{}
 	}
 	msg := message.NewMessage("", value)
-	md := msg.Metadata
-	var id string
+	// Sized for the headers, a restored correlation id and a partition
+	// key, so that the map does not grow; the header values share one
+	// string (one allocation instead of one per header).
+	md := make(message.Metadata, len(rec.Headers)+2)
+	size := 0
 	for _, h := range rec.Headers {
+		size += len(h.Value)
+	}
+	var b strings.Builder
+	b.Grow(size)
+	for _, h := range rec.Headers {
+		b.Write(h.Value)
+	}
+	values := b.String()
+	var id string
+	off := 0
+	for _, h := range rec.Headers {
+		v := values[off : off+len(h.Value)]
+		off += len(h.Value)
 		if h.Key == uuidHeader {
-			id = string(h.Value)
+			id = v
 			continue
 		}
-		md[h.Key] = string(h.Value)
+		md[h.Key] = v
 	}
 	if id == "" {
 		id = md[schema.KeyID]
@@ -95,6 +112,7 @@ func unmarshalRecord(rec *kgo.Record) *message.Message {
 	}
 	schema.RestoreCorrelation(md)
 	msg.UUID = id
+	msg.Metadata = md
 	return msg
 }
 
