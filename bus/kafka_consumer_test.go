@@ -31,6 +31,7 @@ import (
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/handlers"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
@@ -861,4 +862,117 @@ func TestKafkaConsumerWireCompat(t *testing.T) {
 			t.Fatal("the bus received nothing")
 		}
 	})
+}
+
+// With batch delivery a handlers.Batch handler gets the records of a
+// partition as whole batches, in order, each acked only after the batch
+// function returned; a batch that failed once is retried whole; a batch
+// holding a poison record is, after its retries, handed out record by
+// record, each retried and dead-lettered on its own: the poison record goes
+// to the dead-letter topic alone, and nothing is lost.
+func TestKafkaConsumerBatch(t *testing.T) {
+	const n, size = 1000, 100
+	addrs := kafkaCluster(t, 2)
+	topic := bustest.Name("batch")
+	type ev struct {
+		N int `json:"n"`
+	}
+	reg := schema.NewRegistry()
+	schema.Register[ev](reg, "com.example.batch.item", 1)
+	pub := consumerBus(t, addrs, bustest.Name("pub"), kafka.Config{Partitions: 2})
+	var msgs []*message.Message
+	for i := range n {
+		m, err := reg.NewMessage(context.Background(), ev{N: i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 500 {
+			m.Payload = []byte("{poison")
+		}
+		m.Metadata.Set(schema.KeyPartitionKey, "k"+strconv.Itoa(i%2))
+		msgs = append(msgs, m)
+	}
+	if err := pub.Publish(context.Background(), topic, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	pub.Close(context.Background())
+
+	var (
+		mu       sync.Mutex
+		seen     = map[int]int{}
+		batches  [][]int
+		failOnce = true
+	)
+	bt := handlers.Batch(reg, handlers.BatchConfig{Size: size}, func(_ context.Context, items []handlers.Item[ev]) error {
+		mu.Lock()
+		defer mu.Unlock()
+		var ns []int
+		for _, it := range items {
+			ns = append(ns, it.Event.N)
+		}
+		batches = append(batches, ns)
+		for _, x := range ns {
+			if x == 250 && failOnce {
+				failOnce = false
+				return errors.New("downstream hiccup")
+			}
+		}
+		for _, x := range ns {
+			seen[x]++
+		}
+		return nil
+	})
+	b := consumerBus(t, addrs, bustest.Name("g"), kafka.Config{Partitions: 2})
+	if err := b.Handle("h", topic, bt.Handle, bus.WithBatchDelivery(bt.Size()), bus.HandlerStack(func(c *middleware.StackConfig) {
+		c.Retry.InitialInterval = time.Millisecond
+	})); err != nil {
+		t.Fatal(err)
+	}
+	runConsumerBus(t, b)
+	waitFor(t, 60*time.Second, "all but the poison handled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) == n-1
+	})
+	dls, err := b.DeadLetters(bustest.Context(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case dl := <-dls:
+		if dl.UUID != msgs[500].UUID || string(dl.Payload) != "{poison" || dl.Metadata.Get(middleware.KeyDLQReason) == "" {
+			t.Errorf("dead letter %s %q reason %q, want the poison record", dl.UUID, dl.Payload, dl.Metadata.Get(middleware.KeyDLQReason))
+		}
+		dl.Ack()
+	case <-time.After(20 * time.Second):
+		t.Fatal("no dead letter")
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	largest, twice := 0, 0
+	for _, ns := range batches {
+		largest = max(largest, len(ns))
+		for i := 1; i < len(ns); i++ {
+			if ns[i] <= ns[i-1] {
+				t.Fatalf("batch out of partition order: %v", ns)
+			}
+		}
+	}
+	for _, k := range seen {
+		twice += k - 1
+	}
+	if largest != size {
+		t.Errorf("largest batch %d, want %d: the records of a poll did not come as one batch", largest, size)
+	}
+	sizes := map[int]int{}
+	for _, ns := range batches {
+		sizes[len(ns)]++
+	}
+	// The batch with the poison record is split: its other records come
+	// one by one; the others come whole (the failing one twice).
+	if full := sizes[size]; full < n/size-1 || sizes[1] != size-1 || len(batches) > n/size+size {
+		t.Errorf("batch sizes %v: %d calls for %d records", sizes, len(batches), n)
+	}
+	t.Logf("%d batch calls (sizes: calls %v), %d events seen twice", len(batches), sizes, twice)
 }

@@ -139,15 +139,17 @@ func WithOrdering(mode string) HandlerOption {
 }
 
 // WithBatchDelivery makes the broker hand this handler's messages out in
-// batches of up to size, for a batch handler ([handlers.Batch], whose Size
-// it should match): on Kafka, up to size records of a partition that one
-// poll returned, all in flight at once and in order, each message knowing
-// its place in the batch, so that the batch handler gets them as one batch
-// without waiting for its MaxWait. The next batch of a partition follows
-// when every message of this one was acked. It implies [OrderPartition].
-// Other brokers hand messages out as usual, and the batch handler groups
-// what is in flight within its MaxWait. A size below 1 makes [Bus.Handle]
-// fail.
+// batches of up to size, for a batch handler ([handlers.Batcher.Handle],
+// whose Size it should match; register no other handler with it). On
+// Kafka, up to size records of a partition that one poll returned cross the
+// router and the middleware as one carrier message, in order, and each
+// record is acked after the batch handler returned; a failed batch is
+// retried whole, then its records are handed out one by one, each retried
+// and dead-lettered on its own (see [handlers.Batcher.Handle]). The next
+// batch of a partition follows when this one was acked. It implies
+// [OrderPartition]. Other brokers hand messages out as usual, and the batch
+// handler groups what is in flight within its MaxWait. A size below 1 makes
+// [Bus.Handle] fail.
 func WithBatchDelivery(size int) HandlerOption {
 	return func(o *handlerOptions) {
 		o.batch = size

@@ -21,6 +21,7 @@ import (
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/bus/memory"
+	"github.com/busline/busline/internal/delivery"
 	"github.com/busline/busline/schema"
 )
 
@@ -448,7 +449,11 @@ func (t *telemetry) beginProcess(msg *message.Message, ht *handlerTel) *procCtx 
 		pc.Context, pc.span = t.startProcess(orig, msg, ht)
 	}
 	if t.m != nil {
-		t.m.consumed.Inst().Add(context.Background(), 1, ht.consumedOK...)
+		n := int64(1)
+		if mem := delivery.MemberFromContext(orig); mem != nil && mem.Batch.Carried() != nil {
+			n = int64(mem.Batch.Size()) // a carrier of a batch (Kafka batch delivery)
+		}
+		t.m.consumed.Inst().Add(context.Background(), n, ht.consumedOK...)
 	}
 	msg.SetContext(pc)
 	return pc
@@ -530,6 +535,9 @@ func (t *telemetry) processArgs(ctx context.Context, msg *message.Message, ht *h
 		}
 	}
 	a.attrs = appendMessageAttrs(append(a.attrs, ht.startAttrs...), msg, t.broker == BrokerKafka)
+	if mem := delivery.MemberFromContext(ctx); mem != nil && mem.Batch.Carried() != nil {
+		a.attrs = append(a.attrs, semconv.MessagingBatchMessageCount(mem.Batch.Size()))
+	}
 	switch t.broker {
 	case BrokerKafka:
 		if ri, ok := kafka.RecordFromContext(ctx); ok {

@@ -122,10 +122,22 @@ func (b *Batcher[T]) Size() int { return b.size }
 //
 // # Which messages form a batch
 //
-// Messages the broker delivered as a batch (on Kafka with
-// bus.WithBatchDelivery: the records of a partition that one poll returned)
-// form that batch, in their order, with no waiting: the batch is handled as
-// soon as all of them arrived. Messages delivered on their own join the one
+// On Kafka with bus.WithBatchDelivery the broker delivers up to that many
+// records of a partition that one poll returned as one carrier message:
+// Handle decodes them and calls fn with their events, in order, at once
+// (in calls of at most Size events), and the carrier's ack acks them all.
+// When one does not decode, or fn fails or panics, the bus's retry step
+// retries the whole batch within its budget; when that does not help, the
+// carrier is nacked and the broker hands the records out again one by
+// one, each then a batch of one, retried and dead-lettered on its own: a
+// poison message fails alone, and fn may see the events of the batch again
+// (at least once). The
+// middleware runs once per carrier, so per-message dedup does not apply to
+// a batch that succeeds: make fn idempotent, as said above.
+//
+// Messages the broker delivered as a batch each on its own form that
+// batch, in their order, with no waiting: the batch is handled as soon as
+// all of them arrived. Messages delivered on their own join the one
 // open batch; one that cannot be decoded never joins it. Either way a batch
 // is handled when it holds Size messages, or MaxWait after its first
 // message arrived, whichever comes first (a delivered batch waits MaxWait
@@ -152,6 +164,9 @@ func (b *Batcher[T]) Size() int { return b.size }
 // fetched together there.
 func (b *Batcher[T]) Handle(ctx context.Context, msg *message.Message) error {
 	mem := delivery.MemberFromContext(ctx)
+	if mem != nil && mem.Batch.Carried() != nil {
+		return b.handleCarried(ctx, mem.Batch.Carried())
+	}
 	sl := &slot[T]{msg: msg}
 	if mem != nil {
 		sl.idx = mem.Index
@@ -187,6 +202,52 @@ func (b *Batcher[T]) Handle(ctx context.Context, msg *message.Message) error {
 	<-cur.done
 	return cur.result(sl)
 }
+
+// handleCarried handles the messages one carrier message brought (batch
+// delivery on Kafka): in calls of fn of at most Size events, in order, on
+// the carrier's goroutine. When a message does not decode, or fn fails or
+// panics, it returns a [splitError]: retried like a transient error, then
+// the carrier is nacked, never dead-lettered, and the broker hands its
+// messages out again one by one, each then handled as a batch of one and
+// retried or dead-lettered on its own.
+func (b *Batcher[T]) handleCarried(ctx context.Context, msgs []*message.Message) (err error) {
+	items := make([]Item[T], 0, len(msgs))
+	for _, m := range msgs {
+		ev, env, err := schema.DecodeAs[T](b.r, m)
+		if err != nil {
+			return splitError{err}
+		}
+		items = append(items, Item[T]{Event: ev, Envelope: env})
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = splitError{fmt.Errorf("handlers: batch function panicked: %v", r)}
+		}
+	}()
+	for len(items) > 0 {
+		n := min(len(items), b.size)
+		if err := b.fn(ctx, items[:n]); err != nil {
+			return splitError{err}
+		}
+		items = items[n:]
+	}
+	return nil
+}
+
+// splitError is what a batch that came in one carrier message gets when it
+// fails: the bus's middleware retries it like a transient error, then
+// nacks the carrier instead of dead-lettering it, and the broker delivers
+// its messages again one by one.
+type splitError struct{ err error }
+
+func (e splitError) Error() string {
+	return "handlers: batch failed, its messages are handled one by one: " + e.err.Error()
+}
+
+func (e splitError) Unwrap() error { return e.err }
+
+// Redeliver reports true (see splitError).
+func (splitError) Redeliver() bool { return true }
 
 // result is what the message of sl gets once cur is done: its decoding
 // error, or the batch's outcome.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -478,10 +479,101 @@ func (c *consumer) runLane(p *partition, l *lane) {
 	}
 }
 
-// process hands out group (one record, or one batch) until every message
-// was acked, waiting out the nack delay after each round that had nacks.
-// It returns false when the partition stopped or the consumer closed.
+// process hands out group (one record, or one batch) until every record
+// was acked. A batch goes out as one carrier message; when it fails, its
+// records go out one by one, each through the handler's retries and dead
+// letter on its own. It returns false when the partition stopped or the
+// consumer closed.
 func (c *consumer) process(p *partition, group []item) bool {
+	if len(group) > 1 {
+		switch c.processCarried(p, group) {
+		case carriedAcked:
+			return true
+		case carriedStopped:
+			return false
+		}
+		for i := range group {
+			if !c.processGroup(p, group[i:i+1]) {
+				return false
+			}
+		}
+		return true
+	}
+	return c.processGroup(p, group)
+}
+
+// Outcomes of processCarried.
+const (
+	carriedAcked = iota
+	carriedNacked
+	carriedStopped
+)
+
+// processCarried hands group out as one carrier message whose context
+// holds the records' messages (internal/delivery), for a batch handler: the
+// router and the middleware run once per batch instead of once per record.
+// The carrier's id is "kafka:<topic>/<partition>/<first>-<last>", stable
+// across redeliveries of the same records. Its ack finishes every record.
+func (c *consumer) processCarried(p *partition, group []item) int {
+	p.mu.Lock()
+	if p.stopped || p.draining && group[0].rec.Offset > p.cutoff {
+		p.mu.Unlock()
+		return carriedStopped
+	}
+	if p.draining {
+		k := 1
+		for k < len(group) && group[k].rec.Offset <= p.cutoff {
+			k++
+		}
+		group = group[:k]
+	}
+	p.maxOut = max(p.maxOut, group[len(group)-1].rec.Offset)
+	p.mu.Unlock()
+
+	msgs := make([]*message.Message, len(group))
+	for i, it := range group {
+		msgs[i] = unmarshalRecord(it.rec)
+	}
+	first, last := group[0].rec, group[len(group)-1].rec
+	carrier := message.NewMessage("kafka:"+first.Topic+"/"+strconv.Itoa(int(first.Partition))+"/"+
+		strconv.FormatInt(first.Offset, 10)+"-"+strconv.FormatInt(last.Offset, 10), nil)
+	ctx, cancel := context.WithCancel(c.msgCtx)
+	defer cancel()
+	carrier.SetContext(&recordContext{
+		Context: ctx,
+		info: RecordInfo{Topic: first.Topic, Partition: first.Partition,
+			Offset: first.Offset, Timestamp: first.Timestamp},
+		member: delivery.Member{Batch: delivery.Carry(msgs)},
+	})
+	select {
+	case c.out <- carrier:
+	case <-p.stop:
+		return carriedStopped
+	case <-c.done:
+		return carriedStopped
+	}
+	select {
+	case <-carrier.Acked():
+	case <-carrier.Nacked():
+		return carriedNacked
+	case <-c.done:
+		select {
+		case <-carrier.Acked():
+		default:
+			return carriedStopped
+		}
+	}
+	for _, it := range group {
+		c.finish(p, it)
+	}
+	return carriedAcked
+}
+
+// processGroup hands out group (one record, or the records of a batch
+// each on its own) until every message was acked, waiting out the nack
+// delay after each round that had nacks. It returns false when the
+// partition stopped or the consumer closed.
+func (c *consumer) processGroup(p *partition, group []item) bool {
 	msgs := make([]*message.Message, len(group))
 	for i, it := range group {
 		msgs[i] = unmarshalRecord(it.rec)

@@ -4,21 +4,36 @@
 // bus's handler options.
 package delivery
 
-import "context"
+import (
+	"context"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
 
 // Batch is a group of messages a subscriber handed out together (the
-// records one poll returned for a partition, in order), each to be acked
-// for itself. Its identity is its address. It is safe for concurrent use:
-// it is never changed after it was made.
+// records one poll returned for a partition, in order). Either each
+// message goes through the router on its own, knowing its place in the
+// batch ([NewBatch]), or one carrier message goes through the router for
+// all of them ([Carry]) and is acked or nacked for all. Its identity is its
+// address. It is safe for concurrent use: it is never changed after it was
+// made.
 type Batch struct {
 	size int
+	msgs []*message.Message
 }
 
-// NewBatch returns a batch of size messages.
+// NewBatch returns a batch of size messages, each delivered on its own.
 func NewBatch(size int) *Batch { return &Batch{size: size} }
+
+// Carry returns a batch of msgs that one carrier message delivers.
+func Carry(msgs []*message.Message) *Batch { return &Batch{size: len(msgs), msgs: msgs} }
 
 // Size is the number of messages of the batch.
 func (b *Batch) Size() int { return b.size }
+
+// Carried returns the messages a carrier delivers, in order, or nil when
+// the batch's messages are delivered on their own.
+func (b *Batch) Carried() []*message.Message { return b.msgs }
 
 // Member is the place of one message in its batch.
 type Member struct {
