@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -34,9 +35,10 @@ type Broker struct {
 	kcl   *kgo.Client
 	admin *kadm.Client
 
-	mu     sync.Mutex
-	closed bool
-	subs   []*subscriber
+	mu        sync.Mutex
+	closed    bool
+	subs      []*subscriber
+	instances map[string]int // group -> subscriptions made, for static member ids
 }
 
 // New validates cfg, connects the publisher to the brokers and returns the
@@ -184,6 +186,22 @@ func (b *Broker) consumers() []*consumer {
 		s.mu.Unlock()
 	}
 	return cs
+}
+
+// instanceID returns the static group instance id of the next
+// subscription of group, or "" without Config.InstanceID.
+func (b *Broker) instanceID(group string) string {
+	if b.cfg.InstanceID == "" {
+		return ""
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.instances == nil {
+		b.instances = map[string]int{}
+	}
+	n := b.instances[group]
+	b.instances[group]++
+	return b.cfg.InstanceID + "-" + strconv.Itoa(n)
 }
 
 // ConsumerStats returns the stats of every subscription of the broker's

@@ -50,6 +50,18 @@ type Config struct {
 	// consumption). It must lie within the brokers'
 	// group.min.session.timeout.ms and group.max.session.timeout.ms.
 	SessionTimeout time.Duration
+	// InstanceID, when set, makes every subscription a static member of
+	// its consumer group (KIP-345), with the group instance id
+	// "<InstanceID>-<n>" (n counts this broker's subscriptions of the
+	// group, from 0: one per handler). Set it to something that stays the
+	// same across restarts of this process and differs between processes
+	// (a pod or host name). A restarted process then takes its partitions
+	// back at once, with no rebalance, instead of waiting SessionTimeout
+	// for the group to drop the crashed member. The cost: a process that
+	// stops for good keeps its partitions unconsumed for SessionTimeout,
+	// since a static member does not leave the group on Close. Zero:
+	// dynamic membership.
+	InstanceID string
 	// Ordering is how a handler's records may run concurrently, unless the
 	// handler sets its own (bus.WithOrdering): "partition" (one record of a
 	// partition at a time, in offset order; partitions in parallel), "key"

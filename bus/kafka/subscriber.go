@@ -77,7 +77,7 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if s.closed {
 		return nil, ErrClosed
 	}
-	c, err := s.b.newConsumer(ctx, s.group, topic, s.cfg)
+	c, err := s.b.newConsumer(ctx, s.group, topic, s.cfg, s.b.instanceID(s.group))
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +219,7 @@ type item struct {
 }
 
 // newConsumer starts a group member consuming topic.
-func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consumerConfig) (*consumer, error) {
+func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consumerConfig, instanceID string) (*consumer, error) {
 	c := &consumer{
 		b:      b,
 		group:  group,
@@ -259,6 +259,9 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 		kgo.OnPartitionsLost(c.onLost),
 		kgo.FetchMaxWait(fetchMaxWait),
 	)
+	if instanceID != "" {
+		opts = append(opts, kgo.InstanceID(instanceID))
+	}
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: consumer: %w", err)
