@@ -203,10 +203,7 @@ func benchConsumeRawFranz(b *testing.B, addrs []string, topic string, n int) {
 }
 
 func benchConsumeWatermill(b *testing.B, addrs []string, topic string, n int) {
-	b.ReportAllocs()
-	b.StopTimer()
-	var total time.Duration
-	for range b.N {
+	benchConsumeRouter(b, topic, n, func() (message.Subscriber, func()) {
 		sc := wkafka.DefaultSaramaSubscriberConfig()
 		sc.Consumer.Offsets.Initial = sarama.OffsetOldest
 		sub, err := wkafka.NewSubscriber(wkafka.SubscriberConfig{
@@ -218,6 +215,19 @@ func benchConsumeWatermill(b *testing.B, addrs []string, topic string, n int) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		return sub, func() {}
+	})
+}
+
+// benchConsumeRouter consumes with a bare Watermill router, no middleware,
+// on the subscriber newSub makes for each iteration (its cleanup runs after
+// the router closed).
+func benchConsumeRouter(b *testing.B, topic string, n int, newSub func() (message.Subscriber, func())) {
+	b.ReportAllocs()
+	b.StopTimer()
+	var total time.Duration
+	for range b.N {
+		sub, cleanup := newSub()
 		r, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
 		if err != nil {
 			b.Fatal(err)
@@ -236,6 +246,7 @@ func benchConsumeWatermill(b *testing.B, addrs []string, topic string, n int) {
 		}, done)
 		_ = r.Close()
 		<-runErr
+		cleanup()
 	}
 	reportMsgsPerSec(b, n*b.N, total, "msgs/s")
 }
@@ -306,10 +317,7 @@ func benchConsumeBatch(b *testing.B, addrs []string, parts int32, topic string, 
 }
 
 func benchConsumeRouterFloor(b *testing.B, addrs []string, topic string, n int) {
-	b.ReportAllocs()
-	b.StopTimer()
-	var total time.Duration
-	for range b.N {
+	benchConsumeRouter(b, topic, n, func() (message.Subscriber, func()) {
 		br, err := kafka.New(kafka.Config{Brokers: addrs}, nil)
 		if err != nil {
 			b.Fatal(err)
@@ -318,25 +326,6 @@ func benchConsumeRouterFloor(b *testing.B, addrs []string, topic string, n int) 
 		if err != nil {
 			b.Fatal(err)
 		}
-		r, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		var got atomic.Int64
-		done := make(chan struct{})
-		r.AddConsumerHandler("h", topic, sub, func(*message.Message) error {
-			if got.Add(1) == int64(n) {
-				close(done)
-			}
-			return nil
-		})
-		runErr := make(chan error, 1)
-		total += timedConsume(b, func() {
-			go func() { runErr <- r.Run(context.Background()) }()
-		}, done)
-		_ = r.Close()
-		<-runErr
-		_ = br.Close()
-	}
-	reportMsgsPerSec(b, n*b.N, total, "msgs/s")
+		return sub, func() { _ = br.Close() }
+	})
 }

@@ -411,12 +411,7 @@ func (c *consumer) pauseSlow(now time.Time) {
 	if c.assigned.Load() < 2 {
 		return
 	}
-	c.mu.Lock()
-	parts := make([]*partition, 0, len(c.parts))
-	for _, p := range c.parts {
-		parts = append(parts, p)
-	}
-	c.mu.Unlock()
+	parts := c.snapshot()
 	for _, p := range parts {
 		p.mu.Lock()
 		at, ok := p.trk.oldest()
@@ -488,17 +483,9 @@ func (c *consumer) runLane(p *partition, l *lane) {
 		if c.cfg.batch > 1 {
 			n = min(len(l.q), c.cfg.batch)
 		}
-		if p.draining {
-			// Revoked: only records up to the cutoff still run; the
-			// partition's next owner starts after them.
-			k := 0
-			for k < n && l.q[k].rec.Offset <= p.cutoff {
-				k++
-			}
-			if n = k; n == 0 {
-				p.mu.Unlock()
-				return
-			}
+		if n = p.upToCutoff(l.q[:n]); n == 0 {
+			p.mu.Unlock()
+			return
 		}
 		group := l.q[:n:n]
 		l.q = l.q[n:]
@@ -545,20 +532,9 @@ const (
 // The carrier's id is "kafka:<topic>/<partition>/<first>-<last>", stable
 // across redeliveries of the same records. Its ack finishes every record.
 func (c *consumer) processCarried(p *partition, group []item) int {
-	p.mu.Lock()
-	if p.stopped || p.draining && group[0].rec.Offset > p.cutoff {
-		p.mu.Unlock()
+	if group = p.handOut(group); len(group) == 0 {
 		return carriedStopped
 	}
-	if p.draining {
-		k := 1
-		for k < len(group) && group[k].rec.Offset <= p.cutoff {
-			k++
-		}
-		group = group[:k]
-	}
-	p.maxOut = max(p.maxOut, group[len(group)-1].rec.Offset)
-	p.mu.Unlock()
 
 	msgs := make([]*message.Message, len(group))
 	for i, it := range group {
@@ -610,22 +586,10 @@ func (c *consumer) processGroup(p *partition, group []item) bool {
 	}
 	var timer *time.Timer
 	for {
-		p.mu.Lock()
-		if p.stopped || p.draining && group[0].rec.Offset > p.cutoff {
-			// Revoked after runLane took the group: the next owner
-			// starts with it.
-			p.mu.Unlock()
+		if group = p.handOut(group); len(group) == 0 {
 			return false
 		}
-		if p.draining {
-			k := 1
-			for k < len(group) && group[k].rec.Offset <= p.cutoff {
-				k++
-			}
-			group, msgs = group[:k], msgs[:k]
-		}
-		p.maxOut = max(p.maxOut, group[len(group)-1].rec.Offset)
-		p.mu.Unlock()
+		msgs = msgs[:len(group)]
 		var b *delivery.Batch
 		if c.cfg.batch > 1 {
 			b = delivery.NewBatch(len(group))
@@ -758,12 +722,7 @@ func (c *consumer) commitLoop() {
 		case <-c.done:
 			return
 		}
-		c.mu.Lock()
-		parts := make([]*partition, 0, len(c.parts))
-		for _, p := range c.parts {
-			parts = append(parts, p)
-		}
-		c.mu.Unlock()
+		parts := c.snapshot()
 		if c.mark(parts, false) {
 			ctx, cancel := context.WithTimeout(context.Background(), c.cfg.commitInterval*5)
 			if err := c.cl.CommitMarkedOffsets(ctx); err != nil && !c.closing.Load() {
@@ -800,6 +759,46 @@ func (c *consumer) mark(parts []*partition, final bool) bool {
 	}
 	c.cl.MarkCommitOffsets(map[string]map[int32]kgo.EpochOffset{c.topic: offs})
 	return true
+}
+
+// upToCutoff returns how many records at the start of group may still be
+// handed out: all of them, or while p drains (revoked, or the consumer
+// stopping) those up to its cutoff; its next owner starts after them. p.mu
+// must be held.
+func (p *partition) upToCutoff(group []item) int {
+	if !p.draining {
+		return len(group)
+	}
+	k := 0
+	for k < len(group) && group[k].rec.Offset <= p.cutoff {
+		k++
+	}
+	return k
+}
+
+// handOut returns the part of group that may go to the router now (see
+// upToCutoff; none once p stopped) and records it as handed out.
+func (p *partition) handOut(group []item) []item {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped {
+		return nil
+	}
+	if group = group[:p.upToCutoff(group)]; len(group) > 0 {
+		p.maxOut = max(p.maxOut, group[len(group)-1].rec.Offset)
+	}
+	return group
+}
+
+// snapshot returns the assigned partitions' states.
+func (c *consumer) snapshot() []*partition {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	parts := make([]*partition, 0, len(c.parts))
+	for _, p := range c.parts {
+		parts = append(parts, p)
+	}
+	return parts
 }
 
 // detach removes ids from the assigned partitions and returns their state.
@@ -895,14 +894,10 @@ func (c *consumer) onRevoked(ctx context.Context, cl *kgo.Client, revoked map[st
 // not handed out are fetched again by the next consumer of the group.
 func (c *consumer) stopFetching() {
 	c.mu.Lock()
-	c.fetchStopped = true
-	parts := make([]*partition, 0, len(c.parts))
-	for _, p := range c.parts {
-		parts = append(parts, p)
-	}
+	c.fetchStopped = true // from now on dispatch adds no partition
 	c.mu.Unlock()
 	c.stopPoll()
-	for _, p := range parts {
+	for _, p := range c.snapshot() {
 		p.beginDrain()
 	}
 }
@@ -910,12 +905,7 @@ func (c *consumer) stopFetching() {
 // drain waits until every partition settled (see stopFetching) or ctx is
 // done.
 func (c *consumer) drain(ctx context.Context) error {
-	c.mu.Lock()
-	parts := make([]*partition, 0, len(c.parts))
-	for _, p := range c.parts {
-		parts = append(parts, p)
-	}
-	c.mu.Unlock()
+	parts := c.snapshot()
 	for _, p := range parts {
 		select {
 		case <-p.settled:
@@ -968,12 +958,7 @@ func (c *consumer) close() {
 		close(c.done)
 		c.loops.Wait()
 		c.lanes.Wait()
-		c.mu.Lock()
-		parts := make([]*partition, 0, len(c.parts))
-		for _, p := range c.parts {
-			parts = append(parts, p)
-		}
-		c.mu.Unlock()
+		parts := c.snapshot()
 		if c.mark(parts, false) {
 			ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
 			if err := c.cl.CommitMarkedOffsets(ctx); err != nil {
@@ -990,12 +975,7 @@ func (c *consumer) close() {
 
 func (c *consumer) stats() ConsumerStats {
 	st := ConsumerStats{Group: c.group, Topic: c.topic, InFlight: int(c.total.Load()), LostPartitions: c.lost.Load()}
-	c.mu.Lock()
-	parts := make([]*partition, 0, len(c.parts))
-	for _, p := range c.parts {
-		parts = append(parts, p)
-	}
-	c.mu.Unlock()
+	parts := c.snapshot()
 	now := time.Now()
 	for _, p := range parts {
 		p.mu.Lock()
