@@ -25,7 +25,9 @@ import (
 	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/busline/busline/bus"
@@ -975,4 +977,63 @@ func TestKafkaConsumerBatch(t *testing.T) {
 		t.Errorf("batch sizes %v: %d calls for %d records", sizes, len(batches), n)
 	}
 	t.Logf("%d batch calls (sizes: calls %v), %d events seen twice", len(batches), sizes, twice)
+}
+
+// When the group coordinator says the member is unknown (its session
+// expired), the member's partitions are lost: nothing is committed for
+// them, their in-flight results are dropped (busline.kafka.lost_partitions
+// counts them), the member rejoins, and every record is still handled.
+func TestKafkaConsumerLostPartitions(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(2),
+		kfake.GroupMinSessionTimeout(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	addrs := c.ListenAddrs()
+	const n = 2000
+	topic := bustest.Name("lost")
+	publishSeq(t, addrs, 2, topic, "l", n, func(i int) string { return "k" + strconv.Itoa(i%16) })
+
+	var armed, fired atomic.Bool
+	c.ControlKey(int16(kmsg.Heartbeat), func(r kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if !armed.Load() || fired.Swap(true) {
+			return nil, nil, false
+		}
+		resp := r.(*kmsg.HeartbeatRequest).ResponseKind().(*kmsg.HeartbeatResponse)
+		resp.ErrorCode = kerr.UnknownMemberID.Code
+		return resp, nil, true
+	})
+
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer mp.Shutdown(context.Background())
+	b, err := bus.New(bus.Config{Broker: bus.BrokerKafka, Group: bustest.Name("g"), Kafka: kafka.Config{
+		Brokers: addrs, Partitions: 2, SessionTimeout: time.Second,
+	}}, bus.WithLogger(slog.New(slog.DiscardHandler)), bus.WithMeterProvider(mp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen counts
+	err = b.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
+		tm := time.NewTimer(time.Millisecond) // the work: 2,000 records take about a second
+		<-tm.C
+		if seen.add(m.UUID) >= 300 {
+			armed.Store(true)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runConsumerBus(t, b)
+	waitFor(t, 60*time.Second, "every record handled after the loss", func() bool { return seen.distinct() == n })
+	if !fired.Load() {
+		t.Fatal("the heartbeat never failed")
+	}
+	if lost := sumOf(t, metricsOf(t, reader), bus.MetricKafkaLostPartitions, "{partition}", nil); lost < 1 {
+		t.Errorf("busline.kafka.lost_partitions = %d, want >= 1", lost)
+	}
+	t.Logf("%d records handled twice after the loss", len(seen.twice()))
 }
