@@ -25,7 +25,7 @@
 //	                              (e.g. http://localhost:4318)
 //
 // On Kafka and RabbitMQ the poison message stays in the dead-letter topic;
-// list it with the dead-letter CLI: go run ./bus/cmd/busline list.
+// list it with the dead-letter CLI: go run ./cmd/busline list.
 // SIGINT or SIGTERM shut the bus down gracefully.
 package main
 

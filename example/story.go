@@ -538,7 +538,7 @@ func (s *service) readDeadLetter(ctx context.Context, id string) (*message.Messa
 		default:
 			cancel()
 			m.Nack()
-			return nil, fmt.Errorf("dead letter %s of %s is ahead of it; inspect the backlog with: go run ./bus/cmd/busline list", m.UUID, src)
+			return nil, fmt.Errorf("dead letter %s of %s is ahead of it; inspect the backlog with: go run ./cmd/busline list", m.UUID, src)
 		}
 	}
 	return nil, fmt.Errorf("dead letters ended before %s arrived: %w", id, dctx.Err())

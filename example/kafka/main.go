@@ -7,7 +7,7 @@
 // pass a signal on to the program it built):
 //
 //	go run ./example/kafka go run ./example
-//	go run ./example/kafka -- sh -c 'go run ./example && go run ./bus/cmd/busline list'
+//	go run ./example/kafka -- sh -c 'go run ./example && go run ./cmd/busline list'
 //
 // Without a command it prints the address it listens on and runs until
 // SIGINT or SIGTERM. Topics are created on first use. Everything is kept in
