@@ -131,50 +131,89 @@ func ConfigFromEnv() (Config, error) {
 
 func configFromLookup(lookup func(string) (string, bool)) (Config, error) {
 	e := envReader{lookup: lookup}
-	c := Config{
-		Broker:          strings.ToLower(e.str("BUSLINE_BROKER")),
-		Group:           e.str("BUSLINE_GROUP"),
-		DeadLetterTopic: e.str("BUSLINE_DEAD_LETTER_TOPIC"),
-		ShutdownTimeout: e.duration("BUSLINE_SHUTDOWN_TIMEOUT"),
-		Memory: memory.Config{
-			Buffer:         e.integer("BUSLINE_MEMORY_BUFFER"),
-			PublishTimeout: e.duration("BUSLINE_MEMORY_PUBLISH_TIMEOUT"),
-			NackDelay:      e.duration("BUSLINE_MEMORY_NACK_DELAY"),
-		},
-		Kafka: kafka.Config{
-			Brokers:                 e.list("BUSLINE_KAFKA_BROKERS"),
-			ClientID:                e.str("BUSLINE_KAFKA_CLIENT_ID"),
-			InitialOffset:           e.str("BUSLINE_KAFKA_INITIAL_OFFSET"),
-			Partitions:              int32(e.integer("BUSLINE_KAFKA_PARTITIONS")),
-			ReplicationFactor:       int16(e.integer("BUSLINE_KAFKA_REPLICATION_FACTOR")),
-			NackDelay:               e.duration("BUSLINE_KAFKA_NACK_DELAY"),
-			RebalanceTimeout:        e.duration("BUSLINE_KAFKA_REBALANCE_TIMEOUT"),
-			SessionTimeout:          e.duration("BUSLINE_KAFKA_SESSION_TIMEOUT"),
-			Ordering:                strings.ToLower(e.str("BUSLINE_KAFKA_ORDERING")),
-			MaxInFlight:             e.integer("BUSLINE_KAFKA_MAX_IN_FLIGHT"),
-			MaxInFlightPerPartition: e.integer("BUSLINE_KAFKA_MAX_IN_FLIGHT_PER_PARTITION"),
-			CommitInterval:          e.duration("BUSLINE_KAFKA_COMMIT_INTERVAL"),
-			TLS:                     e.tls("BUSLINE_KAFKA_TLS"),
-			SASL: kafka.SASLConfig{
-				Mechanism: e.str("BUSLINE_KAFKA_SASL_MECHANISM"),
-				User:      e.str("BUSLINE_KAFKA_SASL_USER"),
-				Password:  e.str("BUSLINE_KAFKA_SASL_PASSWORD"),
-			},
-			Partitioner: e.str("BUSLINE_KAFKA_PARTITIONER"),
-		},
-		AMQP: amqp.Config{
-			URL:             e.str("BUSLINE_AMQP_URL"),
-			Prefetch:        e.integer("BUSLINE_AMQP_PREFETCH"),
-			ChannelPoolSize: e.integer("BUSLINE_AMQP_CHANNEL_POOL_SIZE"),
-			NackDelay:       e.duration("BUSLINE_AMQP_NACK_DELAY"),
-			Concurrency:     e.integer("BUSLINE_AMQP_CONCURRENCY"),
-			PublishWindow:   e.integer("BUSLINE_AMQP_PUBLISH_WINDOW"),
-			AllowUnroutable: e.boolean("BUSLINE_AMQP_ALLOW_UNROUTABLE"),
-			TLS:             e.tls("BUSLINE_AMQP_TLS"),
-		},
+	var c Config
+	for _, v := range envTable {
+		v.set(&c, &e, v.Name)
 	}
 	return c, errors.Join(e.errs...)
 }
+
+// EnvVar is one environment variable [ConfigFromEnv] reads.
+type EnvVar struct {
+	// Name is the variable's name.
+	Name string
+	// Default is what the variable means when unset, as the README's
+	// configuration table says it ("" where the README names the
+	// variable inside another's row, such as the TLS file variables).
+	Default string
+}
+
+// EnvVars returns every variable [ConfigFromEnv] reads, in the order of
+// the README's configuration table. A test checks that table against it.
+func EnvVars() []EnvVar {
+	out := make([]EnvVar, len(envTable))
+	for i, v := range envTable {
+		out[i] = v.EnvVar
+	}
+	return out
+}
+
+// envVar is a variable and where its value goes.
+type envVar struct {
+	EnvVar
+	set func(c *Config, e *envReader, name string)
+}
+
+// envTable is the one list of the BUSLINE_* variables.
+var envTable = []envVar{
+	{EnvVar{"BUSLINE_BROKER", "`memory`"}, func(c *Config, e *envReader, n string) { c.Broker = strings.ToLower(e.str(n)) }},
+	{EnvVar{"BUSLINE_GROUP", "`busline`"}, func(c *Config, e *envReader, n string) { c.Group = e.str(n) }},
+	{EnvVar{"BUSLINE_DEAD_LETTER_TOPIC", "`busline.deadletter`"}, func(c *Config, e *envReader, n string) { c.DeadLetterTopic = e.str(n) }},
+	{EnvVar{"BUSLINE_SHUTDOWN_TIMEOUT", "`30s`"}, func(c *Config, e *envReader, n string) { c.ShutdownTimeout = e.duration(n) }},
+	{EnvVar{"BUSLINE_MEMORY_BUFFER", "`1024`"}, func(c *Config, e *envReader, n string) { c.Memory.Buffer = e.integer(n) }},
+	{EnvVar{"BUSLINE_MEMORY_PUBLISH_TIMEOUT", "`10s`"}, func(c *Config, e *envReader, n string) { c.Memory.PublishTimeout = e.duration(n) }},
+	{EnvVar{"BUSLINE_MEMORY_NACK_DELAY", "`100ms`"}, func(c *Config, e *envReader, n string) { c.Memory.NackDelay = e.duration(n) }},
+	{EnvVar{"BUSLINE_KAFKA_BROKERS", "(required for kafka)"}, func(c *Config, e *envReader, n string) { c.Kafka.Brokers = e.list(n) }},
+	{EnvVar{"BUSLINE_KAFKA_CLIENT_ID", "`busline`"}, func(c *Config, e *envReader, n string) { c.Kafka.ClientID = e.str(n) }},
+	{EnvVar{"BUSLINE_KAFKA_INITIAL_OFFSET", "`oldest`"}, func(c *Config, e *envReader, n string) { c.Kafka.InitialOffset = e.str(n) }},
+	{EnvVar{"BUSLINE_KAFKA_PARTITIONS", "`1`"}, func(c *Config, e *envReader, n string) { c.Kafka.Partitions = int32(e.integer(n)) }},
+	{EnvVar{"BUSLINE_KAFKA_REPLICATION_FACTOR", "`1`"}, func(c *Config, e *envReader, n string) { c.Kafka.ReplicationFactor = int16(e.integer(n)) }},
+	{EnvVar{"BUSLINE_KAFKA_NACK_DELAY", "`1s`"}, func(c *Config, e *envReader, n string) { c.Kafka.NackDelay = e.duration(n) }},
+	{EnvVar{"BUSLINE_KAFKA_REBALANCE_TIMEOUT", "`60s`"}, func(c *Config, e *envReader, n string) { c.Kafka.RebalanceTimeout = e.duration(n) }},
+	{EnvVar{"BUSLINE_KAFKA_SESSION_TIMEOUT", "`10s`"}, func(c *Config, e *envReader, n string) { c.Kafka.SessionTimeout = e.duration(n) }},
+	{EnvVar{"BUSLINE_KAFKA_INSTANCE_ID", "(none)"}, func(c *Config, e *envReader, n string) { c.Kafka.InstanceID = e.str(n) }},
+	{EnvVar{"BUSLINE_KAFKA_ORDERING", "`partition`"}, func(c *Config, e *envReader, n string) { c.Kafka.Ordering = strings.ToLower(e.str(n)) }},
+	{EnvVar{"BUSLINE_KAFKA_MAX_IN_FLIGHT", "`1024`"}, func(c *Config, e *envReader, n string) { c.Kafka.MaxInFlight = e.integer(n) }},
+	{EnvVar{"BUSLINE_KAFKA_MAX_IN_FLIGHT_PER_PARTITION", "`256`"}, func(c *Config, e *envReader, n string) { c.Kafka.MaxInFlightPerPartition = e.integer(n) }},
+	{EnvVar{"BUSLINE_KAFKA_COMMIT_INTERVAL", "`1s`"}, func(c *Config, e *envReader, n string) { c.Kafka.CommitInterval = e.duration(n) }},
+	{EnvVar{"BUSLINE_KAFKA_TLS", "`false`"}, func(c *Config, e *envReader, n string) { c.Kafka.TLS = e.tls(n) }},
+	{EnvVar{"BUSLINE_KAFKA_TLS_CA_FILE", ""}, nop},
+	{EnvVar{"BUSLINE_KAFKA_TLS_CERT_FILE", ""}, nop},
+	{EnvVar{"BUSLINE_KAFKA_TLS_KEY_FILE", ""}, nop},
+	{EnvVar{"BUSLINE_KAFKA_TLS_SERVER_NAME", ""}, nop},
+	{EnvVar{"BUSLINE_KAFKA_TLS_INSECURE_SKIP_VERIFY", ""}, nop},
+	{EnvVar{"BUSLINE_KAFKA_SASL_MECHANISM", "(none)"}, func(c *Config, e *envReader, n string) { c.Kafka.SASL.Mechanism = e.str(n) }},
+	{EnvVar{"BUSLINE_KAFKA_SASL_USER", ""}, func(c *Config, e *envReader, n string) { c.Kafka.SASL.User = e.str(n) }},
+	{EnvVar{"BUSLINE_KAFKA_SASL_PASSWORD", ""}, func(c *Config, e *envReader, n string) { c.Kafka.SASL.Password = e.str(n) }},
+	{EnvVar{"BUSLINE_KAFKA_PARTITIONER", "`murmur2`"}, func(c *Config, e *envReader, n string) { c.Kafka.Partitioner = e.str(n) }},
+	{EnvVar{"BUSLINE_AMQP_URL", "(required for amqp)"}, func(c *Config, e *envReader, n string) { c.AMQP.URL = e.str(n) }},
+	{EnvVar{"BUSLINE_AMQP_PREFETCH", "`16` (at least the concurrency)"}, func(c *Config, e *envReader, n string) { c.AMQP.Prefetch = e.integer(n) }},
+	{EnvVar{"BUSLINE_AMQP_CONCURRENCY", "`1`"}, func(c *Config, e *envReader, n string) { c.AMQP.Concurrency = e.integer(n) }},
+	{EnvVar{"BUSLINE_AMQP_PUBLISH_WINDOW", "`512`"}, func(c *Config, e *envReader, n string) { c.AMQP.PublishWindow = e.integer(n) }},
+	{EnvVar{"BUSLINE_AMQP_ALLOW_UNROUTABLE", "`false`"}, func(c *Config, e *envReader, n string) { c.AMQP.AllowUnroutable = e.boolean(n) }},
+	{EnvVar{"BUSLINE_AMQP_CHANNEL_POOL_SIZE", "`4`"}, func(c *Config, e *envReader, n string) { c.AMQP.ChannelPoolSize = e.integer(n) }},
+	{EnvVar{"BUSLINE_AMQP_NACK_DELAY", "`1s`"}, func(c *Config, e *envReader, n string) { c.AMQP.NackDelay = e.duration(n) }},
+	{EnvVar{"BUSLINE_AMQP_TLS", "`false`"}, func(c *Config, e *envReader, n string) { c.AMQP.TLS = e.tls(n) }},
+	{EnvVar{"BUSLINE_AMQP_TLS_CA_FILE", ""}, nop},
+	{EnvVar{"BUSLINE_AMQP_TLS_CERT_FILE", ""}, nop},
+	{EnvVar{"BUSLINE_AMQP_TLS_KEY_FILE", ""}, nop},
+	{EnvVar{"BUSLINE_AMQP_TLS_SERVER_NAME", ""}, nop},
+	{EnvVar{"BUSLINE_AMQP_TLS_INSECURE_SKIP_VERIFY", ""}, nop},
+}
+
+// nop is the setter of a variable read with another (the TLS files and
+// options are read with BUSLINE_*_TLS).
+func nop(*Config, *envReader, string) {}
 
 type envReader struct {
 	lookup func(string) (string, bool)
