@@ -21,8 +21,8 @@
 // The event type carries no version: "com.example.order.created".
 //
 // On RabbitMQ (AMQP 0-9-1) the attributes travel as cloudEvents_ headers and
-// the content_type property: [ToAMQPHeaders] and [FromAMQPHeaders] map
-// between the two. [FromAMQPHeaders] is total: it accepts the cloudEvents:
+// the content_type property: the AMQP broker (bus/amqp: ToHeaders and FromHeaders) maps
+// between the two. FromHeaders is total: it accepts the cloudEvents:
 // prefix too, stringifies typed values and turns nested tables such as
 // RabbitMQ's x-death into JSON, so a transport unmarshaler built on it never
 // fails and never loops on a message; bad envelopes are rejected later, in

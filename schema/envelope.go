@@ -199,7 +199,7 @@ func (e Envelope) Apply(msg *message.Message) {
 }
 
 // FromMetadata reads a binary-mode envelope from Watermill metadata (the
-// Kafka headers, or what [FromAMQPHeaders] returned) and validates it. Keys
+// Kafka headers, or what bus/amqp.FromHeaders returned) and validates it. Keys
 // ce_x that have no Envelope field become Extensions; content-type is the
 // data content type (ce_datacontenttype is accepted when content-type is
 // absent). Empty values count as absent.

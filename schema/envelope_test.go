@@ -10,6 +10,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/schema"
 )
 
@@ -155,8 +156,8 @@ func TestEnvelopeMetadataRoundTrip(t *testing.T) {
 	}
 
 	// Through RabbitMQ headers and back.
-	h, ct := schema.ToAMQPHeaders(msg.Metadata)
-	got2, err := schema.FromMetadata(schema.FromAMQPHeaders(h, ct))
+	h, ct := amqp.ToHeaders(msg.Metadata)
+	got2, err := schema.FromMetadata(amqp.FromHeaders(h, ct))
 	if err != nil {
 		t.Fatal(err)
 	}

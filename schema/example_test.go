@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/busline/busline/schema"
 )
@@ -113,33 +112,4 @@ func ExampleEnvelope() {
 	// uuid: 0192b3a0-0000-7000-8000-000000000001
 	// schema: envelope_invalid: type "com.acme.order.created" version 3: source "not a uri" is not a URI-reference
 	// extension name "Tenant" is not lower-case letters and digits
-}
-
-func ExampleFromAMQPHeaders() {
-	// What a dead-lettered message can look like on RabbitMQ.
-	h := amqp091.Table{
-		"cloudEvents_id":          "e-1",
-		"cloudEvents:source":      "/orders",
-		"cloudEvents_type":        "com.acme.order.created",
-		"cloudEvents_specversion": "1.0",
-		"cloudEvents_dataversion": int64(3),
-		"x-death": []any{amqp091.Table{
-			"count": int64(1), "reason": "rejected", "queue": "orders",
-		}},
-	}
-	md := schema.FromAMQPHeaders(h, "application/json")
-	for _, k := range slices.Sorted(maps.Keys(md)) {
-		fmt.Printf("%s: %s\n", k, md[k])
-	}
-	headers, contentType := schema.ToAMQPHeaders(md)
-	fmt.Println(headers["cloudEvents_source"], contentType)
-	// Output:
-	// ce_dataversion: 3
-	// ce_id: e-1
-	// ce_source: /orders
-	// ce_specversion: 1.0
-	// ce_type: com.acme.order.created
-	// content-type: application/json
-	// x-death: [{"count":1,"queue":"orders","reason":"rejected"}]
-	// /orders application/json
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/busline/busline/schema"
 )
@@ -120,55 +119,6 @@ func FuzzStructuredJSON(f *testing.F) {
 			if len(data) > 0 && len(body) > 0 && &data[0] == &msg.Payload[0] {
 				t.Fatal("structured data aliases the payload")
 			}
-		}
-	})
-}
-
-// FuzzFromAMQPHeaders builds headers tables of every AMQP field type,
-// nested like RabbitMQ's x-death, and checks that the mapping is total,
-// keeps every header, and that its string output round-trips.
-func FuzzFromAMQPHeaders(f *testing.F) {
-	f.Add("id", "0192b3a0-0000-7000-8000-000000000001", int64(3), 1.5, []byte("text"), uint8(2), "application/json")
-	f.Add("time", "2026-01-02T03:04:05Z", int64(-1), -0.0, []byte{0xff, 0xfe}, uint8(0), "")
-	f.Add("", "", int64(1<<62), 1e308, []byte(nil), uint8(255), "application/cloudevents+json")
-	f.Add("busline_amqp_delivery_tag", "x", int64(-2147483648), 5e-324, []byte("\x00"), uint8(10), "text/plain")
-	f.Fuzz(func(t *testing.T, key, s string, i int64, fl float64, b []byte, scale uint8, ct string) {
-		h := amqp091.Table{
-			schema.AMQPPrefix + key:    s,
-			schema.AMQPAltPrefix + key: b,
-			key:                        i,
-			"float":                    fl,
-			"dec":                      amqp091.Decimal{Scale: scale, Value: int32(i)},
-			"ts":                       time.Unix(i%(1<<33), 0),
-			"x-death": []any{amqp091.Table{
-				"count": i, "reason": s, "nested": []any{b, fl, nil, true, float32(fl), amqp091.Table{key: s}},
-			}},
-		}
-		md := schema.FromAMQPHeaders(h, ct)
-		if md == nil {
-			t.Fatal("nil metadata")
-		}
-		if md["x-death"] == "" || md["float"] == "" || md["ts"] == "" {
-			t.Fatalf("nested or typed header lost: %v", md)
-		}
-		if _, ok := md[schema.KafkaPrefix+key]; !ok {
-			t.Fatalf("cloudEvents_%s not mapped to ce_%s", key, key)
-		}
-		if again := schema.FromAMQPHeaders(h, ct); !maps.Equal(again, md) {
-			t.Fatal("mapping not deterministic")
-		}
-		headers, ct2 := schema.ToAMQPHeaders(md)
-		if err := headers.Validate(); err != nil {
-			t.Fatalf("ToAMQPHeaders gave an invalid table: %v", err)
-		}
-		back := schema.FromAMQPHeaders(headers, ct2)
-		maps.DeleteFunc(md, func(k, _ string) bool { return strings.HasPrefix(k, schema.AMQPTransportPrefix) })
-		if md[schema.KeyDataContentType] == "" {
-			// An empty content type is no property: it is lost, as it should be.
-			delete(md, schema.KeyDataContentType)
-		}
-		if !maps.Equal(back, md) {
-			t.Fatalf("string round trip:\n got %v\nwant %v", back, md)
 		}
 	})
 }

@@ -81,7 +81,7 @@
 // # Wire format
 //
 // Messages follow the CloudEvents AMQP binding as RabbitMQ carries it (see
-// schema.ToAMQPHeaders): metadata ce_x travel as headers cloudEvents_x
+// ToHeaders): metadata ce_x travel as headers cloudEvents_x
 // (cloudEvents:x is accepted on input), content-type as the content_type
 // property, other metadata (traceparent, busline_ keys) as headers of the
 // same name, all strings. The event id is mirrored to the message_id

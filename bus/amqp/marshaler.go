@@ -67,7 +67,7 @@ var _ wamqp.Marshaler = marshaler{}
 func (marshaler) Marshal(msg *message.Message) (amqp091.Publishing, error) {
 	md := msg.Metadata
 	// Drops the transport keys (schema.AMQPTransportPrefix) too.
-	headers, contentType := schema.ToAMQPHeaders(md)
+	headers, contentType := ToHeaders(md)
 	id := md[schema.KeyID]
 	// The metadata must not name another UUID than the message's.
 	headers[uuidHeader] = msg.UUID
@@ -100,7 +100,7 @@ func (marshaler) Marshal(msg *message.Message) (amqp091.Publishing, error) {
 // the event id ([schema.RestoreCorrelation]), and the delivery facts
 // KeyExchange, KeyRoutingKey, KeyRedelivered and KeyDeliveryTag.
 func (marshaler) Unmarshal(d amqp091.Delivery) (*message.Message, error) {
-	md := schema.FromAMQPHeaders(d.Headers, d.ContentType)
+	md := FromHeaders(d.Headers, d.ContentType)
 
 	id := md[uuidHeader]
 	delete(md, uuidHeader)

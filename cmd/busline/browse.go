@@ -18,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/busline/busline/bus"
+	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/schema"
 )
 
@@ -264,7 +265,7 @@ func getAll(conn *amqp091.Connection, queue string) ([]*message.Message, error) 
 
 // amqpMessage maps a delivery like the bus's RabbitMQ unmarshaler.
 func amqpMessage(d amqp091.Delivery) *message.Message {
-	md := schema.FromAMQPHeaders(d.Headers, d.ContentType)
+	md := amqp.FromHeaders(d.Headers, d.ContentType)
 	id := md[uuidHeader]
 	delete(md, uuidHeader)
 	for _, alt := range []string{md[schema.KeyID], d.MessageId} {
