@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -38,6 +40,9 @@ const childEnv = "BUSLINE_CRASH_CHILD"
 func TestMain(m *testing.M) {
 	if raw := os.Getenv(childEnv); raw != "" {
 		os.Exit(runChild(raw))
+	}
+	if raw := os.Getenv(committerEnv); raw != "" {
+		os.Exit(runCommitter(raw))
 	}
 	os.Exit(m.Run())
 }
@@ -77,6 +82,10 @@ type childConfig struct {
 	Table   string        `json:"table,omitempty"`
 	Lease   time.Duration `json:"lease"`
 	Work    time.Duration `json:"work"`
+	// Name is the consumer's client name on the store's connections
+	// (application_name, CLIENT SETNAME), so that the test can tell when
+	// the server dropped the connections of a killed consumer.
+	Name string `json:"name"`
 }
 
 // busConfig is the bus configuration of both the consumer and the test's
@@ -109,9 +118,15 @@ func runChild(raw string) int {
 	var store middleware.DedupStore
 	switch cfg.Store {
 	case "redis":
-		store = dedupredis.New(redis.NewClient(&redis.Options{Addr: cfg.Redis}), dedupredis.Config{Prefix: cfg.Prefix})
+		store = dedupredis.New(redis.NewClient(&redis.Options{Addr: cfg.Redis, ClientName: cfg.Name}), dedupredis.Config{Prefix: cfg.Prefix})
 	case "postgres":
-		pool, err := pgxpool.New(ctx, cfg.DSN)
+		pc, err := pgxpool.ParseConfig(cfg.DSN)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "crash child:", err)
+			return 2
+		}
+		pc.ConnConfig.RuntimeParams["application_name"] = cfg.Name
+		pool, err := pgxpool.NewWithConfig(ctx, pc)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "crash child:", err)
 			return 2
@@ -158,6 +173,9 @@ type broker struct {
 	// partitions only once the group dropped the killed member, after its
 	// session timeout, which is the consumer's and not dedup's.
 	members func(ctx context.Context, group string) ([]string, error)
+	// describe, when set, says what the broker holds of the consumer
+	// group's messages (for a failure's report).
+	describe func(ctx context.Context, cfg childConfig) string
 }
 
 func kafkaBroker(t *testing.T) broker {
@@ -193,7 +211,27 @@ func kafkaBroker(t *testing.T) broker {
 
 func amqpBroker(t *testing.T) broker {
 	u := bustest.AMQPURL(t)
-	return broker{name: bus.BrokerAMQP, set: func(c *childConfig) { c.Broker, c.AMQPURL = bus.BrokerAMQP, u }}
+	return broker{
+		name: bus.BrokerAMQP,
+		set:  func(c *childConfig) { c.Broker, c.AMQPURL = bus.BrokerAMQP, u },
+		describe: func(_ context.Context, cfg childConfig) string {
+			conn, err := amqp091.Dial(u)
+			if err != nil {
+				return err.Error()
+			}
+			defer conn.Close()
+			ch, err := conn.Channel()
+			if err != nil {
+				return err.Error()
+			}
+			name := amqp.QueueName(cfg.Topic, cfg.Group+".effects")
+			q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
+			if err != nil {
+				return err.Error()
+			}
+			return fmt.Sprintf("queue %s: %d ready, %d consumers", name, q.Messages, q.Consumers)
+		},
+	}
 }
 
 // rejoined waits until group is stable with members none of which is in
@@ -228,6 +266,12 @@ type store struct {
 	name    string
 	set     func(*childConfig)
 	claimed func(ctx context.Context) (map[string]bool, error)
+	// connected counts the server's connections of the client named name
+	// (childConfig.Name).
+	connected func(ctx context.Context, name string) (int, error)
+	// record describes the store's record of the message id, for a
+	// failure's report.
+	record func(ctx context.Context, id string) string
 }
 
 func redisStore(t *testing.T) store {
@@ -260,6 +304,25 @@ func redisStore(t *testing.T) store {
 				}
 			}
 			return out, nil
+		},
+		connected: func(ctx context.Context, name string) (int, error) {
+			list, err := c.ClientList(ctx).Result()
+			n := 0
+			for _, l := range strings.Split(list, "\n") {
+				if slices.Contains(strings.Fields(l), "name="+name) {
+					n++
+				}
+			}
+			return n, err
+		},
+		record: func(ctx context.Context, id string) string {
+			keys, err := c.Keys(ctx, prefix+"*/"+id).Result()
+			if err != nil || len(keys) == 0 {
+				return fmt.Sprintf("no record (%v)", err)
+			}
+			v, _ := c.Get(ctx, keys[0]).Result()
+			ttl, _ := c.PTTL(ctx, keys[0]).Result()
+			return fmt.Sprintf("%q, expires in %v", v, ttl)
 		},
 	}
 }
@@ -295,7 +358,60 @@ func postgresStore(t *testing.T) store {
 			}
 			return out, rows.Err()
 		},
+		connected: func(ctx context.Context, name string) (int, error) {
+			var n int
+			err := pool.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name).Scan(&n)
+			return n, err
+		},
+		record: func(ctx context.Context, id string) string {
+			var owner string
+			var done bool
+			var left time.Duration
+			err := pool.QueryRow(ctx, "SELECT owner, done, expires_at - now() FROM "+table+" WHERE key LIKE '%/' || $1", id).Scan(&owner, &done, &left)
+			if err != nil {
+				return fmt.Sprintf("no record (%v)", err)
+			}
+			return fmt.Sprintf("owner %q, done %v, expires in %v", owner, done, left.Round(time.Millisecond))
+		},
 	}
+}
+
+// storeDropped waits until the store server holds no connection of the
+// client named name, whose process was killed: then it ran every
+// statement that client sent before it died. It returns how many
+// connections it found first, and how long it waited.
+func storeDropped(t *testing.T, ctx context.Context, st store, name string) (first int, waited time.Duration) {
+	t.Helper()
+	start := time.Now()
+	first = -1
+	for {
+		n, err := st.connected(ctx, name)
+		if err != nil {
+			t.Fatalf("%s: connections of %s: %v", st.name, name, err)
+		}
+		if first < 0 {
+			first = n
+		}
+		if n == 0 {
+			return first, time.Since(start)
+		}
+		if time.Since(start) > deadline {
+			t.Fatalf("%s still holds %d connections of the killed consumer %s after %v", st.name, n, name, deadline)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// childName is the store client name of consumer n of cfg.
+func childName(cfg childConfig, n int) string { return fmt.Sprintf("%s-%d", cfg.Topic, n) }
+
+// since returns the times ts relative to base.
+func since(ts []time.Time, base time.Time) []time.Duration {
+	out := make([]time.Duration, len(ts))
+	for i, t := range ts {
+		out[i] = t.Sub(base).Round(time.Microsecond)
+	}
+	return out
 }
 
 // uuidOfKey returns the message UUID of a store key "<prefix><handler>/<uuid>".
@@ -303,8 +419,11 @@ func uuidOfKey(k string) string { return k[strings.LastIndexByte(k, '/')+1:] }
 
 // crashRecovery runs the consumer, publishes, kills the consumer with
 // SIGKILL once a third of the messages were handled, reads which keys the
-// store still holds claimed, starts the consumer again at once, and waits
-// until every message was handled.
+// store still holds claimed once it dropped the killed consumer's
+// connections, starts the consumer again at once, and waits until every
+// message was handled; when it gives up, it says which messages it waited
+// for, what the store and the broker hold of them, and what the consumers
+// logged about them.
 func crashRecovery(t *testing.T, br broker, st store) {
 	if testing.Short() {
 		t.Skip("crash recovery runs two consumer processes for about 20s")
@@ -358,14 +477,39 @@ func crashRecovery(t *testing.T, br broker, st store) {
 			t.Fatal(err)
 		}
 	}
+	// The store knows the consumer's connections by its name, or the wait
+	// for them to drop, below, would wait for nothing.
+	if n, err := st.connected(ctx, childName(cfg, 0)); n == 0 || err != nil {
+		t.Fatalf("%s: %d connections of the running consumer %s (%v); want some", st.name, n, childName(cfg, 0), err)
+	}
 	if err := first.Process.Kill(); err != nil { // SIGKILL
 		t.Fatal(err)
 	}
 	_ = first.Wait() // and its output read to the end
+	kill := time.Now()
+	// The store may still run what the killed consumer sent it: a commit
+	// sent just before the kill lands after it (the server notices the
+	// dead client only when it reads from or writes to its connection
+	// again). The claims at the kill are what the store holds once it
+	// dropped the killed consumer's connections: read earlier, a claim
+	// whose commit was in flight counts as claimed, and its message, done
+	// and acked as a duplicate after the restart, is waited for in vain.
+	early, err := st.claimed(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns, dropped := storeDropped(t, ctx, st, childName(cfg, 0))
 	claimed, err := st.claimed(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	var settledLate []string
+	for id := range early {
+		if !claimed[id] {
+			settledLate = append(settledLate, id)
+		}
+	}
+	slices.Sort(settledLate)
 
 	restart := time.Now()
 	second := startChild(t, cfg, rec, 1)
@@ -384,13 +528,48 @@ func crashRecovery(t *testing.T, br broker, st store) {
 	// Every message handled, and every message claimed at the kill handled
 	// after it: its claim was not committed, so it runs again even when
 	// its effect happened before the kill (a double effect).
-	rec.waitFor(t, ctx, "every message to be handled", func() bool {
+	unhandled := func() []string {
+		var out []string
 		for _, id := range ids {
 			if len(rec.effects[1][id]) == 0 && (claimed[id] || len(rec.effects[0][id]) == 0) {
-				return false
+				out = append(out, id)
 			}
 		}
-		return true
+		return out
+	}
+	rec.waitForOr(t, ctx, "every message to be handled", func() bool { return len(unhandled()) == 0 }, func() string {
+		// Which messages, what the store and the broker hold of them, and
+		// what the consumers logged about them.
+		missing := unhandled()
+		var b strings.Builder
+		fmt.Fprintf(&b, "%d of %d messages not handled %v after the restart", len(missing), messages, time.Since(restart).Round(time.Millisecond))
+		if br.describe != nil {
+			fmt.Fprintf(&b, "; %s", br.describe(ctx, cfg))
+		}
+		for i, id := range missing {
+			if i == 20 {
+				fmt.Fprintf(&b, "\n  ... and %d more", len(missing)-i)
+				break
+			}
+			fmt.Fprintf(&b, "\n  %s: claimed at the kill %v, effects before the kill %v (relative to it), store: %s", id, claimed[id], since(rec.effects[0][id], kill), st.record(ctx, id))
+			for n := range rec.logs {
+				for _, l := range rec.logs[n] {
+					if strings.Contains(l, id) {
+						fmt.Fprintf(&b, "\n    consumer %d: %s", n, l)
+					}
+				}
+			}
+		}
+		for n := range rec.odd {
+			if len(rec.odd[n]) > 0 {
+				fmt.Fprintf(&b, "\nconsumer %d: %d stdout lines not understood, the first: %q", n, len(rec.odd[n]), rec.odd[n][:min(len(rec.odd[n]), 5)])
+			}
+		}
+		fmt.Fprintf(&b, "\nrestarted consumer: %d effects, %d stderr lines; the last ones:", rec.handled[1], len(rec.logs[1]))
+		for _, l := range rec.logs[1][max(0, len(rec.logs[1])-10):] {
+			fmt.Fprintf(&b, "\n    %s", l)
+		}
+		return b.String()
 	})
 	_ = second.Process.Kill()
 	_ = second.Wait()
@@ -437,6 +616,12 @@ func crashRecovery(t *testing.T, br broker, st store) {
 	t.Logf("%s + %s: %d messages, %d handled before the kill, %d claimed at the kill; on Kafka the group held the restarted consumer (static member) %v after the restart; after the restart: %d unclaimed ones handled within %v, claimed ones within %v (lease %v)",
 		br.name, st.name, messages, rec.handled[0], len(claimed), rejoin.Round(time.Millisecond),
 		nUnclaimed, worstUnclaimed.Round(time.Millisecond), worstClaimed.Round(time.Millisecond), lease)
+	late := make([]string, len(settledLate))
+	for i, id := range settledLate {
+		late[i] = fmt.Sprintf("%s (%d effects before the kill, %d after)", id, len(rec.effects[0][id]), len(rec.effects[1][id]))
+	}
+	t.Logf("the store held %d connections of the killed consumer, dropped within %v; claims it still held then, ended by its own statements after it died (committed or released): %d %v",
+		conns, dropped.Round(time.Microsecond), len(late), late)
 	t.Logf("double effects: %d (%d of them claimed at the kill): %v", len(doubles), doubleClaimed, doubles)
 	t.Logf("restarted consumer's log: %d ERROR lines, %d lines of messages waiting for a claim (%d distinct messages)",
 		rec.errorLines[1], rec.waitLines[1], len(rec.waitKeys))
@@ -454,12 +639,31 @@ type recorder struct {
 	errorLines [2]int
 	waitLines  [2]int
 	waitKeys   map[string]bool // keys of the restarted consumer's wait lines
+	logs       [2][]string     // the consumers' stderr lines
+	odd        [2][]string     // stdout lines that are neither an effect nor READY
 	changed    chan struct{}
 }
 
 // waitFor waits until cond, checked under rec.mu, holds.
 func (rec *recorder) waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
 	t.Helper()
+	rec.waitForOr(t, ctx, what, cond, nil)
+}
+
+// waitForOr is waitFor that, when it gives up, adds what explain, called
+// under rec.mu, says about it.
+func (rec *recorder) waitForOr(t *testing.T, ctx context.Context, what string, cond func() bool, explain func() string) {
+	t.Helper()
+	fail := func(format string, args ...any) {
+		t.Helper()
+		msg := fmt.Sprintf(format, args...)
+		if explain != nil {
+			rec.mu.Lock()
+			msg += ": " + explain()
+			rec.mu.Unlock()
+		}
+		t.Fatal(msg)
+	}
 	timer := time.NewTimer(deadline)
 	defer timer.Stop()
 	for {
@@ -472,9 +676,9 @@ func (rec *recorder) waitFor(t *testing.T, ctx context.Context, what string, con
 		select {
 		case <-rec.changed:
 		case <-timer.C:
-			t.Fatalf("gave up waiting %v for %s", deadline, what)
+			fail("gave up waiting %v for %s", deadline, what)
 		case <-ctx.Done():
-			t.Fatalf("gave up waiting for %s: %v", what, ctx.Err())
+			fail("gave up waiting for %s: %v", what, ctx.Err())
 		}
 	}
 }
@@ -507,6 +711,7 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 // startChild starts consumer number n (0 or 1) of cfg.
 func startChild(t *testing.T, cfg childConfig, rec *recorder, n int) *exec.Cmd {
 	t.Helper()
+	cfg.Name = childName(cfg, n)
 	raw, err := json.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -529,6 +734,7 @@ func startChild(t *testing.T, cfg childConfig, rec *recorder, n int) *exec.Cmd {
 		}
 		f := strings.Fields(l)
 		if len(f) != 3 || f[0] != "E" {
+			rec.odd[n] = append(rec.odd[n], l)
 			return
 		}
 		ns, _ := strconv.ParseInt(f[2], 10, 64)
@@ -539,6 +745,7 @@ func startChild(t *testing.T, cfg childConfig, rec *recorder, n int) *exec.Cmd {
 	cmd.Stderr = &lineWriter{line: func(l string) {
 		rec.mu.Lock()
 		defer rec.mu.Unlock()
+		rec.logs[n] = append(rec.logs[n], l)
 		if strings.Contains(l, "level=ERROR") {
 			rec.errorLines[n]++
 			if len(errTail) < 5 {
@@ -568,4 +775,126 @@ func startChild(t *testing.T, cfg childConfig, rec *recorder, n int) *exec.Cmd {
 		}
 	})
 	return cmd
+}
+
+// committerEnv, when set, makes the test binary a process that commits
+// one dedup key in PostgreSQL, for [TestStoreRunsWhatAKilledClientSent]:
+// its value is the childConfig as JSON, the key in Topic.
+const committerEnv = "BUSLINE_CRASH_COMMITTER"
+
+func runCommitter(raw string) int {
+	var cfg childConfig
+	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "crash committer:", err)
+		return 2
+	}
+	ctx := context.Background()
+	pc, err := pgx.ParseConfig(cfg.DSN)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "crash committer:", err)
+		return 2
+	}
+	pc.RuntimeParams["application_name"] = cfg.Name
+	conn, err := pgx.ConnectConfig(ctx, pc)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "crash committer:", err)
+		return 2
+	}
+	if err := dedupsql.New(conn, dedupsql.Config{Table: cfg.Table}).Commit(ctx, cfg.Topic, time.Hour); err != nil {
+		fmt.Fprintln(os.Stderr, "crash committer:", err)
+		return 1
+	}
+	return 0
+}
+
+// TestStoreRunsWhatAKilledClientSent pins what the claims at the kill must
+// wait for: a commit that a consumer sent the store just before it was
+// killed lands after its death, so a snapshot of the claims read as soon as
+// the process is gone still holds that claim (and its message, done, is
+// only a duplicate after the restart). Here the commit waits on a row lock
+// that the test holds, so that it is in flight when its process is killed.
+func TestStoreRunsWhatAKilledClientSent(t *testing.T) {
+	st := postgresStore(t)
+	var cc childConfig
+	st.set(&cc)
+	cc.Name = bustest.Name("crash-committer")
+	const id = "m-1"
+	cc.Topic = "effects/" + id // the key
+	ctx := bustest.Context(t, deadline)
+
+	db, err := pgxpool.New(ctx, cc.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if state, err := dedupsql.New(db, dedupsql.Config{Table: cc.Table}).Claim(ctx, cc.Topic, "owner", time.Minute); err != nil || state != middleware.Claimed {
+		t.Fatalf("claim: %v, %v", state, err)
+	}
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "SELECT 1 FROM "+cc.Table+" WHERE key = $1 FOR UPDATE", cc.Topic); err != nil {
+		t.Fatal(err)
+	}
+
+	raw, err := json.Marshal(cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), committerEnv+"="+string(raw))
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}()
+	// The commit reached the server and waits for the lock.
+	for {
+		var n int
+		if err := db.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'", cc.Name).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 1 {
+			break
+		}
+		if cmd.ProcessState != nil || ctx.Err() != nil {
+			t.Fatalf("the committer did not wait on the lock: %s", out.Bytes())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n, err := st.connected(ctx, cc.Name); n != 1 || err != nil {
+		t.Fatalf("connections of the committer: %d, %v; want 1", n, err)
+	}
+	if err := cmd.Process.Kill(); err != nil { // SIGKILL
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+
+	early, err := st.claimed(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !early[id] {
+		t.Fatalf("claims read at once after the kill: %v; want %s still claimed, its commit in flight", early, id)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	storeDropped(t, ctx, st, cc.Name)
+	claimed, err := st.claimed(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if claimed[id] {
+		t.Fatalf("%s still claimed once the server dropped the killed client; want its commit landed", id)
+	}
+	if rec := st.record(ctx, id); !strings.Contains(rec, "done true") {
+		t.Fatalf("record of %s: %s; want done", id, rec)
+	}
 }
