@@ -212,13 +212,13 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 }
 
 // subscriber makes the subscriber of a handler's group: with the handler's
-// ordering and batch delivery where the broker offers them.
+// ordering, batch delivery and transactions where the broker offers them.
 func (b *Bus) subscriber(group string, ho handlerOptions) (message.Subscriber, error) {
-	if ho.ordering != "" || ho.batch > 1 {
+	if ho.ordering != "" || ho.batch > 1 || ho.transactions {
 		if ws, ok := b.broker.(interface {
 			SubscriberWith(string, kafka.SubscriberConfig) (message.Subscriber, error)
 		}); ok {
-			return ws.SubscriberWith(group, kafka.SubscriberConfig{Ordering: ho.ordering, BatchSize: ho.batch})
+			return ws.SubscriberWith(group, kafka.SubscriberConfig{Ordering: ho.ordering, BatchSize: ho.batch, Transactions: ho.transactions})
 		}
 	}
 	return b.broker.Subscriber(group)

@@ -58,7 +58,8 @@ type Config struct {
 	// BUSLINE_KAFKA_TLS_CERT_FILE, BUSLINE_KAFKA_TLS_KEY_FILE,
 	// BUSLINE_KAFKA_TLS_SERVER_NAME, BUSLINE_KAFKA_TLS_INSECURE_SKIP_VERIFY,
 	// BUSLINE_KAFKA_SASL_MECHANISM, BUSLINE_KAFKA_SASL_USER,
-	// BUSLINE_KAFKA_SASL_PASSWORD, BUSLINE_KAFKA_PARTITIONER.
+	// BUSLINE_KAFKA_SASL_PASSWORD, BUSLINE_KAFKA_PARTITIONER,
+	// BUSLINE_KAFKA_INSTANCE_ID.
 	Kafka kafka.Config
 	// AMQP configures the RabbitMQ broker.
 	// Env: BUSLINE_AMQP_URL, BUSLINE_AMQP_PREFETCH,
@@ -160,6 +161,7 @@ func configFromLookup(lookup func(string) (string, bool)) (Config, error) {
 				Password:  e.str("BUSLINE_KAFKA_SASL_PASSWORD"),
 			},
 			Partitioner: e.str("BUSLINE_KAFKA_PARTITIONER"),
+			InstanceID:  e.str("BUSLINE_KAFKA_INSTANCE_ID"),
 		},
 		AMQP: amqp.Config{
 			URL:             e.str("BUSLINE_AMQP_URL"),

@@ -94,6 +94,20 @@ type Config struct {
 	// lands on two partitions; see [PartitionerMurmur2] and the others.
 	// Zero: "murmur2".
 	Partitioner string
+	// InstanceID names this process among the members of its consumer
+	// groups, stable across its restarts and unique among the processes
+	// running at once (a StatefulSet pod name; a host name when one
+	// process runs per host). Only transactional handlers use it: it is
+	// part of their transactional ids, so that a restarted process fences
+	// its dead predecessor and aborts the transaction it left open at
+	// once. Two live processes with the same InstanceID fence each other
+	// (each transaction of one fails the other's, which rejoins): never
+	// share one. Zero: a random id per Broker, which is safe, but a crash
+	// then leaves its open transaction to the brokers' transaction
+	// timeout (40s): until then the group's new member cannot fetch its
+	// partitions' committed offsets, and read_committed readers of its
+	// output topics wait.
+	InstanceID string
 }
 
 // SASLConfig configures SASL authentication. The zero value means none.

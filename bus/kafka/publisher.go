@@ -96,8 +96,24 @@ func newPublisher(opts []kgo.Opt, timeout time.Duration) (*publisher, error) {
 // acknowledged after deliveryTimeout fails, and with it every record
 // behind it on its partition. The messages' contexts are not watched: on
 // the shared producer, a cancelled context would fail other callers'
-// records too.
+// records too. Messages whose context is that of a message a
+// transactional subscription delivered (SubscriberConfig.Transactions),
+// or derives from it, are produced inside that message's transaction
+// instead, on its session's producer: they become visible to
+// read_committed readers only if the transaction commits.
 func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
+	if len(msgs) > 0 {
+		// A handler of a transactional subscription publishing with
+		// its message's context: into the poll's transaction
+		// (transact.go).
+		t, err := txnOf(msgs)
+		if err != nil {
+			return err
+		}
+		if t != nil {
+			return produce(t.produceSync, topic, msgs)
+		}
+	}
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.closed {
@@ -106,13 +122,19 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
+	return produce(p.cl.ProduceSync, topic, msgs)
+}
 
+// produce marshals msgs, produces them with produceSync and reports the
+// failed ones (see publisher.Publish): the one implementation behind the
+// shared producer and a transaction's.
+func produce(produceSync func(context.Context, ...*kgo.Record) kgo.ProduceResults, topic string, msgs []*message.Message) error {
 	rb := marshalRecords(topic, msgs)
 	failed := rb.failed
 	// The results come in the order the records finished, not the order
 	// they were given: a failed one is found by its record.
 	var at map[*kgo.Record]int
-	for _, r := range p.cl.ProduceSync(context.Background(), rb.recs...) {
+	for _, r := range produceSync(context.Background(), rb.recs...) {
 		if r.Err == nil {
 			continue
 		}
