@@ -175,6 +175,10 @@ func WithBatchDelivery(size int) HandlerOption {
 // (a database write, an HTTP call) are not in the transaction: they still
 // run at least once.
 //
+// The handler's stack has no dedup step on Kafka: the transaction is the
+// dedup (a committed record is not delivered again; an aborted one must be
+// handled again, which a dedup store would swallow).
+//
 // Records are handed out in [OrderPartition] (each partition in offset
 // order, partitions in parallel); the option does not go with another
 // ordering or with [WithBatchDelivery]. Set Config.Kafka.InstanceID to a

@@ -98,20 +98,22 @@ func newPublisher(opts []kgo.Opt, timeout time.Duration) (*publisher, error) {
 // the shared producer, a cancelled context would fail other callers'
 // records too. Messages whose context is that of a message a
 // transactional subscription delivered (SubscriberConfig.Transactions),
-// or derives from it, are produced inside that message's transaction
-// instead, on its session's producer: they become visible to
-// read_committed readers only if the transaction commits.
+// or derives from it, go into that message's transaction instead: Publish
+// only marshals them and returns, they are produced when the message is
+// acked (dropped when the attempt fails, see [DiscardOutputs]), and they
+// become visible to read_committed readers only if the transaction
+// commits.
 func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	if len(msgs) > 0 {
 		// A handler of a transactional subscription publishing with
 		// its message's context: into the poll's transaction
 		// (transact.go).
-		t, err := txnOf(msgs)
+		tm, err := txnOf(msgs)
 		if err != nil {
 			return err
 		}
-		if t != nil {
-			return produce(t.produceSync, topic, msgs)
+		if tm != nil {
+			return produce(tm.buffer, topic, msgs)
 		}
 	}
 	p.mu.RLock()

@@ -41,7 +41,7 @@ type recordContext struct {
 	context.Context
 	info   RecordInfo
 	member delivery.Member
-	txn    *txn // the poll's transaction (transactional subscriptions)
+	txn    *txnMsg // its share of the poll's transaction (transactional subscriptions)
 }
 
 func (c *recordContext) Value(key any) any {

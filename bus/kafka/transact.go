@@ -25,7 +25,8 @@ import (
 //  3. hand the records out through the router, each partition's in offset
 //     order, one at a time ("partition" ordering), partitions in parallel;
 //     what a handler publishes with its message's context goes into the
-//     transaction (see txn and publisher.Publish), dead letters included;
+//     transaction when the message is acked (see txnMsg and
+//     publisher.Publish), dead letters included;
 //  4. when every record was acked, End(TryCommit): the consumed offsets
 //     (TxnOffsetCommit) and the published records commit atomically; when
 //     one was nacked, a publish failed, the group rebalanced meanwhile or the
@@ -55,60 +56,104 @@ import (
 // KIP-447 (generation-checked TxnOffsetCommit) fences zombies across members
 // as well.
 
-// txnKey is the context key of the transaction a delivered message belongs to.
+// txnKey is the context key of the transaction state of a delivered message.
 type txnKey struct{}
 
-// txn is the transaction of one poll. Publishes with a context of one of its
-// messages produce inside it (publisher.Publish); end stops that, so that
-// no produce runs concurrently with the session's End (which franz-go
-// forbids) and none lands in the next transaction.
+// txn is the transaction of one poll.
 type txn struct {
-	mu     sync.RWMutex
 	sess   *kgo.GroupTransactSession
-	ended  bool
 	failed atomic.Bool // a produce failed: the transaction must abort
 }
 
-// ErrTransactionEnded is returned by a publish with the context of a message
-// whose transaction already ended (a goroutine the handler left behind).
-var ErrTransactionEnded = errors.New("kafka: publish with the context of a message whose transaction ended")
-
-// txnOf returns the transaction msgs belong to through their contexts, or
-// nil. Messages of one Publish call must all belong to the same one (or to
-// none).
-func txnOf(msgs []*message.Message) (*txn, error) {
-	t, _ := msgs[0].Context().Value(txnKey{}).(*txn)
-	for _, m := range msgs[1:] {
-		if u, _ := m.Context().Value(txnKey{}).(*txn); u != t {
-			return nil, errors.New("kafka: messages of one publish belong to different Kafka transactions")
-		}
-	}
-	return t, nil
+// txnMsg is a delivered message's share of its poll's transaction: what
+// the handler published with the message's context, held back until the
+// message is acked.
+//
+// Why held back and not produced at once: the middleware stack retries a
+// failed handler in place, and a Kafka transaction has no savepoint. An
+// attempt that published and then failed would leave its outputs in the
+// transaction, and the next attempt would publish them again. So a publish
+// only marshals the records into the message's buffer; a failed attempt
+// drops the buffer (DiscardOutputs, which the bus calls around the
+// handler), and the ack hands what the successful attempt, or the dead
+// letter, published to the transaction's producer (asynchronously, flushed
+// before the transaction ends; a failed produce aborts the transaction).
+type txnMsg struct {
+	t    *txn
+	mu   sync.Mutex
+	done bool // acked or nacked: the buffer was produced or dropped
+	recs []*kgo.Record
 }
 
-// produceSync produces recs inside t.
-func (t *txn) produceSync(ctx context.Context, recs ...*kgo.Record) kgo.ProduceResults {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	if t.ended {
-		res := make(kgo.ProduceResults, len(recs))
-		for i, r := range recs {
-			res[i] = kgo.ProduceResult{Record: r, Err: ErrTransactionEnded}
+// ErrTransactionEnded is returned by a publish with the context of a
+// message of a transactional subscription that was already acked or nacked
+// (say, from a goroutine its handler left behind).
+var ErrTransactionEnded = errors.New("kafka: publish with the context of a message that was already acked or nacked in its transaction")
+
+// txnOf returns the transaction state msgs belong to through their
+// contexts, or nil. Messages of one Publish call must all belong to the same
+// one (or to none).
+func txnOf(msgs []*message.Message) (*txnMsg, error) {
+	tm, _ := msgs[0].Context().Value(txnKey{}).(*txnMsg)
+	for _, m := range msgs[1:] {
+		if u, _ := m.Context().Value(txnKey{}).(*txnMsg); u != tm {
+			return nil, errors.New("kafka: messages of one publish belong to different messages' Kafka transactions")
 		}
-		return res
 	}
-	res := t.sess.ProduceSync(ctx, recs...)
-	if res.FirstErr() != nil {
-		t.failed.Store(true)
+	return tm, nil
+}
+
+// buffer is publisher.Publish's produce step inside a transaction: it
+// keeps recs until the message is acked.
+func (tm *txnMsg) buffer(_ context.Context, recs ...*kgo.Record) kgo.ProduceResults {
+	res := make(kgo.ProduceResults, len(recs))
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	for i, r := range recs {
+		res[i] = kgo.ProduceResult{Record: r}
+		if tm.done {
+			res[i].Err = ErrTransactionEnded
+		}
+	}
+	if !tm.done {
+		tm.recs = append(tm.recs, recs...)
 	}
 	return res
 }
 
-// end makes later publishes fail; it waits for those in flight.
-func (t *txn) end() {
-	t.mu.Lock()
-	t.ended = true
-	t.mu.Unlock()
+// DiscardOutputs drops what was published with ctx, the context of a
+// message a transactional subscription delivered (or one derived from it),
+// since the message was handed out or since the last call: the outputs of
+// a failed attempt, which must not reach the transaction. Outside such a
+// message it does nothing. The bus calls it around every transactional
+// handler; a router of its own must do the same.
+func DiscardOutputs(ctx context.Context) {
+	if tm, _ := ctx.Value(txnKey{}).(*txnMsg); tm != nil {
+		tm.mu.Lock()
+		if !tm.done {
+			tm.recs = nil
+		}
+		tm.mu.Unlock()
+	}
+}
+
+// finish ends the message's share: with ack, its buffer goes to the
+// transaction's producer; otherwise it is dropped. Later publishes fail.
+func (tm *txnMsg) finish(ack bool) {
+	tm.mu.Lock()
+	recs := tm.recs
+	tm.recs, tm.done = nil, true
+	tm.mu.Unlock()
+	if !ack {
+		return
+	}
+	for _, r := range recs {
+		tm.t.sess.Produce(context.Background(), r, func(_ *kgo.Record, err error) {
+			if err != nil {
+				tm.t.failed.Store(true)
+			}
+		})
+	}
 }
 
 // txnConsumer is a transactional subscription: a group member consuming one
@@ -322,7 +367,6 @@ func (c *txnConsumer) transact(fs kgo.Fetches) (committed bool, err error) {
 		})
 	})
 	lanes.Wait()
-	t.end()
 	c.mu.Lock()
 	c.cur = nil
 	c.mu.Unlock()
@@ -334,9 +378,15 @@ func (c *txnConsumer) transact(fs kgo.Fetches) (committed bool, err error) {
 		aborted = true
 	default:
 	}
-	commit := !aborted && !t.failed.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), endTimeout)
 	defer cancel()
+	if !aborted {
+		// Wait for every output's produce: one that failed aborts.
+		if err := c.sess.Client().Flush(ctx); err != nil {
+			return false, err
+		}
+	}
+	commit := !aborted && !t.failed.Load()
 	committed, err = c.sess.End(ctx, kgo.TransactionEndTry(commit))
 	if err != nil {
 		return false, err
@@ -359,10 +409,11 @@ func (c *txnConsumer) runLane(t *txn, ps *pollState, recs []*kgo.Record) bool {
 		}
 		msg := unmarshalRecord(rec)
 		ctx, cancel := context.WithCancel(c.msgCtx)
+		tm := &txnMsg{t: t}
 		msg.SetContext(&recordContext{
 			Context: ctx,
 			info:    RecordInfo{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Timestamp: rec.Timestamp},
-			txn:     t,
+			txn:     tm,
 		})
 		select {
 		case c.out <- msg:
@@ -374,22 +425,19 @@ func (c *txnConsumer) runLane(t *txn, ps *pollState, recs []*kgo.Record) bool {
 			return false
 		}
 		// Once handed out, wait for the outcome even when the poll
-		// aborts meanwhile: the transaction must not end while the
-		// handler may still publish into it.
+		// aborts meanwhile: produce only between Begin and End.
 		select {
 		case <-msg.Acked():
+			tm.finish(true)
 			cancel()
 		case <-msg.Nacked():
+			tm.finish(false)
 			cancel()
 			return false
 		case <-c.done:
+			tm.finish(false)
 			cancel()
-			select {
-			case <-msg.Acked():
-				return true
-			default:
-				return false
-			}
+			return false
 		}
 	}
 	return true
