@@ -61,15 +61,22 @@ const deliveryTimeout = 30 * time.Second
 //     failed may have been written, so publishing it again may duplicate it
 //     (at least once, which the consumers' dedup absorbs). Kafka's Java
 //     producer fails records after delivery.timeout.ms the same way.
-func producerOptions(timeout time.Duration) []kgo.Opt {
-	return []kgo.Opt{
+//
+// The last one only when cancellable: franz-go refuses it on a
+// transactional producer (transact.go), where a record whose answer never
+// comes keeps its transaction open until the brokers abort it.
+func producerOptions(timeout time.Duration, cancellable bool) []kgo.Opt {
+	opts := []kgo.Opt{
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(0),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
 		kgo.AllowAutoTopicCreation(),
 		kgo.RecordDeliveryTimeout(timeout),
-		kgo.AllowIdempotentProduceCancellation(),
 	}
+	if cancellable {
+		opts = append(opts, kgo.AllowIdempotentProduceCancellation())
+	}
+	return opts
 }
 
 // newPublisher connects a producer with producerOptions(timeout) and the
@@ -78,7 +85,7 @@ func producerOptions(timeout time.Duration) []kgo.Opt {
 // default partitioner. It fails when opts are invalid; brokers are dialled
 // on first use.
 func newPublisher(opts []kgo.Opt, timeout time.Duration) (*publisher, error) {
-	cl, err := kgo.NewClient(append(producerOptions(timeout), opts...)...)
+	cl, err := kgo.NewClient(append(producerOptions(timeout, true), opts...)...)
 	if err != nil {
 		return nil, err
 	}

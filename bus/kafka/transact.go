@@ -244,7 +244,11 @@ func (c *txnConsumer) newSession() (*kgo.GroupTransactSession, error) {
 	if b.cfg.InitialOffset == "newest" {
 		reset = kgo.NewOffset().AtEnd()
 	}
-	opts = append(producerOptions(deliveryTimeout), append(opts, b.cfg.PartitionerOptions()...)...)
+	// Without AllowIdempotentProduceCancellation (franz-go refuses it
+	// with a transactional id): a produce whose answer never comes keeps
+	// the transaction open until it comes or the transaction times out,
+	// when the brokers abort it. Either way nothing is committed twice.
+	opts = append(producerOptions(deliveryTimeout, false), append(opts, b.cfg.PartitionerOptions()...)...)
 	opts = append(opts,
 		kgo.TransactionalID(c.id),
 		kgo.TransactionTimeout(transactionTimeout),

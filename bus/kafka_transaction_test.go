@@ -1,0 +1,285 @@
+package bus_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/busline/busline/bus"
+	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/middleware"
+	"github.com/busline/busline/schema"
+)
+
+// The tests of Kafka transactions (bus.WithKafkaTransactions). Run them
+// alone with -run TestKafkaTransaction.
+
+const (
+	txnRecords     = 10000
+	txnPoisonEvery = 500
+)
+
+// A consume-then-publish handler with Kafka transactions (two outputs per
+// input, every 500th input poison and dead-lettered, random transient
+// failures after publishing, retried by the stack), killed with SIGKILL at
+// 20 random points of a 10,000-record stream and restarted until the group
+// committed everything: read with read_committed, the output topic holds
+// each input's two outputs exactly once and the dead-letter topic each
+// poison input exactly once, although inputs were handled more than once
+// (the effects file counts the handlings) and read_uncommitted sees the
+// aborted outputs.
+func TestKafkaTransactionCrash(t *testing.T) {
+	const kills = 20
+	addrs := kafkaCluster(t, 4)
+	in, out, dlq := bustest.Name("txin"), bustest.Name("txout"), bustest.Name("txdlq")
+	publishSeq(t, addrs, 4, in, "x", txnRecords, func(i int) string { return "k" + strconv.Itoa(i%64) })
+	effects := filepath.Join(t.TempDir(), "effects")
+	group := bustest.Name("g")
+
+	lines := func() int {
+		f, err := os.Open(effects)
+		if errors.Is(err, os.ErrNotExist) {
+			return 0
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		n := 0
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			n++
+		}
+		return n
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	// done: the group committed every input record.
+	done := func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		lags, err := adm.Lag(ctx, group+".tx")
+		if err != nil {
+			return false
+		}
+		gl := lags[group+".tx"]
+		if gl.Error() != nil || len(gl.Lag[in]) != 4 {
+			return false
+		}
+		for _, l := range gl.Lag[in] {
+			if l.Err != nil || l.Lag != 0 || l.Commit.At < 0 {
+				return false
+			}
+		}
+		return true
+	}
+	start := func() *exec.Cmd {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestKafkaTransactionCrashChild$", "-test.v")
+		cmd.Env = append(os.Environ(),
+			"BUSLINE_TXN_CHILD=1",
+			"BUSLINE_TXN_BROKERS="+strings.Join(addrs, ","),
+			"BUSLINE_TXN_IN="+in,
+			"BUSLINE_TXN_OUT="+out,
+			"BUSLINE_TXN_DLQ="+dlq,
+			"BUSLINE_TXN_GROUP="+group,
+			"BUSLINE_TXN_EFFECTS="+effects,
+		)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd
+	}
+
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 17))
+	t0 := time.Now()
+	for k := range kills {
+		before := lines()
+		cmd := start()
+		// A random point: after 1 to 600 more handlings (about 20 kills
+		// over 10,000 records, with what aborted transactions redo).
+		target := before + 1 + rng.IntN(600)
+		waitFor(t, 60*time.Second, fmt.Sprintf("run %d reaching %d handlings", k, target), func() bool {
+			return lines() >= target
+		})
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+	}
+	cmd := start()
+	waitFor(t, 120*time.Second, "every input committed", done)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("last run: %v", err)
+	}
+	handlings := lines()
+
+	outs := readTopicCounts(t, addrs, out, true)
+	dls := readTopicCounts(t, addrs, dlq, true)
+	missing, dups, stray := 0, 0, 0
+	for i := range txnRecords {
+		id := fmt.Sprintf("x-%05d", i)
+		if i%txnPoisonEvery == 0 {
+			if c := dls[id]; c != 1 {
+				t.Errorf("poison input %s is %d times in the dead-letter topic, want once", id, c)
+			}
+			if outs[id+"-a"]+outs[id+"-b"] != 0 {
+				t.Errorf("poison input %s has outputs", id)
+			}
+			continue
+		}
+		for _, o := range []string{id + "-a", id + "-b"} {
+			switch c := outs[o]; {
+			case c == 0:
+				missing++
+			case c > 1:
+				dups += c - 1
+			}
+		}
+	}
+	for id := range outs {
+		if !strings.HasPrefix(id, "x-") {
+			stray++
+		}
+	}
+	uncommitted := 0
+	for _, c := range readTopicCounts(t, addrs, out, false) {
+		uncommitted += c
+	}
+	committedOuts := 0
+	for _, c := range outs {
+		committedOuts += c
+	}
+	t.Logf("%d kills in %v: %d handlings of %d inputs; output topic: %d records read_committed, %d read_uncommitted (aborted ones included); %d dead letters",
+		kills, time.Since(t0).Round(time.Millisecond), handlings, txnRecords, committedOuts, uncommitted, len(dls))
+	if missing > 0 || dups > 0 || stray > 0 {
+		t.Errorf("output topic read_committed: %d outputs missing, %d duplicated, %d unknown", missing, dups, stray)
+	}
+	if handlings <= txnRecords {
+		t.Errorf("only %d handlings of %d inputs: the kills interrupted no transaction, the test proves nothing", handlings, txnRecords)
+	}
+}
+
+// readTopicCounts counts the messages of topic per id
+// (_watermill_message_uuid), read from its start to its end without a
+// group, read_committed or read_uncommitted.
+func readTopicCounts(t *testing.T, addrs []string, topic string, committed bool) map[string]int {
+	t.Helper()
+	iso := kgo.ReadUncommitted()
+	if committed {
+		iso = kgo.ReadCommitted()
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(iso))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ids := map[string]int{}
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		fs := cl.PollFetches(ctx)
+		cancel()
+		if fs.NumRecords() == 0 {
+			return ids
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			for _, h := range r.Headers {
+				if h.Key == "_watermill_message_uuid" {
+					ids[string(h.Value)]++
+				}
+			}
+		})
+	}
+}
+
+// TestKafkaTransactionCrashChild is the consumer process of
+// TestKafkaTransactionCrash; it runs only when that test starts it.
+func TestKafkaTransactionCrashChild(t *testing.T) {
+	if os.Getenv("BUSLINE_TXN_CHILD") == "" {
+		t.Skip("the child process of TestKafkaTransactionCrash")
+	}
+	f, err := os.OpenFile(os.Getenv("BUSLINE_TXN_EFFECTS"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var mu sync.Mutex
+	effect := func(id string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if _, err := f.WriteString(id + "\n"); err != nil {
+			panic(err)
+		}
+	}
+	b, err := bus.New(bus.Config{
+		Broker:          bus.BrokerKafka,
+		Group:           os.Getenv("BUSLINE_TXN_GROUP"),
+		DeadLetterTopic: os.Getenv("BUSLINE_TXN_DLQ"),
+		ShutdownTimeout: 10 * time.Second,
+		Kafka: kafka.Config{
+			Brokers: strings.Split(os.Getenv("BUSLINE_TXN_BROKERS"), ","), Partitions: 4,
+			SessionTimeout: 500 * time.Millisecond, RebalanceTimeout: 5 * time.Second,
+			MaxInFlight: 200, NackDelay: 50 * time.Millisecond,
+			// One process at a time: the next one fences this one.
+			InstanceID: "child",
+		},
+	}, bus.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	outTopic := os.Getenv("BUSLINE_TXN_OUT")
+	err = b.Handle("tx", os.Getenv("BUSLINE_TXN_IN"), func(ctx context.Context, m *message.Message) error {
+		i, _ := strconv.Atoi(strings.TrimPrefix(m.UUID, "x-"))
+		effect(m.UUID)
+		if i%txnPoisonEvery == 0 {
+			return bus.Permanent(errors.New("poison"))
+		}
+		var outs []*message.Message
+		for _, s := range []string{"-a", "-b"} {
+			o := message.NewMessage(m.UUID+s, m.Payload)
+			o.Metadata.Set(schema.KeyPartitionKey, m.Metadata.Get(schema.KeyPartitionKey))
+			outs = append(outs, o)
+		}
+		if err := b.Publish(ctx, outTopic, outs...); err != nil {
+			return err
+		}
+		if rand.IntN(100) == 0 {
+			// Published, then failed: the retry must not publish
+			// next to this attempt's outputs.
+			return errors.New("transient")
+		}
+		return nil
+	}, bus.WithKafkaTransactions(), bus.HandlerStack(func(s *middleware.StackConfig) {
+		s.Retry.InitialInterval = time.Millisecond
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	if err := b.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
