@@ -283,3 +283,60 @@ func TestKafkaTransactionCrashChild(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Two buses with Kafka transactions in one group on a four-partition topic:
+// the second joins while 10,000 records flow through the first, so the
+// first loses partitions in the middle of transactions (which abort and are
+// redone by the partitions' new owner). Read with read_committed, the output
+// topic holds each input's output exactly once.
+func TestKafkaTransactionRebalance(t *testing.T) {
+	const n = 10000
+	addrs := kafkaCluster(t, 4)
+	in, out := bustest.Name("txrin"), bustest.Name("txrout")
+	publishSeq(t, addrs, 4, in, "r", n, func(i int) string { return "k" + strconv.Itoa(i%64) })
+	group := bustest.Name("g")
+
+	var seen counts
+	newMember := func(instance string) *bus.Bus {
+		b := consumerBus(t, addrs, group, kafka.Config{
+			Partitions: 4, SessionTimeout: time.Second, RebalanceTimeout: 5 * time.Second,
+			MaxInFlight: 100, NackDelay: 10 * time.Millisecond, InstanceID: instance,
+		})
+		err := b.Handle("h", in, func(ctx context.Context, m *message.Message) error {
+			t0 := time.Now()
+			for time.Since(t0) < 200*time.Microsecond { // the work
+			}
+			seen.add(m.UUID)
+			return b.Publish(ctx, out, message.NewMessage(m.UUID+"-o", m.Payload))
+		}, bus.WithKafkaTransactions())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	b1 := newMember("m1")
+	stop1 := runConsumerBus(t, b1)
+	waitFor(t, 60*time.Second, "2,000 handled", func() bool { return seen.distinct() >= 2000 })
+	b2 := newMember("m2")
+	stop2 := runConsumerBus(t, b2)
+	waitFor(t, 60*time.Second, "all handled", func() bool { return seen.distinct() == n })
+
+	// Everything handled is not everything committed: wait for every
+	// output to be readable, then stop.
+	var outs map[string]int
+	waitFor(t, 60*time.Second, "every output committed", func() bool {
+		outs = readTopicCounts(t, addrs, out, true)
+		return len(outs) == n
+	})
+	stop2()
+	stop1()
+	outs = readTopicCounts(t, addrs, out, true)
+	dups, redone := 0, len(seen.twice())
+	for _, c := range outs {
+		dups += c - 1
+	}
+	t.Logf("%d inputs handled more than once (aborted transactions redone), %d outputs read_committed", redone, len(outs))
+	if len(outs) != n || dups != 0 {
+		t.Errorf("output topic read_committed: %d distinct outputs of %d, %d duplicates", len(outs), n, dups)
+	}
+}
