@@ -2,6 +2,7 @@ package bus_test
 
 import (
 	"context"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/bus/kafka"
 )
 
 // BenchmarkKafkaTransaction measures what Kafka transactions cost a
@@ -24,27 +26,46 @@ import (
 //
 //   - plain: the normal path; each Publish waits for acks=all;
 //   - transactional: bus.WithKafkaTransactions; outputs are produced
-//     asynchronously on ack and committed with the poll's offsets.
+//     asynchronously on ack and committed with the poll's offsets;
+//   - transactional_1: the same with Config.Kafka.MaxInFlight 1, so one
+//     record per poll and per transaction, over the first txnBenchOne
+//     records: the fixed cost of a transaction (a trickle of input pays
+//     it per record).
 //
 // Run: go test -run '^$' -bench BenchmarkKafkaTransaction -benchtime 3x ./bus/
 func BenchmarkKafkaTransaction(b *testing.B) {
 	addrs := bustest.Kafka(b, 4)
 	topic := prefillConsumeTopic(b, addrs, 4, txnBenchRecords)
-	b.Run("plain", func(b *testing.B) { benchTransform(b, addrs, topic, txnBenchRecords) })
+	b.Run("plain", func(b *testing.B) { benchTransform(b, addrs, topic, txnBenchRecords, 0) })
 	b.Run("transactional", func(b *testing.B) {
-		benchTransform(b, addrs, topic, txnBenchRecords, bus.WithKafkaTransactions())
+		benchTransform(b, addrs, topic, txnBenchRecords, 0, bus.WithKafkaTransactions())
+	})
+	b.Run("transactional_1", func(b *testing.B) {
+		benchTransform(b, addrs, topic, txnBenchOne, 1, bus.WithKafkaTransactions())
 	})
 }
 
-const txnBenchRecords = 20000
+const (
+	txnBenchRecords = 20000
+	txnBenchOne     = 1000
+)
 
-func benchTransform(b *testing.B, addrs []string, topic string, n int, opts ...bus.HandlerOption) {
+// benchTransform runs the handler until n outputs were read; maxInFlight is
+// Config.Kafka.MaxInFlight (zero: the default).
+func benchTransform(b *testing.B, addrs []string, topic string, n, maxInFlight int, opts ...bus.HandlerOption) {
 	b.ReportAllocs()
 	b.StopTimer()
 	var total time.Duration
 	for range b.N {
 		out := bustest.Name("txbench-out")
-		bs := newConsumeBus(b, addrs, 4)
+		bs, err := bus.New(bus.Config{
+			Broker: bus.BrokerKafka,
+			Group:  bustest.Name("bench"),
+			Kafka:  kafka.Config{Brokers: addrs, Partitions: 4, MaxInFlight: maxInFlight},
+		}, bus.WithLogger(slog.New(slog.DiscardHandler)))
+		if err != nil {
+			b.Fatal(err)
+		}
 		if err := bs.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
 			o := message.NewMessage("", m.Payload)
 			return bs.Publish(ctx, out, o)
