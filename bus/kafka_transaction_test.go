@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -96,8 +95,7 @@ func TestKafkaTransactionCrash(t *testing.T) {
 		return true
 	}
 	start := func() *exec.Cmd {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestKafkaTransactionCrashChild$", "-test.v")
-		cmd.Env = append(os.Environ(),
+		return startChild(t, "TestKafkaTransactionCrashChild",
 			"BUSLINE_TXN_CHILD=1",
 			"BUSLINE_TXN_BROKERS="+strings.Join(addrs, ","),
 			"BUSLINE_TXN_IN="+in,
@@ -106,11 +104,6 @@ func TestKafkaTransactionCrash(t *testing.T) {
 			"BUSLINE_TXN_GROUP="+group,
 			"BUSLINE_TXN_EFFECTS="+effects,
 		)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return cmd
 	}
 
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 17))
@@ -277,11 +270,7 @@ func TestKafkaTransactionCrashChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-	defer stop()
-	if err := b.Run(ctx); err != nil {
-		t.Fatal(err)
-	}
+	runUntilSIGTERM(t, b)
 }
 
 // Two buses with Kafka transactions in one group on a four-partition topic:
