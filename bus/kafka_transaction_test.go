@@ -329,3 +329,97 @@ func TestKafkaTransactionRebalance(t *testing.T) {
 		t.Errorf("output topic read_committed: %d distinct outputs of %d, %d duplicates", len(outs), n, dups)
 	}
 }
+
+// A nacked record aborts its poll's transaction: the outputs of the records
+// acked before it in the same poll are discarded and redone with it, so
+// read_committed sees each output once. A publish with the context of a
+// message already acked fails with kafka.ErrTransactionEnded instead of
+// slipping into a later transaction.
+func TestKafkaTransactionNack(t *testing.T) {
+	const n = 50
+	addrs := kafkaCluster(t, 1)
+	in, out := bustest.Name("txnin"), bustest.Name("txnout")
+	publishSeq(t, addrs, 1, in, "n", n, nil)
+	b := consumerBus(t, addrs, bustest.Name("g"), kafka.Config{NackDelay: 10 * time.Millisecond, InstanceID: "nack"})
+	var seen counts
+	var (
+		mu      sync.Mutex
+		nacked  bool
+		lateCtx context.Context
+	)
+	err := b.Handle("h", in, func(ctx context.Context, m *message.Message) error {
+		seen.add(m.UUID)
+		if err := b.Publish(ctx, out, message.NewMessage(m.UUID+"-o", m.Payload)); err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if m.UUID == "n-00030" && !nacked {
+			nacked = true
+			return redeliverError{}
+		}
+		if m.UUID == "n-00000" {
+			lateCtx = ctx
+		}
+		return nil
+	}, bus.WithKafkaTransactions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	runConsumerBus(t, b)
+	var outs map[string]int
+	waitFor(t, 30*time.Second, "every output committed", func() bool {
+		outs = readTopicCounts(t, addrs, out, true)
+		return len(outs) == n
+	})
+	for id, c := range outs {
+		if c != 1 {
+			t.Errorf("output %s read_committed %d times, want once", id, c)
+		}
+	}
+	if len(seen.twice()) == 0 {
+		t.Error("no record was handled twice: the nack redid nothing")
+	}
+	mu.Lock()
+	ctx := lateCtx
+	mu.Unlock()
+	if err := b.Publish(ctx, out, message.NewMessage("late", nil)); !errors.Is(err, kafka.ErrTransactionEnded) {
+		t.Errorf("publish with an acked message's context: %v, want kafka.ErrTransactionEnded", err)
+	}
+}
+
+// The option needs "partition" ordering and no batch delivery; on a broker
+// without transactions (the in-process one) it changes nothing.
+func TestKafkaTransactionOptions(t *testing.T) {
+	b, err := bus.New(bus.Config{}, bus.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := func(context.Context, *message.Message) error { return nil }
+	if err := b.Handle("key", "t", h, bus.WithKafkaTransactions(), bus.WithOrdering(bus.OrderKey)); err == nil {
+		t.Error("transactions with key ordering: no error")
+	}
+	if err := b.Handle("batch", "t", h, bus.WithKafkaTransactions(), bus.WithBatchDelivery(10)); err == nil {
+		t.Error("transactions with batch delivery: no error")
+	}
+	got := make(chan string, 1)
+	if err := b.Handle("ok", "t", func(ctx context.Context, m *message.Message) error {
+		got <- m.UUID
+		return nil
+	}, bus.WithKafkaTransactions()); err != nil {
+		t.Fatal(err)
+	}
+	stop := runConsumerBus(t, b)
+	defer stop()
+	if err := b.Publish(context.Background(), "t", message.NewMessage("m1", nil)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case id := <-got:
+		if id != "m1" {
+			t.Errorf("handled %s, want m1", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("not handled on the in-process broker")
+	}
+}
