@@ -423,3 +423,52 @@ func TestKafkaTransactionOptions(t *testing.T) {
 		t.Fatal("not handled on the in-process broker")
 	}
 }
+
+// A graceful Close in the middle of a poll aborts its transaction after
+// the running handler returned: nothing it published (a dead letter of a
+// publish refused during the drain included) is committed, and the next
+// consumer of the group handles the poll again, each output once.
+func TestKafkaTransactionShutdown(t *testing.T) {
+	const n = 20
+	addrs := kafkaCluster(t, 1)
+	in, out, dlq := bustest.Name("txsin"), bustest.Name("txsout"), bustest.Name("txsdlq")
+	publishSeq(t, addrs, 1, in, "s", n, nil)
+	group := bustest.Name("g")
+	var seen counts
+	member := func() *bus.Bus {
+		b, err := bus.New(bus.Config{
+			Broker: bus.BrokerKafka, Group: group, DeadLetterTopic: dlq, ShutdownTimeout: 10 * time.Second,
+			Kafka: kafka.Config{Brokers: addrs, InstanceID: "s", SessionTimeout: time.Second},
+		}, bus.WithLogger(slog.New(slog.DiscardHandler)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Handle("h", in, func(ctx context.Context, m *message.Message) error {
+			seen.add(m.UUID)
+			time.Sleep(20 * time.Millisecond)
+			return b.Publish(ctx, out, message.NewMessage(m.UUID+"-o", m.Payload))
+		}, bus.WithKafkaTransactions()); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	b1 := member()
+	stop1 := runConsumerBus(t, b1)
+	waitFor(t, 30*time.Second, "5 handled", func() bool { return seen.distinct() >= 5 })
+	stop1()
+	if dl := readTopicCounts(t, addrs, dlq, true); len(dl) > 0 {
+		t.Errorf("%d dead letters committed by the shutdown", len(dl))
+	}
+	b2 := member()
+	runConsumerBus(t, b2)
+	var outs map[string]int
+	waitFor(t, 30*time.Second, "every output committed", func() bool {
+		outs = readTopicCounts(t, addrs, out, true)
+		return len(outs) == n
+	})
+	for id, c := range outs {
+		if c != 1 {
+			t.Errorf("output %s read_committed %d times, want once", id, c)
+		}
+	}
+}

@@ -211,7 +211,9 @@
 // closes the subscribers it made (each commits what finished and leaves the
 // group; what was in flight and not acked is delivered again later), then
 // the publisher, waiting for Publish calls in flight, then the admin
-// client. A transactional subscription stops polling, handles the poll in
-// flight to its end and commits it; on Close, a poll whose handlers did not
-// finish aborts.
+// client. A transactional subscription stops polling, hands out no more
+// records of the poll in flight, waits for the handlers running and aborts
+// that poll's transaction: its records are handled again by the group's next
+// consumer (the bus refuses publishes once Close began, so finishing the
+// poll would dead-letter what its handlers publish).
 package kafka

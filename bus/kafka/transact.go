@@ -356,6 +356,9 @@ func (c *txnConsumer) transact(fs kgo.Fetches) (committed bool, err error) {
 	c.mu.Lock()
 	c.cur = ps
 	c.mu.Unlock()
+	if c.pollCtx.Err() != nil {
+		ps.abort() // stopFetching came between the poll and c.cur
+	}
 
 	n := fs.NumRecords()
 	c.inFlight.Add(int64(n))
@@ -474,12 +477,23 @@ func (c *txnConsumer) abortPoll() {
 	}
 }
 
-// stopFetching stops polling; the poll in flight is handled to its end and
-// its transaction ended (see drain).
-func (c *txnConsumer) stopFetching() { c.stopPoll() }
+// stopFetching stops polling and aborts the poll in flight: its lanes hand
+// out no more records, the handlers running finish, and the transaction is
+// aborted (see drain); the group's next consumer handles the poll again.
+//
+// Why abort rather than finish the poll: the bus refuses publishes once its
+// Close began (bus.ErrClosed), so handlers that ran during the drain would
+// fail to publish their outputs and have their records dead-lettered, and
+// the transaction would commit those dead letters. An aborted poll costs at
+// most MaxInFlight records handled again, whose Kafka outputs are then
+// committed once.
+func (c *txnConsumer) stopFetching() {
+	c.stopPoll()
+	c.abortPoll()
+}
 
-// drain waits until the poll in flight was handled and its transaction
-// ended, or ctx is done.
+// drain waits until the handlers of the poll in flight returned and its
+// transaction was aborted, or ctx is done.
 func (c *txnConsumer) drain(ctx context.Context) error {
 	select {
 	case <-c.stopped:
