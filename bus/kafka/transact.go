@@ -38,9 +38,8 @@ import (
 // transaction commits the offsets of everything the session polled (franz-go
 // commits UncommittedOffsets in End), so the unit of commit is the poll, not
 // the finished prefix of each partition; the commit loop, pauses and revoke
-// drains of consumer have nothing to do here. The record hand-off (unmarshal,
-// record context, ack wait) is the same code: unmarshalRecord and
-// recordContext.
+// drains of consumer have nothing to do here. What a handler sees is the
+// same code: unmarshalRecord and recordContext (RecordFromContext works).
 //
 // Why not BlockRebalanceOnPoll: a transaction spans the handlers of a whole
 // poll; blocking a rebalance until it ends risks the rebalance timeout with
