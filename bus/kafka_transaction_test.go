@@ -367,16 +367,7 @@ func TestKafkaTransactionNack(t *testing.T) {
 		t.Fatal(err)
 	}
 	runConsumerBus(t, b)
-	var outs map[string]int
-	waitFor(t, 30*time.Second, "every output committed", func() bool {
-		outs = readTopicCounts(t, addrs, out, true)
-		return len(outs) == n
-	})
-	for id, c := range outs {
-		if c != 1 {
-			t.Errorf("output %s read_committed %d times, want once", id, c)
-		}
-	}
+	outputsOnce(t, addrs, out, n)
 	if len(seen.twice()) == 0 {
 		t.Error("no record was handled twice: the nack redid nothing")
 	}
@@ -461,9 +452,16 @@ func TestKafkaTransactionShutdown(t *testing.T) {
 	}
 	b2 := member()
 	runConsumerBus(t, b2)
+	outputsOnce(t, addrs, out, n)
+}
+
+// outputsOnce waits until topic holds n distinct messages read_committed,
+// and fails t for each that it holds more than once.
+func outputsOnce(t *testing.T, addrs []string, topic string, n int) {
+	t.Helper()
 	var outs map[string]int
 	waitFor(t, 30*time.Second, "every output committed", func() bool {
-		outs = readTopicCounts(t, addrs, out, true)
+		outs = readTopicCounts(t, addrs, topic, true)
 		return len(outs) == n
 	})
 	for id, c := range outs {

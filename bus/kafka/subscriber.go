@@ -264,18 +264,8 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 	if err != nil {
 		return nil, err
 	}
-	reset := kgo.NewOffset().AtStart()
-	if b.cfg.InitialOffset == "newest" {
-		reset = kgo.NewOffset().AtEnd()
-	}
+	opts = append(opts, b.groupOptions(group, topic, cfg)...)
 	opts = append(opts,
-		kgo.ConsumerGroup(group),
-		kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(reset),
-		kgo.Balancers(kgo.CooperativeStickyBalancer()),
-		kgo.RebalanceTimeout(cfg.rebalanceTimeout),
-		kgo.SessionTimeout(b.cfg.SessionTimeout),
-		kgo.HeartbeatInterval(min(b.cfg.SessionTimeout/3, 3*time.Second)),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.AutoCommitMarks(),
 		kgo.AutoCommitInterval(cfg.commitInterval),
@@ -284,12 +274,6 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 		}),
 		kgo.OnPartitionsRevoked(c.onRevoked),
 		kgo.OnPartitionsLost(c.onLost),
-		kgo.FetchMaxWait(fetchMaxWait),
-		// Records of transactions become visible once committed, and
-		// those of aborted ones never (what transactional handlers,
-		// transact.go, publish). Without transactional producers on the
-		// topic it costs nothing: the last stable offset is the end.
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 	)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
@@ -312,6 +296,31 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 		}
 	}()
 	return c, nil
+}
+
+// groupOptions are the franz-go options of a member of group consuming
+// topic, a consumer's or a transactional one's: where a new group starts,
+// cooperative-sticky assignment, the rebalance and session timeouts, and
+// read_committed fetches. Records of transactions become visible once
+// committed, and those of aborted ones never (what transactional handlers,
+// transact.go, publish); without transactional producers on the topic this
+// costs nothing, the last stable offset being the end.
+func (b *Broker) groupOptions(group, topic string, cfg consumerConfig) []kgo.Opt {
+	reset := kgo.NewOffset().AtStart()
+	if b.cfg.InitialOffset == "newest" {
+		reset = kgo.NewOffset().AtEnd()
+	}
+	return []kgo.Opt{
+		kgo.ConsumerGroup(group),
+		kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(reset),
+		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.RebalanceTimeout(cfg.rebalanceTimeout),
+		kgo.SessionTimeout(b.cfg.SessionTimeout),
+		kgo.HeartbeatInterval(min(b.cfg.SessionTimeout/3, 3*time.Second)),
+		kgo.FetchMaxWait(fetchMaxWait),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+	}
 }
 
 // pollLoop polls while there is room, dispatches what each poll returned

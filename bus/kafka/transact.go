@@ -239,29 +239,17 @@ func (c *txnConsumer) newSession() (*kgo.GroupTransactSession, error) {
 	if err != nil {
 		return nil, err
 	}
-	reset := kgo.NewOffset().AtStart()
-	if b.cfg.InitialOffset == "newest" {
-		reset = kgo.NewOffset().AtEnd()
-	}
 	// Without AllowIdempotentProduceCancellation (franz-go refuses it
 	// with a transactional id): a produce whose answer never comes keeps
 	// the transaction open until it comes or the transaction times out,
 	// when the brokers abort it. Either way nothing is committed twice.
 	opts = append(producerOptions(deliveryTimeout, false), append(opts, b.cfg.PartitionerOptions()...)...)
+	opts = append(opts, b.groupOptions(c.group, c.topic, c.cfg)...)
 	opts = append(opts,
 		kgo.TransactionalID(c.id),
 		kgo.TransactionTimeout(transactionTimeout),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.ConsumerGroup(c.group),
-		kgo.ConsumeTopics(c.topic),
-		kgo.ConsumeResetOffset(reset),
-		kgo.Balancers(kgo.CooperativeStickyBalancer()),
-		kgo.RebalanceTimeout(c.cfg.rebalanceTimeout),
-		kgo.SessionTimeout(b.cfg.SessionTimeout),
-		kgo.HeartbeatInterval(min(b.cfg.SessionTimeout/3, 3*time.Second)),
 		kgo.OnPartitionsRevoked(c.onRevoked),
 		kgo.OnPartitionsLost(c.onLost),
-		kgo.FetchMaxWait(fetchMaxWait),
 	)
 	sess, err := kgo.NewGroupTransactSession(opts...)
 	if err != nil {
