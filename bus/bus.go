@@ -188,6 +188,9 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	for _, fn := range ho.stack {
 		fn(&stack)
 	}
+	if b.transactional(ho) {
+		transactionalStack(&stack)
+	}
 	// Telemetry wraps the hooks the options set, so both run.
 	b.instrumentStack(&stack, name, topic, group)
 	ctx, cancel := context.WithTimeout(context.Background(), prepareTimeout)
@@ -206,19 +209,20 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	wh := b.router.AddConsumerHandler(name, topic, sub, fn)
 	wh.AddMiddleware(b.instrumentHandler(name, topic, group), middleware.Stack(stack))
 	wh.AddMiddleware(ho.extra...)
+	if b.transactional(ho) {
+		wh.AddMiddleware(discardFailedOutputs)
+	}
 	b.handlers[name] = topic
 	b.subs = append(b.subs, sub)
 	return nil
 }
 
 // subscriber makes the subscriber of a handler's group: with the handler's
-// ordering and batch delivery where the broker offers them.
+// ordering, batch delivery and transactions where the broker offers them.
 func (b *Bus) subscriber(group string, ho handlerOptions) (message.Subscriber, error) {
-	if ho.ordering != "" || ho.batch > 1 {
-		if ws, ok := b.broker.(interface {
-			SubscriberWith(string, kafka.SubscriberConfig) (message.Subscriber, error)
-		}); ok {
-			return ws.SubscriberWith(group, kafka.SubscriberConfig{Ordering: ho.ordering, BatchSize: ho.batch})
+	if ho.ordering != "" || ho.batch > 1 || ho.transactions {
+		if ws, ok := b.broker.(subscriberConfigurer); ok {
+			return ws.SubscriberWith(group, kafka.SubscriberConfig{Ordering: ho.ordering, BatchSize: ho.batch, Transactions: ho.transactions})
 		}
 	}
 	return b.broker.Subscriber(group)

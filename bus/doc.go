@@ -45,6 +45,12 @@
 // RabbitMQ and on the in-process broker with one handler instance. A nacked
 // message comes back after a delay, never in a hot loop.
 //
+// Exactly once, for a Kafka handler that only publishes to Kafka, with
+// [WithKafkaTransactions]: each poll's records, the handler's publishes with
+// its ctx and its dead letters commit in one Kafka transaction, or abort
+// together and are handled again; read_committed readers see each output
+// once.
+//
 // The in-process broker is bounded: each queue holds Config.Memory.Buffer
 // messages and Publish waits while a queue is full (backpressure), failing
 // with memory.ErrQueueFull after Config.Memory.PublishTimeout. It keeps

@@ -300,8 +300,7 @@ func TestKafkaConsumerCrash(t *testing.T) {
 		return k
 	}
 	start := func() *exec.Cmd {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestKafkaConsumerCrashChild$", "-test.v")
-		cmd.Env = append(os.Environ(),
+		return startChild(t, "TestKafkaConsumerCrashChild",
 			"BUSLINE_CRASH_CHILD=1",
 			"BUSLINE_CRASH_BROKERS="+strings.Join(addrs, ","),
 			"BUSLINE_CRASH_TOPIC="+topic,
@@ -311,11 +310,6 @@ func TestKafkaConsumerCrash(t *testing.T) {
 			"BUSLINE_CRASH_MAX_IN_FLIGHT="+strconv.Itoa(maxInFlight),
 			"BUSLINE_CRASH_COMMIT_INTERVAL="+interval.String(),
 		)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return cmd
 	}
 	// bound is what the kills may redeliver: per kill, the records in
 	// flight plus those handled within one commit interval before it.
@@ -370,28 +364,11 @@ func TestKafkaConsumerCrash(t *testing.T) {
 // group from its start to its end.
 func readTopic(t *testing.T, addrs []string, topic string) map[string]bool {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
 	ids := map[string]bool{}
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		fs := cl.PollFetches(ctx)
-		cancel()
-		if fs.NumRecords() == 0 {
-			return ids
-		}
-		fs.EachRecord(func(r *kgo.Record) {
-			for _, h := range r.Headers {
-				if h.Key == "_watermill_message_uuid" {
-					ids[string(h.Value)] = true
-				}
-			}
-		})
+	for id := range readTopicCounts(t, addrs, topic, false) {
+		ids[id] = true
 	}
+	return ids
 }
 
 // TestKafkaConsumerCrashChild is the consumer process of
@@ -436,6 +413,26 @@ func TestKafkaConsumerCrashChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	runUntilSIGTERM(t, b)
+}
+
+// startChild starts this test binary again, running only the test named
+// run, with env added to the environment: the process the crash tests kill.
+func startChild(t *testing.T, run string, env ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+run+"$", "-test.v")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd
+}
+
+// runUntilSIGTERM runs b until the process gets SIGTERM (a child's graceful
+// stop) and fails t when Run fails.
+func runUntilSIGTERM(t *testing.T, b *bus.Bus) {
+	t.Helper()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	if err := b.Run(ctx); err != nil {

@@ -34,6 +34,9 @@ type Broker struct {
 	pub   *publisher
 	kcl   *kgo.Client
 	admin *kadm.Client
+	// txnInstance is Config.InstanceID, or a random id of this Broker:
+	// part of the transactional ids (transact.go).
+	txnInstance string
 
 	mu        sync.Mutex
 	closed    bool
@@ -76,11 +79,12 @@ func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 		return nil, fmt.Errorf("kafka: connect to %s: %w", strings.Join(cfg.Brokers, ","), err)
 	}
 	return &Broker{
-		cfg:    cfg,
-		logger: logger,
-		pub:    pub,
-		kcl:    kcl,
-		admin:  kadm.NewClient(kcl),
+		cfg:         cfg,
+		logger:      logger,
+		pub:         pub,
+		kcl:         kcl,
+		admin:       kadm.NewClient(kcl),
+		txnInstance: cmp.Or(cfg.InstanceID, watermill.NewShortUUID()),
 	}, nil
 }
 
@@ -138,6 +142,10 @@ func (b *Broker) SubscriberWith(group string, cfg SubscriberConfig) (message.Sub
 		nackDelay:        b.cfg.NackDelay,
 		commitInterval:   b.cfg.CommitInterval,
 		rebalanceTimeout: b.cfg.RebalanceTimeout,
+		transactions:     cfg.Transactions,
+	}
+	if cc.transactions {
+		cc.ordering = OrderPartition
 	}
 	if cc.batch > 1 {
 		if cfg.Ordering == "" {
@@ -175,11 +183,11 @@ func (b *Broker) Drain(ctx context.Context) error {
 	return nil
 }
 
-func (b *Broker) consumers() []*consumer {
+func (b *Broker) consumers() []member {
 	b.mu.Lock()
 	subs := append([]*subscriber(nil), b.subs...)
 	b.mu.Unlock()
-	var cs []*consumer
+	var cs []member
 	for _, s := range subs {
 		s.mu.Lock()
 		cs = append(cs, s.consumers...)

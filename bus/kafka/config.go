@@ -50,17 +50,29 @@ type Config struct {
 	// consumption). It must lie within the brokers'
 	// group.min.session.timeout.ms and group.max.session.timeout.ms.
 	SessionTimeout time.Duration
-	// InstanceID, when set, makes every subscription a static member of
-	// its consumer group (KIP-345), with the group instance id
-	// "<InstanceID>-<n>" (n counts this broker's subscriptions of the
-	// group, from 0: one per handler). Set it to something that stays the
-	// same across restarts of this process and differs between processes
-	// (a pod or host name). A restarted process then takes its partitions
-	// back at once, with no rebalance, instead of waiting SessionTimeout
-	// for the group to drop the crashed member. The cost: a process that
-	// stops for good keeps its partitions unconsumed for SessionTimeout,
-	// since a static member does not leave the group on Close. Zero:
-	// dynamic membership.
+	// InstanceID names this process among the members of its consumer
+	// groups: stable across its restarts and unique among the processes
+	// running at once (a pod or host name). Never share one between live
+	// processes: they would fence each other.
+	//
+	// When set, every subscription is a static member of its group
+	// (KIP-345), with the group instance id "<InstanceID>-<n>" (n counts
+	// this broker's subscriptions of the group, from 0: one per handler).
+	// A restarted process then takes its partitions back at once, with no
+	// rebalance, instead of waiting SessionTimeout for the group to drop
+	// the crashed member. The cost: a process that stops for good keeps its
+	// partitions unconsumed for SessionTimeout, since a static member does
+	// not leave the group on Close.
+	//
+	// It is also part of the transactional ids of transactional handlers
+	// (bus.WithKafkaTransactions), so that a restarted process fences its
+	// dead predecessor and aborts the transaction it left open at once.
+	//
+	// Zero: dynamic membership, and a random id per Broker for the
+	// transactional ids, which is safe, but a crash then leaves its open
+	// transaction to the brokers' transaction timeout (40s): until then the
+	// group's new member cannot fetch its partitions' committed offsets,
+	// and read_committed readers of its output topics wait.
 	InstanceID string
 	// Ordering is how a handler's records may run concurrently, unless the
 	// handler sets its own (bus.WithOrdering): "partition" (one record of a

@@ -31,9 +31,13 @@ func TestConformance(t *testing.T) {
 		name       string
 		partitions int32
 		ordered    bool
+		sub        kafka.SubscriberConfig
 	}{
-		{"OnePartition", 1, true},
-		{"FourPartitions", 4, false},
+		{"OnePartition", 1, true, kafka.SubscriberConfig{}},
+		{"FourPartitions", 4, false, kafka.SubscriberConfig{}},
+		// A transactional subscription (one transaction per poll, the
+		// suite's nacks abort and redo whole polls).
+		{"Transactions", 4, false, kafka.SubscriberConfig{Transactions: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -59,7 +63,7 @@ func TestConformance(t *testing.T) {
 					t.Fatal(err)
 				}
 				t.Cleanup(func() { _ = b.Close() })
-				sub, err := b.Subscriber(group)
+				sub, err := b.SubscriberWith(group, tc.sub)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -61,15 +61,22 @@ const deliveryTimeout = 30 * time.Second
 //     failed may have been written, so publishing it again may duplicate it
 //     (at least once, which the consumers' dedup absorbs). Kafka's Java
 //     producer fails records after delivery.timeout.ms the same way.
-func producerOptions(timeout time.Duration) []kgo.Opt {
-	return []kgo.Opt{
+//
+// The last one only when cancellable: franz-go refuses it on a
+// transactional producer (transact.go), where a record whose answer never
+// comes keeps its transaction open until the brokers abort it.
+func producerOptions(timeout time.Duration, cancellable bool) []kgo.Opt {
+	opts := []kgo.Opt{
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(0),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
 		kgo.AllowAutoTopicCreation(),
 		kgo.RecordDeliveryTimeout(timeout),
-		kgo.AllowIdempotentProduceCancellation(),
 	}
+	if cancellable {
+		opts = append(opts, kgo.AllowIdempotentProduceCancellation())
+	}
+	return opts
 }
 
 // newPublisher connects a producer with producerOptions(timeout) and the
@@ -78,7 +85,7 @@ func producerOptions(timeout time.Duration) []kgo.Opt {
 // default partitioner. It fails when opts are invalid; brokers are dialled
 // on first use.
 func newPublisher(opts []kgo.Opt, timeout time.Duration) (*publisher, error) {
-	cl, err := kgo.NewClient(append(producerOptions(timeout), opts...)...)
+	cl, err := kgo.NewClient(append(producerOptions(timeout, true), opts...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -96,8 +103,26 @@ func newPublisher(opts []kgo.Opt, timeout time.Duration) (*publisher, error) {
 // acknowledged after deliveryTimeout fails, and with it every record
 // behind it on its partition. The messages' contexts are not watched: on
 // the shared producer, a cancelled context would fail other callers'
-// records too.
+// records too. Messages whose context is that of a message a
+// transactional subscription delivered (SubscriberConfig.Transactions),
+// or derives from it, go into that message's transaction instead: Publish
+// only marshals them and returns, they are produced when the message is
+// acked (dropped when the attempt fails, see [DiscardOutputs]), and they
+// become visible to read_committed readers only if the transaction
+// commits.
 func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
+	if len(msgs) > 0 {
+		// A handler of a transactional subscription publishing with
+		// its message's context: into the poll's transaction
+		// (transact.go).
+		tm, err := txnOf(msgs)
+		if err != nil {
+			return err
+		}
+		if tm != nil {
+			return produce(tm.buffer, topic, msgs)
+		}
+	}
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.closed {
@@ -106,13 +131,19 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
+	return produce(p.cl.ProduceSync, topic, msgs)
+}
 
+// produce marshals msgs, produces them with produceSync and reports the
+// failed ones (see publisher.Publish): the one implementation behind the
+// shared producer and a transaction's.
+func produce(produceSync func(context.Context, ...*kgo.Record) kgo.ProduceResults, topic string, msgs []*message.Message) error {
 	rb := marshalRecords(topic, msgs)
 	failed := rb.failed
 	// The results come in the order the records finished, not the order
 	// they were given: a failed one is found by its record.
 	var at map[*kgo.Record]int
-	for _, r := range p.cl.ProduceSync(context.Background(), rb.recs...) {
+	for _, r := range produceSync(context.Background(), rb.recs...) {
 		if r.Err == nil {
 			continue
 		}

@@ -41,6 +41,7 @@ type recordContext struct {
 	context.Context
 	info   RecordInfo
 	member delivery.Member
+	txn    *txnMsg // its share of the poll's transaction (transactional subscriptions)
 }
 
 func (c *recordContext) Value(key any) any {
@@ -52,6 +53,11 @@ func (c *recordContext) Value(key any) any {
 			return nil
 		}
 		return &c.member
+	case txnKey{}:
+		if c.txn == nil {
+			return nil
+		}
+		return c.txn
 	}
 	return c.Context.Value(key)
 }

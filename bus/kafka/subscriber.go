@@ -31,6 +31,15 @@ type SubscriberConfig struct {
 	// of its batch that were nacked. Batches need "partition" ordering.
 	// Zero or 1: one record at a time.
 	BatchSize int
+	// Transactions makes the subscription consume-transform-produce
+	// with Kafka transactions: each poll's records are handled in one
+	// transaction, and what the handler publishes with its message's
+	// context (dead letters included) is produced inside it; the
+	// consumed offsets and the published records commit together when
+	// every record of the poll was acked, and are discarded together
+	// otherwise (the records are handled again). It needs "partition"
+	// ordering and no batches. See transact.go and the package doc.
+	Transactions bool
 }
 
 func (c SubscriberConfig) validate() error {
@@ -44,6 +53,12 @@ func (c SubscriberConfig) validate() error {
 	if c.BatchSize > 1 && c.Ordering != "" && c.Ordering != OrderPartition {
 		errs = append(errs, fmt.Errorf("kafka: batches need partition ordering, not %q", c.Ordering))
 	}
+	if c.Transactions && c.Ordering != "" && c.Ordering != OrderPartition {
+		errs = append(errs, fmt.Errorf("kafka: transactions need partition ordering, not %q", c.Ordering))
+	}
+	if c.Transactions && c.BatchSize > 1 {
+		errs = append(errs, errors.New("kafka: transactions and batches do not go together"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -54,9 +69,10 @@ type subscriber struct {
 	group string
 	cfg   consumerConfig
 
-	mu        sync.Mutex
-	closed    bool
-	consumers []*consumer
+	mu         sync.Mutex
+	closed     bool
+	consumers  []member
+	subscribed int // Subscribe calls that succeeded
 }
 
 // consumerConfig is what a consumer needs of the broker's Config and the
@@ -69,6 +85,7 @@ type consumerConfig struct {
 	nackDelay        time.Duration
 	commitInterval   time.Duration
 	rebalanceTimeout time.Duration
+	transactions     bool
 }
 
 func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
@@ -77,11 +94,21 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if s.closed {
 		return nil, ErrClosed
 	}
+	if s.cfg.transactions {
+		c, err := s.b.newTxnConsumer(ctx, s.group, topic, s.cfg, s.subscribed)
+		if err != nil {
+			return nil, err
+		}
+		s.consumers = append(s.consumers, c)
+		s.subscribed++
+		return c.out, nil
+	}
 	c, err := s.b.newConsumer(ctx, s.group, topic, s.cfg, s.b.instanceID(s.group))
 	if err != nil {
 		return nil, err
 	}
 	s.consumers = append(s.consumers, c)
+	s.subscribed++
 	return c.out, nil
 }
 
@@ -237,18 +264,8 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 	if err != nil {
 		return nil, err
 	}
-	reset := kgo.NewOffset().AtStart()
-	if b.cfg.InitialOffset == "newest" {
-		reset = kgo.NewOffset().AtEnd()
-	}
+	opts = append(opts, b.groupOptions(group, topic, cfg)...)
 	opts = append(opts,
-		kgo.ConsumerGroup(group),
-		kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(reset),
-		kgo.Balancers(kgo.CooperativeStickyBalancer()),
-		kgo.RebalanceTimeout(cfg.rebalanceTimeout),
-		kgo.SessionTimeout(b.cfg.SessionTimeout),
-		kgo.HeartbeatInterval(min(b.cfg.SessionTimeout/3, 3*time.Second)),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.AutoCommitMarks(),
 		kgo.AutoCommitInterval(cfg.commitInterval),
@@ -257,7 +274,6 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 		}),
 		kgo.OnPartitionsRevoked(c.onRevoked),
 		kgo.OnPartitionsLost(c.onLost),
-		kgo.FetchMaxWait(fetchMaxWait),
 	)
 	if instanceID != "" {
 		opts = append(opts, kgo.InstanceID(instanceID))
@@ -283,6 +299,31 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 		}
 	}()
 	return c, nil
+}
+
+// groupOptions are the franz-go options of a member of group consuming
+// topic, a consumer's or a transactional one's: where a new group starts,
+// cooperative-sticky assignment, the rebalance and session timeouts, and
+// read_committed fetches. Records of transactions become visible once
+// committed, and those of aborted ones never (what transactional handlers,
+// transact.go, publish); without transactional producers on the topic this
+// costs nothing, the last stable offset being the end.
+func (b *Broker) groupOptions(group, topic string, cfg consumerConfig) []kgo.Opt {
+	reset := kgo.NewOffset().AtStart()
+	if b.cfg.InitialOffset == "newest" {
+		reset = kgo.NewOffset().AtEnd()
+	}
+	return []kgo.Opt{
+		kgo.ConsumerGroup(group),
+		kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(reset),
+		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.RebalanceTimeout(cfg.rebalanceTimeout),
+		kgo.SessionTimeout(b.cfg.SessionTimeout),
+		kgo.HeartbeatInterval(min(b.cfg.SessionTimeout/3, 3*time.Second)),
+		kgo.FetchMaxWait(fetchMaxWait),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+	}
 }
 
 // pollLoop polls while there is room, dispatches what each poll returned

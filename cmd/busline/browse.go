@@ -54,7 +54,8 @@ func browse(ctx context.Context, cfg bus.Config) ([]*message.Message, error) {
 // browseKafka reads the dead-letter topic with a plain franz-go consumer
 // (no group, nothing committed) from the group's committed offsets (the
 // partition's start when it has none, as the bus's groups start at the
-// oldest record) up to each partition's high watermark at the start.
+// oldest record) up to each partition's last stable offset at the start,
+// read_committed.
 func browseKafka(ctx context.Context, cfg bus.Config, group string) ([]*message.Message, error) {
 	topic := cfg.DeadLetterTopic
 	opts, err := kgoOptions(cfg)
@@ -67,7 +68,10 @@ func browseKafka(ctx context.Context, cfg bus.Config, group string) ([]*message.
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	ends, err := adm.ListEndOffsets(ctx, topic)
+	// The last stable offsets, and read_committed below: dead letters of
+	// handlers with Kafka transactions are published inside the
+	// transaction, and those of aborted transactions are not dead letters.
+	ends, err := adm.ListCommittedOffsets(ctx, topic)
 	if err != nil {
 		return nil, fmt.Errorf("end offsets of %s: %w", topic, err)
 	}
@@ -109,7 +113,8 @@ func browseKafka(ctx context.Context, cfg bus.Config, group string) ([]*message.
 	if len(from) == 0 {
 		return nil, nil
 	}
-	cons, err := kgo.NewClient(append(opts, kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: from}))...)
+	cons, err := kgo.NewClient(append(opts, kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: from}),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka consumer: %w", err)
 	}
