@@ -1034,3 +1034,66 @@ func TestKafkaConsumerLostPartitions(t *testing.T) {
 	}
 	t.Logf("%d records handled twice after the loss", len(seen.twice()))
 }
+
+// A plain handler registered with batch delivery by mistake gets carriers
+// it does not take: their acks must not count their records as handled.
+// Every record reaches the handler on its own, with its payload.
+func TestKafkaConsumerBatchDeliveryToAPlainHandler(t *testing.T) {
+	const n = 200
+	addrs := kafkaCluster(t, 1)
+	topic := bustest.Name("plain-batch")
+	publishSeq(t, addrs, 1, topic, "p", n, nil)
+	b := consumerBus(t, addrs, bustest.Name("g"), kafka.Config{})
+	var seen counts
+	var carriers atomic.Int64
+	if err := b.Handle("h", topic, func(_ context.Context, m *message.Message) error {
+		if len(m.Payload) == 0 {
+			carriers.Add(1) // a carrier: no event of its own
+			return nil
+		}
+		seen.add(m.UUID)
+		return nil
+	}, bus.WithBatchDelivery(50)); err != nil {
+		t.Fatal(err)
+	}
+	runConsumerBus(t, b)
+	waitFor(t, 60*time.Second, "every record handled on its own", func() bool { return seen.distinct() == n })
+	t.Logf("%d carriers acked by the plain handler, then split", carriers.Load())
+}
+
+// Close does not wait for a dead letter that a DeadLetters reader, which
+// stopped reading, was never handed: a record the router did not take is
+// not in flight.
+func TestKafkaConsumerCloseWithAnIdleDeadLetterReader(t *testing.T) {
+	addrs := kafkaCluster(t, 1)
+	b := consumerBus(t, addrs, bustest.Name("g"), kafka.Config{})
+	if err := b.Handle("noop", bustest.Name("t"), func(context.Context, *message.Message) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.Run(context.Background()) }()
+	<-b.Running()
+	for range 3 {
+		if err := b.Publish(context.Background(), b.Config().DeadLetterTopic, message.NewMessage("", []byte("x"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ch, err := b.DeadLetters(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-ch:
+		m.Ack() // and read no more
+	case <-time.After(20 * time.Second):
+		t.Fatal("no dead letter")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := b.Close(ctx); err != nil {
+		t.Errorf("Close: %v (it waited for a dead letter nobody was handed)", err)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}

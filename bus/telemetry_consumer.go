@@ -61,9 +61,28 @@ func (t *telemetry) registerConsumerStats(br broker) {
 		t.logger.Warn("bus: telemetry: creating consumer instruments", slog.Any("error", err))
 	}
 	t.consumerReg, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		// One point per group and topic: the subscriptions of one
+		// group and topic (several Subscribe calls) add up, the oldest
+		// record is the oldest of them all.
+		type gt struct{ group, topic string }
+		sums := map[gt]kafka.ConsumerStats{}
+		var order []gt
 		for _, st := range cs.ConsumerStats() {
+			k := gt{st.Group, st.Topic}
+			sum, seen := sums[k]
+			if !seen {
+				order = append(order, k)
+			}
+			sum.InFlight += st.InFlight
+			sum.PausedPartitions += st.PausedPartitions
+			sum.LostPartitions += st.LostPartitions
+			sum.OldestInFlight = max(sum.OldestInFlight, st.OldestInFlight)
+			sums[k] = sum
+		}
+		for _, k := range order {
+			st := sums[k]
 			opt := metric.WithAttributeSet(attribute.NewSet(t.system,
-				semconv.MessagingDestinationName(st.Topic), semconv.MessagingConsumerGroupName(st.Group)))
+				semconv.MessagingDestinationName(k.topic), semconv.MessagingConsumerGroupName(k.group)))
 			o.ObserveInt64(inFlight, int64(st.InFlight), opt)
 			o.ObserveInt64(paused, int64(st.PausedPartitions), opt)
 			o.ObserveFloat64(oldest, st.OldestInFlight.Seconds(), opt)

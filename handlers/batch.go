@@ -165,6 +165,7 @@ func (b *Batcher[T]) Size() int { return b.size }
 func (b *Batcher[T]) Handle(ctx context.Context, msg *message.Message) error {
 	mem := delivery.MemberFromContext(ctx)
 	if mem != nil && mem.Batch.Carried() != nil {
+		mem.Batch.Take()
 		return b.handleCarried(ctx, mem.Batch.Carried())
 	}
 	sl := &slot[T]{msg: msg}

@@ -1,6 +1,8 @@
 package middleware
 
 import (
+	"github.com/busline/busline/internal/delivery"
+
 	"context"
 	"errors"
 	"strconv"
@@ -139,6 +141,12 @@ func (cfg DeadLetterConfig) withDefaults() DeadLetterConfig {
 func deadLetterFailed(cfg *DeadLetterConfig, msg *message.Message, orig context.Context, err error) error {
 	msg.SetContext(orig)
 	if orig.Err() != nil || IsRedelivery(err) {
+		return err
+	}
+	if m := delivery.MemberFromContext(orig); m != nil && m.Batch.Carried() != nil {
+		// A carrier of a batch (Kafka batch delivery) holds no event of
+		// its own: nacked, its records come again one by one, each
+		// dead-lettered on its own if it fails.
 		return err
 	}
 	return deadLetter(cfg, msg, orig, err)

@@ -41,7 +41,7 @@ type Broker struct {
 	mu        sync.Mutex
 	closed    bool
 	subs      []*subscriber
-	instances map[string]int // group -> subscriptions made, for static member ids
+	instances map[string]map[int]bool // group -> static member indexes in use
 }
 
 // New validates cfg, connects the publisher to the brokers and returns the
@@ -196,20 +196,42 @@ func (b *Broker) consumers() []member {
 	return cs
 }
 
-// instanceID returns the static group instance id of the next
-// subscription of group, or "" without Config.InstanceID.
-func (b *Broker) instanceID(group string) string {
+// instanceID returns the static group instance id of a new subscription
+// of group, "" without Config.InstanceID, and the function that frees it
+// when the subscription closes: the lowest index free, so that a process
+// that subscribes in the same order after a restart gets the same ids, and
+// a reader that comes and goes (DeadLetters) does not use up new ones.
+func (b *Broker) instanceID(group string) (string, func()) {
 	if b.cfg.InstanceID == "" {
-		return ""
+		return "", func() {}
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.instances == nil {
-		b.instances = map[string]int{}
+		b.instances = map[string]map[int]bool{}
 	}
-	n := b.instances[group]
-	b.instances[group]++
-	return b.cfg.InstanceID + "-" + strconv.Itoa(n)
+	used := b.instances[group]
+	if used == nil {
+		used = map[int]bool{}
+		b.instances[group] = used
+	}
+	n := 0
+	for used[n] {
+		n++
+	}
+	used[n] = true
+	return b.cfg.InstanceID + "-" + strconv.Itoa(n), func() {
+		b.mu.Lock()
+		delete(used, n)
+		b.mu.Unlock()
+	}
+}
+
+// forget removes a closed subscriber from the broker's list.
+func (b *Broker) forget(s *subscriber) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.subs = slices.DeleteFunc(b.subs, func(x *subscriber) bool { return x == s })
 }
 
 // ConsumerStats returns the stats of every subscription of the broker's

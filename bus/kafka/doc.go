@@ -106,9 +106,10 @@
 //     in-flight bound.
 //
 // With batch delivery ([SubscriberConfig].BatchSize, bus.WithBatchDelivery)
-// a partition's lane hands out up to BatchSize records that one poll
-// returned at once, in order, each knowing its place in the batch, and the
-// next batch when every message of this one was acked.
+// a partition's lane hands out up to BatchSize of its queued records (one
+// poll's, or more when polls queued up) as one carrier message, in order,
+// and the next batch when the carrier was acked by a batch handler that
+// took it; otherwise the records go one by one.
 //
 // # Record format
 //
@@ -153,7 +154,12 @@
 // running after that is not waited for; its record is delivered again to
 // the next owner. Lost partitions (the member's session expired) commit
 // nothing; their in-flight results are dropped, with a log line and
-// busline.kafka.lost_partitions.
+// busline.kafka.lost_partitions. While a revoke waits, franz-go's
+// rebalance lock also holds back polls, so the member's other partitions
+// get no new records until it is done. After a loss, or a revoke that ran
+// out of time, a handler may still be running when the partition comes
+// back to the same member: then, for once, two records of one partition
+// can run at the same time even in "partition" ordering.
 //
 // Backpressure: a subscription fetches no more once it holds
 // Config.MaxInFlight records; a slow partition is paused (see

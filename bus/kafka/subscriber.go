@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -22,14 +23,16 @@ type SubscriberConfig struct {
 	// Ordering is "partition", "key" or "unordered" (see Config.Ordering).
 	// Zero: Config.Ordering.
 	Ordering string
-	// BatchSize, when above 1, hands out the records of a partition in
-	// batches of up to BatchSize records that one poll returned, all at
-	// once, each message carrying its place in the batch (for a batch
-	// handler such as handlers.Batch). The next batch of the partition is
-	// handed out when every message of this one was acked; a nacked
-	// message is handed out again after the nack delay, with the others
-	// of its batch that were nacked. Batches need "partition" ordering.
-	// Zero or 1: one record at a time.
+	// BatchSize, when above 1, hands out up to BatchSize records queued
+	// for a partition (what one poll returned, or more when several polls
+	// queued up) as one carrier message holding their messages in order
+	// (internal/delivery), for a batch handler such as handlers.Batch,
+	// which must take it; the carrier's ack finishes every record. A
+	// nacked carrier, or one acked by a handler that did not take the
+	// batch, is split at once: its records are handed out one by one,
+	// each as a batch of one, nacks then waiting out the nack delay as
+	// usual. Batches need "partition" ordering. Zero or 1: one record at
+	// a time.
 	BatchSize int
 	// Transactions makes the subscription consume-transform-produce
 	// with Kafka transactions: each poll's records are handled in one
@@ -103,9 +106,15 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		s.subscribed++
 		return c.out, nil
 	}
-	c, err := s.b.newConsumer(ctx, s.group, topic, s.cfg, s.b.instanceID(s.group))
+	id, release := s.b.instanceID(s.group)
+	c, err := s.b.newConsumer(ctx, s.group, topic, s.cfg, id)
 	if err != nil {
+		release()
 		return nil, err
+	}
+	c.closed = func() {
+		release()
+		s.forget(c)
 	}
 	s.consumers = append(s.consumers, c)
 	s.subscribed++
@@ -132,7 +141,16 @@ func (s *subscriber) Close() error {
 	for _, c := range cs {
 		c.close()
 	}
+	s.b.forget(s)
 	return nil
+}
+
+// forget removes a closed subscription (closed by its Subscribe context,
+// or by Close) from the subscriber's list.
+func (s *subscriber) forget(c member) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.consumers = slices.DeleteFunc(s.consumers, func(x member) bool { return x == c })
 }
 
 // stats returns the subscriptions' stats.
@@ -206,6 +224,9 @@ type consumer struct {
 	mu           sync.Mutex
 	parts        map[int32]*partition
 	fetchStopped bool // stopFetching was called: take no new records
+	// closed, when set, runs at the end of close: it frees the static
+	// member id and drops the consumer from its subscriber's list.
+	closed func()
 }
 
 // partition is the state of one assigned partition.
@@ -231,6 +252,7 @@ type partition struct {
 	draining bool
 	cutoff   int64
 	settled  chan struct{}
+	drainc   chan struct{} // closed when draining starts
 }
 
 // lane is a queue of records that must run one after the other.
@@ -268,7 +290,10 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 	opts = append(opts,
 		kgo.BlockRebalanceOnPoll(),
 		kgo.AutoCommitMarks(),
-		kgo.AutoCommitInterval(cfg.commitInterval),
+		// The consumer commits its marks every commitInterval itself
+		// (commitLoop); franz-go's own autocommit of marks, which
+		// AutoCommitMarks turns on, is only a backstop.
+		kgo.AutoCommitInterval(10*cfg.commitInterval),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, a map[string][]int32) {
 			c.assigned.Add(int64(len(a[topic])))
 		}),
@@ -407,7 +432,8 @@ func (c *consumer) dispatch(id int32, recs []*kgo.Record, now time.Time) {
 	}
 	p := c.parts[id]
 	if p == nil {
-		p = &partition{id: id, stop: make(chan struct{}), settled: make(chan struct{}), lanes: map[string]*lane{}, maxOut: -1}
+		p = &partition{id: id, stop: make(chan struct{}), settled: make(chan struct{}), drainc: make(chan struct{}),
+			lanes: map[string]*lane{}, maxOut: -1}
 		c.parts[id] = p
 	}
 	c.mu.Unlock()
@@ -461,10 +487,12 @@ func (c *consumer) pauseSlow(now time.Time) {
 			continue
 		}
 		p.paused = true
+		// Paused under p.mu, as finish resumes under it: a resume may
+		// not overtake the pause and leave it in place for good.
+		c.cl.PauseFetchPartitions(map[string][]int32{c.topic: {p.id}})
 		release := p.pending - c.cfg.maxPerPartition - p.released
 		p.released += release
 		p.mu.Unlock()
-		c.cl.PauseFetchPartitions(map[string][]int32{c.topic: {p.id}})
 		c.total.Add(-int64(release))
 		select {
 		case c.room <- struct{}{}:
@@ -586,17 +614,14 @@ func (c *consumer) processCarried(p *partition, group []item) int {
 		strconv.FormatInt(first.Offset, 10)+"-"+strconv.FormatInt(last.Offset, 10), nil)
 	ctx, cancel := context.WithCancel(c.msgCtx)
 	defer cancel()
+	batch := delivery.Carry(msgs)
 	carrier.SetContext(&recordContext{
 		Context: ctx,
 		info: RecordInfo{Topic: first.Topic, Partition: first.Partition,
 			Offset: first.Offset, Timestamp: first.Timestamp},
-		member: delivery.Member{Batch: delivery.Carry(msgs)},
+		member: delivery.Member{Batch: batch},
 	})
-	select {
-	case c.out <- carrier:
-	case <-p.stop:
-		return carriedStopped
-	case <-c.done:
+	if !c.send(p, first.Offset, last.Offset, carrier) {
 		return carriedStopped
 	}
 	select {
@@ -609,6 +634,12 @@ func (c *consumer) processCarried(p *partition, group []item) int {
 		default:
 			return carriedStopped
 		}
+	}
+	if !batch.Taken() {
+		// Acked by a handler that did not take the batch (a plain
+		// handler registered with batch delivery): nothing says its
+		// records were handled, so they go one by one.
+		return carriedNacked
 	}
 	for _, it := range group {
 		c.finish(p, it)
@@ -652,11 +683,8 @@ func (c *consumer) processGroup(p *partition, group []item) bool {
 		sent, stopped := len(msgs), false
 	send:
 		for i, m := range msgs {
-			select {
-			case c.out <- m:
+			if off := group[i].rec.Offset; c.send(p, off, off, m) {
 				continue
-			case <-p.stop:
-			case <-c.done:
 			}
 			for _, cancel := range cancels[i:] {
 				cancel()
@@ -777,29 +805,23 @@ func (c *consumer) commitLoop() {
 // mark marks the commit offsets of parts with the client and reports
 // whether any moved. With final, each partition's mark is its last.
 func (c *consumer) mark(parts []*partition, final bool) bool {
-	var offs map[int32]kgo.EpochOffset
+	moved := false
 	for _, p := range parts {
 		p.mu.Lock()
 		if !p.final {
-			if eo, moved := p.trk.mark(); moved {
-				if offs == nil {
-					offs = make(map[int32]kgo.EpochOffset, len(parts))
-				}
-				offs[p.id] = eo
+			// Marked under p.mu: no mark of a partition can land after
+			// its last one (final), or after it was lost.
+			if eo, ok := p.trk.mark(); ok {
+				c.cl.MarkCommitOffsets(map[string]map[int32]kgo.EpochOffset{c.topic: {p.id: eo}})
+				moved = true
 			}
-			// Marked under p.mu: a partition's stop and its last mark
-			// happen after any earlier mark of it.
 			if final {
 				p.final = true
 			}
 		}
 		p.mu.Unlock()
 	}
-	if offs == nil {
-		return false
-	}
-	c.cl.MarkCommitOffsets(map[string]map[int32]kgo.EpochOffset{c.topic: offs})
-	return true
+	return moved
 }
 
 // upToCutoff returns how many records at the start of group may still be
@@ -818,17 +840,46 @@ func (p *partition) upToCutoff(group []item) int {
 }
 
 // handOut returns the part of group that may go to the router now (see
-// upToCutoff; none once p stopped) and records it as handed out.
+// upToCutoff; none once p stopped).
 func (p *partition) handOut(group []item) []item {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.stopped {
 		return nil
 	}
-	if group = group[:p.upToCutoff(group)]; len(group) > 0 {
-		p.maxOut = max(p.maxOut, group[len(group)-1].rec.Offset)
+	return group[:p.upToCutoff(group)]
+}
+
+// send hands m, the message of the records first to last of p, to the
+// router, and records them as handed out once it went (so that a drain's
+// cutoff never counts a message the router did not take: nobody may read
+// a dead-letter reader's channel). It gives up, reporting false, when p
+// stops, the consumer closes, or p starts draining with first beyond the
+// cutoff; a message up to the cutoff keeps waiting to go, since the drain
+// waits for it.
+func (c *consumer) send(p *partition, first, last int64, m *message.Message) bool {
+	drain := p.drainc
+	for {
+		select {
+		case c.out <- m:
+			p.mu.Lock()
+			p.maxOut = max(p.maxOut, last)
+			p.mu.Unlock()
+			return true
+		case <-p.stop:
+			return false
+		case <-c.done:
+			return false
+		case <-drain:
+			p.mu.Lock()
+			beyond := first > p.cutoff
+			p.mu.Unlock()
+			if beyond {
+				return false
+			}
+			drain = nil
+		}
 	}
-	return group
 }
 
 // snapshot returns the assigned partitions' states.
@@ -922,10 +973,11 @@ func (c *consumer) onRevoked(ctx context.Context, cl *kgo.Client, revoked map[st
 		}
 	}
 	c.stopParts(parts)
-	if c.mark(parts, true) {
-		if err := cl.CommitMarkedOffsets(ctx); err != nil {
-			c.logger.Error("kafka: commit on revoke", err, nil)
-		}
+	// Committed also when no mark moved: an earlier commit of these marks
+	// may have failed, and franz-go forgets them with the partitions.
+	c.mark(parts, true)
+	if err := cl.CommitMarkedOffsets(ctx); err != nil {
+		c.logger.Error("kafka: commit on revoke", err, nil)
 	}
 }
 
@@ -964,6 +1016,7 @@ func (p *partition) beginDrain() {
 	defer p.mu.Unlock()
 	if !p.draining {
 		p.draining, p.cutoff = true, p.maxOut
+		close(p.drainc)
 	}
 	if p.trk.settled(p.cutoff) {
 		closeOnce(p.settled)
@@ -999,18 +1052,21 @@ func (c *consumer) close() {
 		close(c.done)
 		c.loops.Wait()
 		c.lanes.Wait()
-		parts := c.snapshot()
-		if c.mark(parts, false) {
-			ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
-			if err := c.cl.CommitMarkedOffsets(ctx); err != nil {
-				c.logger.Error("kafka: commit on close", err, nil)
-			}
-			cancel()
+		c.mark(c.snapshot(), false)
+		// Committed also when no mark moved: a failed earlier commit is
+		// not retried once the client left the group.
+		ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+		if err := c.cl.CommitMarkedOffsets(ctx); err != nil {
+			c.logger.Error("kafka: commit on close", err, nil)
 		}
+		cancel()
 		// Leaving the group revokes every partition: onRevoked commits
 		// again (nothing new) and waits for nothing (closing).
 		c.cl.CloseAllowingRebalance()
 		close(c.out)
+		if c.closed != nil {
+			c.closed()
+		}
 	})
 }
 

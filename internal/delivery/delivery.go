@@ -6,6 +6,7 @@ package delivery
 
 import (
 	"context"
+	"sync/atomic"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 )
@@ -18,8 +19,9 @@ import (
 // address. It is safe for concurrent use: it is never changed after it was
 // made.
 type Batch struct {
-	size int
-	msgs []*message.Message
+	size  int
+	msgs  []*message.Message
+	taken atomic.Bool
 }
 
 // NewBatch returns a batch of size messages, each delivered on its own.
@@ -34,6 +36,15 @@ func (b *Batch) Size() int { return b.size }
 // Carried returns the messages a carrier delivers, in order, or nil when
 // the batch's messages are delivered on their own.
 func (b *Batch) Carried() []*message.Message { return b.msgs }
+
+// Take records that a batch handler took the carried messages. A carrier
+// acked without it was acked by a handler that did not know it carried
+// records (a plain handler registered with batch delivery): the subscriber
+// must not count its records as handled.
+func (b *Batch) Take() { b.taken.Store(true) }
+
+// Taken reports whether Take was called.
+func (b *Batch) Taken() bool { return b.taken.Load() }
 
 // Member is the place of one message in its batch.
 type Member struct {
