@@ -47,6 +47,7 @@ type Bus struct {
 	mu        sync.Mutex
 	state     state
 	closing   atomic.Bool          // state == stateClosing, read without the lock
+	pubClosed atomic.Bool          // Close is closing the publisher: no handler may publish
 	handlers  map[string]string    // name -> topic
 	subs      []message.Subscriber // handlers'
 	extraSubs []message.Subscriber // DeadLetters'
@@ -234,8 +235,16 @@ func (b *Bus) subscriber(group string, ho handlerOptions) (message.Subscriber, e
 // CloudEvents id of their UUID when they carry none, and the correlation and
 // causation ids of ctx (see [middleware.Propagate]): publish with a
 // handler's ctx to link what it publishes to what it handles.
+//
+// After [Bus.Close] began, Publish returns [ErrClosed], except with the
+// ctx of a handler of the bus that is still draining: what a handler
+// publishes is part of its work, so it goes through until the drain is over
+// and the publisher closes.
 func (b *Bus) Publish(ctx context.Context, topic string, msgs ...*message.Message) error {
-	if b.isClosed() {
+	// Once Close began, only the handlers still draining may publish
+	// (what they publish is part of their work), until the publisher
+	// closes after the drain.
+	if b.isClosed() && (message.HandlerNameFromCtx(ctx) == "" || b.pubClosed.Load()) {
 		return ErrClosed
 	}
 	stamp(ctx, msgs)
@@ -413,6 +422,7 @@ func (b *Bus) Close(ctx context.Context) error {
 			}
 		}
 		b.stopTelemetry()
+		b.pubClosed.Store(true)
 		if err := b.pub.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("bus: close publisher: %w", err))
 		}

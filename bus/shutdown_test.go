@@ -242,3 +242,52 @@ func deleteAMQP(t *testing.T, cfg bus.Config, handlers map[string]string) {
 		del(func(ch *amqp091.Channel) error { return ch.ExchangeDelete(amqp.ExchangeName(dlq), false, false) })
 	}
 }
+
+// A handler still running when Close begins publishes what its work
+// produces: Publish with its ctx goes through during the drain (before the
+// fix it returned ErrClosed, and the message was retried and then
+// dead-lettered), while a publish from outside any handler is refused.
+func TestShutdownHandlerPublishesWhileDraining(t *testing.T) {
+	for _, tc := range shutdownBrokers(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := bustest.Name("shutdown-publish")
+			b := mustNew(t, tc.cfg(topic))
+			started := make(chan struct{})
+			release := make(chan struct{})
+			published := make(chan error, 1)
+			if err := b.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
+				if m.UUID != "first" {
+					return nil
+				}
+				close(started)
+				<-release
+				err := b.Publish(ctx, topic, message.NewMessage("effect", nil))
+				published <- err
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			runErr := make(chan error, 1)
+			go func() { runErr <- b.Run(context.Background()) }()
+			<-b.Running()
+			if err := b.Publish(context.Background(), topic, message.NewMessage("first", nil)); err != nil {
+				t.Fatal(err)
+			}
+			<-started
+			closeErr := make(chan error, 1)
+			go func() { closeErr <- b.Close(bustest.Context(t, 30*time.Second)) }()
+			for !errors.Is(b.Publish(context.Background(), topic, message.NewMessage("late", nil)), bus.ErrClosed) {
+			}
+			close(release)
+			if err := <-published; err != nil {
+				t.Errorf("the draining handler's Publish = %v", err)
+			}
+			if err := <-closeErr; err != nil {
+				t.Errorf("Close = %v", err)
+			}
+			if err := <-runErr; err != nil {
+				t.Errorf("Run = %v", err)
+			}
+		})
+	}
+}
