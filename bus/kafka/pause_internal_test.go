@@ -26,7 +26,7 @@ func TestPauseSlowCannotLeaveAPauseBehind(t *testing.T) {
 		c := &consumer{topic: "t", cl: cl, room: make(chan struct{}, 1), parts: map[int32]*partition{},
 			cfg: consumerConfig{maxPerPartition: 2, maxInFlight: 100}}
 		c.assigned.Store(2)
-		p := &partition{id: 0, stop: make(chan struct{}), settled: make(chan struct{}), lanes: map[string]*lane{}, maxOut: -1}
+		p := &partition{id: 0, stop: make(chan struct{}), settled: make(chan struct{}), lanes: map[string]*lane{}}
 		c.parts[0] = p
 		old := time.Now().Add(-time.Second)
 		var items []item

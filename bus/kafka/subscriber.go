@@ -238,14 +238,17 @@ type partition struct {
 	stop    chan struct{} // closed when stopped
 	final   bool          // the last mark was taken: mark nothing more
 	lanes   map[string]*lane
+	free    []*lane // lanes that ran empty, for reuse
 	trk     tracker
 	pending int // records fetched and not finished
 	paused  bool
 	// released is how many of pending no longer count against
 	// maxInFlight (see pauseSlow); the next ones to finish are these.
 	released int
-	// maxOut is the highest offset handed to the router, -1 if none.
-	maxOut int64
+	// maxOut is the highest offset handed to the router, -1 if none;
+	// atomic, so that a send records itself without the partition lock,
+	// which every lane of a partition contends for in "key" ordering.
+	maxOut atomic.Int64
 	// draining: revoked, the partition finishes the records up to cutoff
 	// (its maxOut then) and hands out no later one; settled is closed
 	// once every record up to cutoff finished.
@@ -259,6 +262,28 @@ type partition struct {
 type lane struct {
 	key string
 	q   []item
+}
+
+// newLane returns a lane of key holding it, reusing a lane that ran empty:
+// in "key" ordering lanes come and go with every few records. p.mu must be
+// held.
+func (p *partition) newLane(key string, it item) *lane {
+	if n := len(p.free); n > 0 {
+		l := p.free[n-1]
+		p.free = p.free[:n-1]
+		l.key, l.q = key, []item{it}
+		return l
+	}
+	return &lane{key: key, q: []item{it}}
+}
+
+// freeLane keeps l, which ran empty and left p.lanes, for reuse (a few
+// dozen at most). p.mu must be held.
+func (p *partition) freeLane(l *lane) {
+	if len(p.free) < 64 {
+		l.key, l.q = "", nil // the queue's array may still hold fetched records
+		p.free = append(p.free, l)
+	}
 }
 
 // item is a fetched record and its position in its partition's tracker.
@@ -433,7 +458,8 @@ func (c *consumer) dispatch(id int32, recs []*kgo.Record, now time.Time) {
 	p := c.parts[id]
 	if p == nil {
 		p = &partition{id: id, stop: make(chan struct{}), settled: make(chan struct{}), drainc: make(chan struct{}),
-			lanes: map[string]*lane{}, maxOut: -1}
+			lanes: map[string]*lane{}}
+		p.maxOut.Store(-1)
 		c.parts[id] = p
 	}
 	c.mu.Unlock()
@@ -442,20 +468,20 @@ func (c *consumer) dispatch(id int32, recs []*kgo.Record, now time.Time) {
 	defer p.mu.Unlock()
 	for _, rec := range recs {
 		it := item{rec: rec, seq: p.trk.add(rec, now)}
-		var key string
+		var key []byte // the lane: one per partition, or per key
 		switch c.cfg.ordering {
 		case OrderUnordered:
-			c.startLane(p, &lane{q: []item{it}})
+			c.startLane(p, p.newLane("", it))
 			continue
 		case OrderKey:
-			key = string(rec.Key)
+			key = rec.Key
 		}
-		if l := p.lanes[key]; l != nil {
+		if l := p.lanes[string(key)]; l != nil { // no allocation for the lookup
 			l.q = append(l.q, it)
 			continue
 		}
-		l := &lane{key: key, q: []item{it}}
-		p.lanes[key] = l
+		l := p.newLane(string(key), it)
+		p.lanes[l.key] = l
 		c.startLane(p, l)
 	}
 	p.pending += len(recs)
@@ -545,6 +571,7 @@ func (c *consumer) runLane(p *partition, l *lane) {
 			if p.lanes[l.key] == l {
 				delete(p.lanes, l.key)
 			}
+			p.freeLane(l)
 			p.mu.Unlock()
 			return
 		}
@@ -657,11 +684,16 @@ func (c *consumer) processGroup(p *partition, group []item) bool {
 		msgs[i] = unmarshalRecord(it.rec)
 	}
 	var timer *time.Timer
-	for {
-		if group = p.handOut(group); len(group) == 0 {
-			return false
+	for round := 0; ; round++ {
+		// runLane took the group under the lock, trimmed to the cutoff;
+		// after a nack delay the partition may have stopped or begun to
+		// drain meanwhile.
+		if round > 0 {
+			if group = p.handOut(group); len(group) == 0 {
+				return false
+			}
+			msgs = msgs[:len(group)]
 		}
-		msgs = msgs[:len(group)]
 		var b *delivery.Batch
 		if c.cfg.batch > 1 {
 			b = delivery.NewBatch(len(group))
@@ -859,13 +891,25 @@ func (p *partition) handOut(group []item) []item {
 // waits for it.
 func (c *consumer) send(p *partition, first, last int64, m *message.Message) bool {
 	drain := p.drainc
+	select {
+	case <-drain: // draining already: the router may be ready too
+		p.mu.Lock()
+		beyond := p.stopped || first > p.cutoff
+		p.mu.Unlock()
+		if beyond {
+			return false
+		}
+		drain = nil
+	default:
+	}
 	for {
 		select {
 		case c.out <- m:
-			p.mu.Lock()
-			p.maxOut = max(p.maxOut, last)
-			p.mu.Unlock()
-			return true
+			for {
+				if cur := p.maxOut.Load(); cur >= last || p.maxOut.CompareAndSwap(cur, last) {
+					return true
+				}
+			}
 		case <-p.stop:
 			return false
 		case <-c.done:
@@ -1015,7 +1059,7 @@ func (p *partition) beginDrain() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.draining {
-		p.draining, p.cutoff = true, p.maxOut
+		p.draining, p.cutoff = true, p.maxOut.Load()
 		close(p.drainc)
 	}
 	if p.trk.settled(p.cutoff) {
