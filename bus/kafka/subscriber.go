@@ -223,7 +223,8 @@ type consumer struct {
 
 	mu           sync.Mutex
 	parts        map[int32]*partition
-	fetchStopped bool // stopFetching was called: take no new records
+	fetchStopped bool    // stopFetching was called: take no new records
+	startBuf     []*lane // dispatch's lanes to start, reused (the poll loop's only)
 	// closed, when set, runs at the end of close: it frees the static
 	// member id and drops the consumer from its subscriber's list.
 	closed func()
@@ -465,13 +466,13 @@ func (c *consumer) dispatch(id int32, recs []*kgo.Record, now time.Time) {
 	c.mu.Unlock()
 
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	start := c.startBuf[:0]
 	for _, rec := range recs {
 		it := item{rec: rec, seq: p.trk.add(rec, now)}
 		var key []byte // the lane: one per partition, or per key
 		switch c.cfg.ordering {
 		case OrderUnordered:
-			c.startLane(p, p.newLane("", it))
+			start = append(start, p.newLane("", it))
 			continue
 		case OrderKey:
 			key = rec.Key
@@ -482,10 +483,18 @@ func (c *consumer) dispatch(id int32, recs []*kgo.Record, now time.Time) {
 		}
 		l := p.newLane(string(key), it)
 		p.lanes[l.key] = l
-		c.startLane(p, l)
+		start = append(start, l)
 	}
 	p.pending += len(recs)
 	c.total.Add(int64(len(recs)))
+	p.mu.Unlock()
+	// Started after the lock is let go: a lane goroutine woken while
+	// dispatch held it would only wait for it.
+	for i, l := range start {
+		c.startLane(p, l)
+		start[i] = nil
+	}
+	c.startBuf = start
 }
 
 // stuckAfter is how long a partition's oldest record must have been
