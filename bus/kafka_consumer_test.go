@@ -610,13 +610,22 @@ func TestKafkaConsumerBlocking(t *testing.T) {
 		slices.Sort(lat)
 		return lat[len(lat)*99/100]
 	}
-	base := run(0)
-	failing := run(5 * time.Second)
-	t.Logf("p99 latency of the other keys: %v without the failure, %v with k0 failing for 5s", base, failing)
-	// A floor keeps scheduler noise on a loaded machine from deciding.
-	if limit := 2 * max(base, 20*time.Millisecond); failing > limit {
-		t.Errorf("p99 latency of the other keys %v with k0 failing, more than 2x the %v without", failing, base)
+	// A latency bound on a shared 2-core machine (CI runs packages in
+	// parallel, under -race) is at the mercy of the scheduler: the pair of
+	// runs is measured up to three times, and the property fails only
+	// when no pair keeps it. A stuck key that held back the others would
+	// fail every pair (its 5s failure would show in the p99). A floor
+	// keeps sub-millisecond noise from deciding.
+	var base, failing time.Duration
+	for attempt := 1; attempt <= 3; attempt++ {
+		base = run(0)
+		failing = run(5 * time.Second)
+		t.Logf("attempt %d: p99 latency of the other keys: %v without the failure, %v with k0 failing for 5s", attempt, base, failing)
+		if failing <= 2*max(base, 20*time.Millisecond) {
+			return
+		}
 	}
+	t.Errorf("p99 latency of the other keys %v with k0 failing, more than 2x the %v without, in three pairs of runs", failing, base)
 }
 
 func watermillUUID() string { return fmt.Sprintf("%016x%016x", rand.Uint64(), rand.Uint64()) }
