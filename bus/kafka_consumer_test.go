@@ -551,6 +551,8 @@ func TestKafkaConsumerBlocking(t *testing.T) {
 			lat       []time.Duration
 			failUntil time.Time
 			handled   atomic.Int64
+			warm      = make(chan struct{})
+			warmOnce  sync.Once
 		)
 		err := b.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
 			key := m.Metadata.Get(schema.KeyPartitionKey)
@@ -564,6 +566,10 @@ func TestKafkaConsumerBlocking(t *testing.T) {
 				if failing {
 					return errors.New("downstream of k0 is down")
 				}
+			}
+			if key == "warm-up" {
+				warmOnce.Do(func() { close(warm) })
+				return nil
 			}
 			sent, _ := strconv.ParseInt(string(m.Payload), 10, 64)
 			if key != "k0" {
@@ -582,6 +588,17 @@ func TestKafkaConsumerBlocking(t *testing.T) {
 		stop := runConsumerBus(t, b)
 		pub := consumerBus(t, addrs, bustest.Name("pub"), kafka.Config{})
 		defer pub.Close(context.Background())
+		// The group's join is not part of the latency: one message first.
+		wm := message.NewMessage(watermillUUID(), nil)
+		wm.Metadata.Set(schema.KeyPartitionKey, "warm-up")
+		if err := pub.Publish(context.Background(), topic, wm); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-warm:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the warm-up message was not handled")
+		}
 		// 500 messages a second over 20 keys, for the failure and 1s more.
 		const perTick = 25
 		ticks := int((fail + time.Second) / (50 * time.Millisecond))
