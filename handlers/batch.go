@@ -48,29 +48,18 @@ type Batcher[T any] struct {
 	size    int
 	maxWait time.Duration
 
-	mu     sync.Mutex
-	open   *batch[T]                     // the batch that takes messages delivered on their own, nil if none
-	groups map[*delivery.Batch]*batch[T] // the open batch of each delivered batch
+	mu   sync.Mutex
+	open *batch[T] // the batch that takes new messages, nil if none
 }
 
-// batch is one batch in the making. Its fields are guarded by the
+// batch is one batch in the making. items and sealed are guarded by the
 // Batcher's mu until sealed; after that items is read-only.
 type batch[T any] struct {
-	items  []*slot[T]
+	items  []*Item[T]
 	sealed bool
-	member *delivery.Batch // the delivered batch it gathers, nil if none
-	full   chan struct{}   // closed when the batch is complete
-	done   chan struct{}   // closed when the batch was handled; err is set then
+	full   chan struct{} // closed when the batch reaches Size
+	done   chan struct{} // closed when the batch was handled; err is set then
 	err    error
-}
-
-// slot is a message of a batch, its place in the delivered batch and,
-// once the batch is sealed and decoded, its event or decoding error.
-type slot[T any] struct {
-	msg *message.Message
-	it  *Item[T] // decoded already (messages delivered on their own)
-	idx int
-	err error // set by the leader when msg does not decode
 }
 
 // Batch returns a Batcher that decodes messages into T with r (upcasting
@@ -107,7 +96,7 @@ func Batch[T any](r *schema.Registry, cfg BatchConfig, fn func(ctx context.Conte
 	if cfg.MaxWait == 0 {
 		cfg.MaxWait = DefaultBatchMaxWait
 	}
-	return &Batcher[T]{r: r, fn: fn, size: cfg.Size, maxWait: cfg.MaxWait, groups: map[*delivery.Batch]*batch[T]{}}
+	return &Batcher[T]{r: r, fn: fn, size: cfg.Size, maxWait: cfg.MaxWait}
 }
 
 // Size is the most events one call of the batch function gets: the size to
@@ -123,31 +112,23 @@ func (b *Batcher[T]) Size() int { return b.size }
 // # Which messages form a batch
 //
 // On Kafka with bus.WithBatchDelivery the broker delivers up to that many
-// records of a partition that one poll returned as one carrier message:
-// Handle decodes them and calls fn with their events, in order, at once
-// (in calls of at most Size events), and the carrier's ack acks them all.
-// When one does not decode, or fn fails or panics, the bus's retry step
-// retries the whole batch within its budget; when that does not help, the
-// carrier is nacked and the broker hands the records out again one by
-// one, each then a batch of one, retried and dead-lettered on its own: a
-// poison message fails alone, and fn may see the events of the batch again
-// (at least once). The
-// middleware runs once per carrier, so per-message dedup does not apply to
-// a batch that succeeds: make fn idempotent, as said above.
+// queued records of a partition as one carrier message: Handle decodes
+// them and calls fn with their events, in order, at once (in calls of at
+// most Size events), and the carrier's ack acks them all. When one does not
+// decode, or fn fails or panics, the bus's retry step retries the whole
+// batch within its budget; when that does not help, the carrier is nacked
+// and the broker hands the records out again one by one, each marked to be
+// handled alone: fn gets it as a batch of one at once, and its error is its
+// own (retried, or dead-lettered: a poison message fails alone). fn may see
+// the events of a failed batch again (at least once). The middleware runs
+// once per carrier, so per-message dedup does not apply to a batch that
+// succeeds: make fn idempotent, as said above.
 //
-// Messages the broker delivered as a batch each on its own form that
-// batch, in their order, with no waiting: the batch is handled as soon as
-// all of them arrived. Messages delivered on their own join the one
-// open batch; one that cannot be decoded never joins it. Either way a batch
-// is handled when it holds Size messages, or MaxWait after its first
-// message arrived, whichever comes first (a delivered batch waits MaxWait
-// only when some of its messages never come, for example ones dedup acked
-// as duplicates), by fn called on the first message's goroutine with that
-// message's context. The messages of a delivered batch are decoded there,
-// on that one goroutine, and fn gets the events of those that decoded (a
-// delivered batch of Size messages with a poison one holds Size-1 events).
-// Later messages wait for the result. No goroutine or timer
-// outlives a batch.
+// Other messages join the one open batch; one that cannot be decoded never
+// joins it. A batch is handled when it holds Size events or MaxWait after
+// its first message arrived, whichever comes first, by fn called on the
+// first message's goroutine with that message's context. Later messages
+// wait for the result. No goroutine or timer outlives a batch.
 //
 // When the context of a waiting message ends before its batch was handled,
 // Handle takes its event out of the batch and returns the context's error
@@ -163,36 +144,48 @@ func (b *Batcher[T]) Size() int { return b.size }
 // that waited MaxWait; use [Batcher.Process] with messages the caller
 // fetched together there.
 func (b *Batcher[T]) Handle(ctx context.Context, msg *message.Message) error {
-	mem := delivery.MemberFromContext(ctx)
-	if mem != nil && mem.Batch.Carried() != nil {
-		mem.Batch.Take()
-		return b.handleCarried(ctx, mem.Batch.Carried())
-	}
-	sl := &slot[T]{msg: msg}
-	if mem != nil {
-		sl.idx = mem.Index
-	} else {
-		// Delivered on its own: a message that does not decode never
-		// joins a batch (with batch delivery the leader decodes the
-		// messages of the batch the broker formed, see lead).
-		ev, env, err := schema.DecodeAs[T](b.r, msg)
-		if err != nil {
-			return err
+	if mem := delivery.MemberFromContext(ctx); mem != nil {
+		if msgs := mem.Batch.Carried(); msgs != nil {
+			mem.Batch.Take()
+			return b.handleCarried(ctx, msgs)
 		}
-		sl.it = &Item[T]{Event: ev, Envelope: env}
+		return b.handleAlone(ctx, msg)
 	}
-	cur, leader := b.arrive(mem, sl)
+	ev, env, err := schema.DecodeAs[T](b.r, msg)
+	if err != nil {
+		return err
+	}
+	it := &Item[T]{Event: ev, Envelope: env}
+
+	b.mu.Lock()
+	cur := b.open
+	leader := cur == nil
 	if leader {
-		return b.lead(ctx, cur, sl)
+		cur = &batch[T]{
+			items: make([]*Item[T], 0, min(b.size, 64)),
+			full:  make(chan struct{}),
+			done:  make(chan struct{}),
+		}
+		b.open = cur
+	}
+	cur.items = append(cur.items, it)
+	if len(cur.items) == b.size {
+		b.sealLocked(cur)
+		close(cur.full)
+	}
+	b.mu.Unlock()
+
+	if leader {
+		return b.lead(ctx, cur)
 	}
 	select {
 	case <-cur.done:
-		return cur.result(sl)
+		return cur.err
 	case <-ctx.Done():
 	}
 	b.mu.Lock()
 	if !cur.sealed {
-		cur.items = slices.DeleteFunc(cur.items, func(x *slot[T]) bool { return x == sl })
+		cur.items = slices.DeleteFunc(cur.items, func(x *Item[T]) bool { return x == it })
 		b.mu.Unlock()
 		return ctx.Err()
 	}
@@ -201,7 +194,7 @@ func (b *Batcher[T]) Handle(ctx context.Context, msg *message.Message) error {
 	// decides; waiting for it is bounded by fn, which runs on a context
 	// of its own that the router also cancels on shutdown.
 	<-cur.done
-	return cur.result(sl)
+	return cur.err
 }
 
 // handleCarried handles the messages one carrier message brought (batch
@@ -209,8 +202,7 @@ func (b *Batcher[T]) Handle(ctx context.Context, msg *message.Message) error {
 // the carrier's goroutine. When a message does not decode, or fn fails or
 // panics, it returns a [splitError]: retried like a transient error, then
 // the carrier is nacked, never dead-lettered, and the broker hands its
-// messages out again one by one, each then handled as a batch of one and
-// retried or dead-lettered on its own.
+// messages out again one by one (see handleAlone).
 func (b *Batcher[T]) handleCarried(ctx context.Context, msgs []*message.Message) (err error) {
 	items := make([]Item[T], 0, len(msgs))
 	for _, m := range msgs {
@@ -235,6 +227,17 @@ func (b *Batcher[T]) handleCarried(ctx context.Context, msgs []*message.Message)
 	return nil
 }
 
+// handleAlone handles a message split from a failed batch: at once, as a
+// batch of one, with its own errors (a schema error is permanent and
+// dead-lettered, any other is retried), like any message of the bus.
+func (b *Batcher[T]) handleAlone(ctx context.Context, msg *message.Message) error {
+	ev, env, err := schema.DecodeAs[T](b.r, msg)
+	if err != nil {
+		return err
+	}
+	return b.fn(ctx, []Item[T]{{Event: ev, Envelope: env}})
+}
+
 // splitError is what a batch that came in one carrier message gets when it
 // fails: the bus's middleware retries it like a transient error, then
 // nacks the carrier instead of dead-lettering it, and the broker delivers
@@ -250,53 +253,9 @@ func (e splitError) Unwrap() error { return e.err }
 // Redeliver reports true (see splitError).
 func (splitError) Redeliver() bool { return true }
 
-// result is what the message of sl gets once cur is done: its decoding
-// error, or the batch's outcome.
-func (cur *batch[T]) result(sl *slot[T]) error {
-	if sl.err != nil {
-		return sl.err
-	}
-	return cur.err
-}
-
-// arrive adds sl to the open batch of mem (nil: of messages delivered on
-// their own), opening one if needed, and reports whether the caller leads
-// the batch.
-func (b *Batcher[T]) arrive(mem *delivery.Member, sl *slot[T]) (cur *batch[T], leader bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if mem != nil {
-		cur = b.groups[mem.Batch]
-	} else {
-		cur = b.open
-	}
-	leader = cur == nil
-	if leader {
-		cur = &batch[T]{
-			items: make([]*slot[T], 0, min(b.size, 64)),
-			full:  make(chan struct{}),
-			done:  make(chan struct{}),
-		}
-		if mem != nil {
-			cur.member = mem.Batch
-			b.groups[mem.Batch] = cur
-		} else {
-			b.open = cur
-		}
-	}
-	cur.items = append(cur.items, sl)
-	if len(cur.items) == b.size || mem != nil && len(cur.items) == mem.Batch.Size() {
-		b.sealLocked(cur)
-		close(cur.full)
-	}
-	return cur, leader
-}
-
 // lead waits until cur is full, MaxWait passed or ctx ended, then seals
-// it, decodes its messages in order and hands their events to fn. Decoding
-// here, on one goroutine, instead of on each message's, keeps the others'
-// stacks small.
-func (b *Batcher[T]) lead(ctx context.Context, cur *batch[T], own *slot[T]) (err error) {
+// and handles it.
+func (b *Batcher[T]) lead(ctx context.Context, cur *batch[T]) (err error) {
 	timer := time.NewTimer(b.maxWait)
 	select {
 	case <-cur.full:
@@ -320,27 +279,15 @@ func (b *Batcher[T]) lead(ctx context.Context, cur *batch[T], own *slot[T]) (err
 			close(cur.done)
 		}
 	}()
-	slices.SortStableFunc(cur.items, func(a, b *slot[T]) int { return a.idx - b.idx })
-	items := make([]Item[T], 0, len(cur.items))
-	for _, sl := range cur.items {
-		if sl.it != nil {
-			items = append(items, *sl.it)
-			continue
-		}
-		ev, env, err := schema.DecodeAs[T](b.r, sl.msg)
-		if err != nil {
-			sl.err = err
-			continue
-		}
-		items = append(items, Item[T]{Event: ev, Envelope: env})
+	items := make([]Item[T], len(cur.items))
+	for i, it := range cur.items {
+		items[i] = *it
 	}
-	if len(items) > 0 {
-		err = b.fn(ctx, items)
-	}
+	err = b.fn(ctx, items)
 	completed = true
 	cur.err = err
 	close(cur.done)
-	return cur.result(own)
+	return err
 }
 
 // sealLocked closes cur to new messages. b.mu must be held.
@@ -348,9 +295,6 @@ func (b *Batcher[T]) sealLocked(cur *batch[T]) {
 	cur.sealed = true
 	if b.open == cur {
 		b.open = nil
-	}
-	if cur.member != nil && b.groups[cur.member] == cur {
-		delete(b.groups, cur.member)
 	}
 }
 

@@ -614,14 +614,14 @@ func (c *consumer) process(p *partition, group []item) bool {
 		case carriedStopped:
 			return false
 		}
-		for i := range group {
-			if !c.processGroup(p, group[i:i+1]) {
+		for _, it := range group {
+			if !c.processOne(p, it) {
 				return false
 			}
 		}
 		return true
 	}
-	return c.processGroup(p, group)
+	return c.processOne(p, group[0])
 }
 
 // Outcomes of processCarried.
@@ -683,84 +683,55 @@ func (c *consumer) processCarried(p *partition, group []item) int {
 	return carriedAcked
 }
 
-// processGroup hands out group (one record, or the records of a batch
-// each on its own) until every message was acked, waiting out the nack
-// delay after each round that had nacks. It returns false when the
-// partition stopped or the consumer closed.
-func (c *consumer) processGroup(p *partition, group []item) bool {
-	msgs := make([]*message.Message, len(group))
-	for i, it := range group {
-		msgs[i] = unmarshalRecord(it.rec)
-	}
+// processOne hands out one record until it was acked, waiting out the
+// nack delay after each nack. In batch mode it is a record split from a
+// failed batch: its message says so (internal/delivery), so that the batch
+// handler handles it alone, at once. It returns false when the partition
+// stopped or the consumer closed.
+func (c *consumer) processOne(p *partition, it item) bool {
+	msg := unmarshalRecord(it.rec)
 	var timer *time.Timer
 	for round := 0; ; round++ {
-		// runLane took the group under the lock, trimmed to the cutoff;
+		// runLane took the record under the lock, within the cutoff;
 		// after a nack delay the partition may have stopped or begun to
 		// drain meanwhile.
-		if round > 0 {
-			if group = p.handOut(group); len(group) == 0 {
-				return false
-			}
-			msgs = msgs[:len(group)]
-		}
-		var b *delivery.Batch
-		if c.cfg.batch > 1 {
-			b = delivery.NewBatch(len(group))
-		}
-		cancels := make([]context.CancelFunc, len(group))
-		for i, it := range group {
-			// A message's context ends when it was acked or nacked
-			// (Watermill's subscriber contract).
-			ctx, cancel := context.WithCancel(c.msgCtx)
-			cancels[i] = cancel
-			rc := &recordContext{
-				Context: ctx,
-				info: RecordInfo{Topic: it.rec.Topic, Partition: it.rec.Partition,
-					Offset: it.rec.Offset, Timestamp: it.rec.Timestamp},
-				member: delivery.Member{Batch: b, Index: i},
-			}
-			msgs[i].SetContext(rc)
-		}
-		sent, stopped := len(msgs), false
-	send:
-		for i, m := range msgs {
-			if off := group[i].rec.Offset; c.send(p, off, off, m) {
-				continue
-			}
-			for _, cancel := range cancels[i:] {
-				cancel()
-			}
-			sent, stopped = i, true
-			break send
-		}
-		// Wait for what was handed out, also when the partition stopped
-		// meanwhile: a revoke waits for it, and commits it if acked.
-		var nacked []int
-		for i, m := range msgs[:sent] {
-			select {
-			case <-m.Acked():
-				c.finish(p, group[i])
-			case <-m.Nacked():
-				nacked = append(nacked, i)
-			case <-c.done:
-				// Closing: an ack that came in meanwhile still counts.
-				select {
-				case <-m.Acked():
-					c.finish(p, group[i])
-				default:
-				}
-				for _, cancel := range cancels {
-					cancel()
-				}
-				return false
-			}
-			cancels[i]()
-		}
-		if stopped {
+		if round > 0 && len(p.handOut([]item{it})) == 0 {
 			return false
 		}
-		if len(nacked) == 0 {
+		// A message's context ends when it was acked or nacked
+		// (Watermill's subscriber contract).
+		ctx, cancel := context.WithCancel(c.msgCtx)
+		rc := &recordContext{
+			Context: ctx,
+			info: RecordInfo{Topic: it.rec.Topic, Partition: it.rec.Partition,
+				Offset: it.rec.Offset, Timestamp: it.rec.Timestamp},
+		}
+		if c.cfg.batch > 1 {
+			rc.member = delivery.Member{Batch: delivery.Alone}
+		}
+		msg.SetContext(rc)
+		if !c.send(p, it.rec.Offset, it.rec.Offset, msg) {
+			cancel()
+			return false
+		}
+		// Wait for it also when the partition stopped meanwhile: a revoke
+		// waits for it, and commits it if acked.
+		select {
+		case <-msg.Acked():
+			cancel()
+			c.finish(p, it)
 			return true
+		case <-msg.Nacked():
+			cancel()
+		case <-c.done:
+			// Closing: an ack that came in meanwhile still counts.
+			select {
+			case <-msg.Acked():
+				c.finish(p, it)
+			default:
+			}
+			cancel()
+			return false
 		}
 		if timer == nil {
 			timer = time.NewTimer(c.cfg.nackDelay)
@@ -776,13 +747,7 @@ func (c *consumer) processGroup(p *partition, group []item) bool {
 			timer.Stop()
 			return false
 		}
-		next := make([]item, len(nacked))
-		nextMsgs := make([]*message.Message, len(nacked))
-		for j, i := range nacked {
-			next[j] = group[i]
-			nextMsgs[j] = msgs[i].Copy() // a message is acked or nacked once
-		}
-		group, msgs = next, nextMsgs
+		msg = msg.Copy() // a message is acked or nacked once
 	}
 }
 

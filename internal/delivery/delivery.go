@@ -11,21 +11,20 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
-// Batch is a group of messages a subscriber handed out together (the
-// records one poll returned for a partition, in order). Either each
-// message goes through the router on its own, knowing its place in the
-// batch ([NewBatch]), or one carrier message goes through the router for
-// all of them ([Carry]) and is acked or nacked for all. Its identity is its
-// address. It is safe for concurrent use: it is never changed after it was
-// made.
+// Batch is a group of messages a subscriber hands out together: one
+// carrier message goes through the router for all of them ([Carry]) and is
+// acked or nacked for all. [Alone] marks a message split from a failed
+// batch, which goes through the router on its own. It is safe for
+// concurrent use.
 type Batch struct {
 	size  int
 	msgs  []*message.Message
 	taken atomic.Bool
 }
 
-// NewBatch returns a batch of size messages, each delivered on its own.
-func NewBatch(size int) *Batch { return &Batch{size: size} }
+// Alone is the batch of a message split from a failed batch: a batch
+// handler handles it on its own, at once, without waiting for others.
+var Alone = &Batch{size: 1}
 
 // Carry returns a batch of msgs that one carrier message delivers.
 func Carry(msgs []*message.Message) *Batch { return &Batch{size: len(msgs), msgs: msgs} }
@@ -33,8 +32,8 @@ func Carry(msgs []*message.Message) *Batch { return &Batch{size: len(msgs), msgs
 // Size is the number of messages of the batch.
 func (b *Batch) Size() int { return b.size }
 
-// Carried returns the messages a carrier delivers, in order, or nil when
-// the batch's messages are delivered on their own.
+// Carried returns the messages a carrier delivers, in order, or nil for
+// [Alone].
 func (b *Batch) Carried() []*message.Message { return b.msgs }
 
 // Take records that a batch handler took the carried messages. A carrier
@@ -46,11 +45,9 @@ func (b *Batch) Take() { b.taken.Store(true) }
 // Taken reports whether Take was called.
 func (b *Batch) Taken() bool { return b.taken.Load() }
 
-// Member is the place of one message in its batch.
+// Member says which batch a delivered message stands for.
 type Member struct {
 	Batch *Batch
-	// Index is the message's position in the batch, from 0.
-	Index int
 }
 
 // memberKey is the context key of a *Member.
