@@ -3,6 +3,7 @@ package bus_test
 import (
 	"context"
 	"errors"
+	"runtime"
 	"testing"
 	"time"
 
@@ -276,7 +277,13 @@ func TestShutdownHandlerPublishesWhileDraining(t *testing.T) {
 			<-started
 			closeErr := make(chan error, 1)
 			go func() { closeErr <- b.Close(bustest.Context(t, 30*time.Second)) }()
-			for !errors.Is(b.Publish(context.Background(), topic, message.NewMessage("late", nil)), bus.ErrClosed) {
+			// Close has begun once the bus reports it (asked without
+			// publishing: test publishes would fill the handler's queue).
+			for !errors.Is(b.Health(context.Background()), bus.ErrClosed) {
+				runtime.Gosched()
+			}
+			if err := b.Publish(context.Background(), topic, message.NewMessage("late", nil)); !errors.Is(err, bus.ErrClosed) {
+				t.Errorf("Publish from outside a handler during the drain = %v, want ErrClosed", err)
 			}
 			close(release)
 			if err := <-published; err != nil {
