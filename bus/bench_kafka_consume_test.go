@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/busline/busline/bus"
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/handlers"
@@ -322,7 +323,7 @@ func benchConsumeRouterFloor(b *testing.B, addrs []string, topic string, n int) 
 		if err != nil {
 			b.Fatal(err)
 		}
-		sub, err := br.SubscriberWith(bustest.Name("floor"), kafka.SubscriberConfig{Ordering: kafka.OrderUnordered})
+		sub, err := br.SubscriberWith(bustest.Name("floor"), broker.SubscriberOptions{Ordering: broker.OrderUnordered})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -14,9 +14,8 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/busline/busline/bus/amqp"
-	"github.com/busline/busline/bus/kafka"
-	"github.com/busline/busline/bus/memory"
+	"github.com/busline/busline/bus/broker"
+	"github.com/busline/busline/internal/drain"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
@@ -36,11 +35,11 @@ type Bus struct {
 	cfg    Config
 	opts   options
 	logger *slog.Logger
-	broker broker
+	broker broker.Broker
 	pub    message.Publisher
 	router *message.Router
-	drain  drainer
-	gate   *gate // nil when the broker drains itself
+	drain  broker.Drainer
+	gate   *drain.Gate // nil when the broker drains itself
 	stack  middleware.StackConfig
 	tel    *telemetry // set by instrumentPublisher in New (telemetry.go)
 
@@ -74,51 +73,28 @@ func New(cfg Config, opts ...Option) (*Bus, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	var o options
-	for _, opt := range opts {
-		opt(&o)
+	o := newOptions(opts)
+	br, err := openBroker(cfg, o)
+	if err != nil {
+		return nil, err
 	}
-	if o.logger == nil {
-		o.logger = slog.Default()
-	}
-	wlog := newWatermillLogger(o.logger)
-
 	b := &Bus{
 		cfg:      cfg,
 		opts:     o,
 		logger:   o.logger,
+		broker:   br,
 		handlers: make(map[string]string),
 		closed:   make(chan struct{}),
 	}
-	switch cfg.Broker {
-	case BrokerMemory:
-		m, err := memory.New(cfg.Memory)
-		if err != nil {
-			return nil, err
-		}
-		b.broker = m
-	case BrokerKafka:
-		k, err := kafka.New(cfg.Kafka, wlog)
-		if err != nil {
-			return nil, fmt.Errorf("bus: kafka: %w", err)
-		}
-		b.broker = k
-	case BrokerAMQP:
-		a, err := amqp.New(cfg.AMQP, wlog)
-		if err != nil {
-			return nil, fmt.Errorf("bus: amqp: %w", err)
-		}
-		b.broker = a
-	}
-	if d, ok := b.broker.(drainer); ok {
+	if d, ok := br.(broker.Drainer); ok {
 		b.drain = d
 	} else {
-		b.gate = newGate()
+		b.gate = drain.NewGate()
 		b.drain = b.gate
 	}
-	b.pub = b.instrumentPublisher(b.broker.Publisher())
+	b.pub = b.instrumentPublisher(br.Publisher())
 
-	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.ShutdownTimeout}, wlog)
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.ShutdownTimeout}, o.watermillLogger())
 	if err != nil {
 		b.broker.Close()
 		return nil, fmt.Errorf("bus: router: %w", err)
@@ -189,7 +165,7 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	for _, fn := range ho.stack {
 		fn(&stack)
 	}
-	if b.transactional(ho) {
+	if _, ok := b.transactional(ho); ok {
 		transactionalStack(&stack)
 	}
 	// Telemetry wraps the hooks the options set, so both run.
@@ -203,15 +179,12 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	if err != nil {
 		return fmt.Errorf("bus: subscriber for %s: %w", group, err)
 	}
-	if b.gate != nil {
-		sub = newDrainSubscriber(sub, b.gate)
-	}
 	fn := func(msg *message.Message) error { return h(msg.Context(), msg) }
 	wh := b.router.AddConsumerHandler(name, topic, sub, fn)
 	wh.AddMiddleware(b.instrumentHandler(name, topic, group), middleware.Stack(stack))
 	wh.AddMiddleware(ho.extra...)
-	if b.transactional(ho) {
-		wh.AddMiddleware(discardFailedOutputs)
+	if t, ok := b.transactional(ho); ok {
+		wh.AddMiddleware(discardFailedOutputs(t))
 	}
 	b.handlers[name] = topic
 	b.subs = append(b.subs, sub)
@@ -219,14 +192,24 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 }
 
 // subscriber makes the subscriber of a handler's group: with the handler's
-// ordering, batch delivery and transactions where the broker offers them.
+// ordering, batch delivery and transactions where the broker offers them
+// (broker.Configurable), behind the drain gate when the broker does not
+// drain itself.
 func (b *Bus) subscriber(group string, ho handlerOptions) (message.Subscriber, error) {
-	if ho.ordering != "" || ho.batch > 1 || ho.transactions {
-		if ws, ok := b.broker.(subscriberConfigurer); ok {
-			return ws.SubscriberWith(group, kafka.SubscriberConfig{Ordering: ho.ordering, BatchSize: ho.batch, Transactions: ho.transactions})
-		}
+	var sub message.Subscriber
+	var err error
+	if c, ok := b.broker.(broker.Configurable); ok && ho.sub != (broker.SubscriberOptions{}) {
+		sub, err = c.SubscriberWith(group, ho.sub)
+	} else {
+		sub, err = b.broker.Subscriber(group)
 	}
-	return b.broker.Subscriber(group)
+	if err != nil {
+		return nil, err
+	}
+	if b.gate != nil {
+		sub = b.gate.Subscriber(sub)
+	}
+	return sub, nil
 }
 
 // Publish publishes msgs to topic. It returns when the broker accepted every

@@ -84,15 +84,10 @@ const (
 // Only the selected broker's section is checked.
 func (c Config) Validate() error {
 	var errs []error
-	switch c.Broker {
-	case "", BrokerMemory:
-		errs = append(errs, c.Memory.Validate())
-	case BrokerKafka:
-		errs = append(errs, c.Kafka.Validate())
-	case BrokerAMQP:
-		errs = append(errs, c.AMQP.Validate())
-	default:
-		errs = append(errs, fmt.Errorf("bus: broker %q is not one of memory, kafka, amqp", c.Broker))
+	if e, err := brokerNamed(c.Broker); err != nil {
+		errs = append(errs, err)
+	} else {
+		errs = append(errs, e.validate(c))
 	}
 	if c.ShutdownTimeout < 0 {
 		errs = append(errs, fmt.Errorf("bus: shutdown timeout %v is negative", c.ShutdownTimeout))
@@ -107,8 +102,8 @@ func (c Config) Validate() error {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Broker == "" {
-		c.Broker = BrokerMemory
+	if e, err := brokerNamed(c.Broker); err == nil {
+		c.Broker = e.name
 	}
 	if c.Group == "" {
 		c.Group = DefaultGroup

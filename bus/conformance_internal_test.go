@@ -35,12 +35,9 @@ func fullConformance() bool {
 // pair returns the bus's publisher and a subscriber in group as Handle
 // builds them.
 func (b *Bus) pair(t *testing.T, group string) (message.Publisher, message.Subscriber) {
-	sub, err := b.broker.Subscriber(group)
+	sub, err := b.subscriber(group, handlerOptions{})
 	if err != nil {
 		t.Fatal(err)
-	}
-	if b.gate != nil {
-		sub = newDrainSubscriber(sub, b.gate)
 	}
 	return b.pub, sub
 }

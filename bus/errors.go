@@ -3,13 +3,15 @@ package bus
 import (
 	"errors"
 
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/middleware"
 )
 
 // Errors returned by the bus.
 var (
-	// ErrClosed is returned by calls on a closed or closing bus.
-	ErrClosed = errors.New("bus: closed")
+	// ErrClosed is returned by calls on a closed or closing bus. It is
+	// broker.ErrClosed, which the brokers return too.
+	ErrClosed = broker.ErrClosed
 	// ErrRunning is returned by calls that must come before Run.
 	ErrRunning = errors.New("bus: already running")
 	// ErrHandlersStopped is returned by Run when every handler stopped

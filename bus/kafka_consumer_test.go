@@ -31,6 +31,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/busline/busline/bus"
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/handlers"
@@ -197,7 +198,7 @@ func TestKafkaConsumerRebalance(t *testing.T) {
 	}
 	// Every member handles in key order so that 1ms handlers get through
 	// 10,000 records in seconds.
-	kc := kafka.Config{Partitions: 4, Ordering: kafka.OrderKey, SessionTimeout: time.Second, RebalanceTimeout: 10 * time.Second}
+	kc := kafka.Config{Partitions: 4, Ordering: broker.OrderKey, SessionTimeout: time.Second, RebalanceTimeout: 10 * time.Second}
 	b1 := consumerBus(t, addrs, group, kc)
 	if err := b1.Handle("h", topic, handler(0)); err != nil {
 		t.Fatal(err)

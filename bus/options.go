@@ -1,19 +1,34 @@
 package bus
 
 import (
-	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/bus/broker"
+	"github.com/busline/busline/internal/wmlog"
 	"github.com/busline/busline/middleware"
 )
+
+// newOptions applies opts to the defaults.
+func newOptions(opts []Option) options {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.logger == nil {
+		o.logger = slog.Default()
+	}
+	return o
+}
+
+// watermillLogger is the logger of Watermill and of the brokers.
+func (o options) watermillLogger() watermill.LoggerAdapter { return wmlog.New(o.logger) }
 
 // Option configures a [Bus] beyond its [Config]: the extras most services
 // never touch.
@@ -93,11 +108,9 @@ func WithNewRootOnProcess() Option {
 type HandlerOption func(*handlerOptions)
 
 type handlerOptions struct {
-	stack        []func(*middleware.StackConfig)
-	extra        []message.HandlerMiddleware
-	ordering     string
-	batch        int
-	transactions bool
+	stack []func(*middleware.StackConfig)
+	extra []message.HandlerMiddleware
+	sub   broker.SubscriberOptions // ordering, batch delivery, transactions
 }
 
 // HandlerStack changes this handler's middleware stack: fn receives the
@@ -117,14 +130,14 @@ func HandlerMiddleware(mws ...message.HandlerMiddleware) HandlerOption {
 const (
 	// OrderPartition runs one message of a partition at a time, in order;
 	// partitions run in parallel. The default.
-	OrderPartition = kafka.OrderPartition
+	OrderPartition = broker.OrderPartition
 	// OrderKey runs messages of different keys (ce_partitionkey) of one
 	// partition concurrently, each key in order; messages without a key
 	// share one lane per partition.
-	OrderKey = kafka.OrderKey
+	OrderKey = broker.OrderKey
 	// OrderUnordered runs any message at any time, up to the in-flight
 	// bound.
-	OrderUnordered = kafka.OrderUnordered
+	OrderUnordered = broker.OrderUnordered
 )
 
 // WithOrdering sets how this handler's messages may run concurrently,
@@ -136,7 +149,7 @@ const (
 // every mode, so a handler written for one broker keeps its guarantees on
 // another. An unknown mode makes [Bus.Handle] fail.
 func WithOrdering(mode string) HandlerOption {
-	return func(o *handlerOptions) { o.ordering = mode }
+	return func(o *handlerOptions) { o.sub.Ordering = mode }
 }
 
 // WithBatchDelivery makes the broker hand this handler's messages out in
@@ -153,9 +166,9 @@ func WithOrdering(mode string) HandlerOption {
 // [Bus.Handle] fail.
 func WithBatchDelivery(size int) HandlerOption {
 	return func(o *handlerOptions) {
-		o.batch = size
+		o.sub.BatchSize = size
 		if size == 0 {
-			o.batch = -1
+			o.sub.BatchSize = -1
 		}
 	}
 }
@@ -193,27 +206,7 @@ func WithBatchDelivery(size int) HandlerOption {
 // run the handler as usual (at least once, with the stack's dedup), so the
 // same code runs on every broker.
 func WithKafkaTransactions() HandlerOption {
-	return func(o *handlerOptions) { o.transactions = true }
+	return func(o *handlerOptions) { o.sub.Transactions = true }
 }
 
-func (o handlerOptions) validate() error {
-	var errs []error
-	switch o.ordering {
-	case "", OrderPartition, OrderKey, OrderUnordered:
-	default:
-		errs = append(errs, fmt.Errorf("ordering %q is not partition, key or unordered", o.ordering))
-	}
-	if o.batch < 0 {
-		errs = append(errs, errors.New("batch delivery size must be at least 1"))
-	}
-	if o.batch > 1 && o.ordering != "" && o.ordering != OrderPartition {
-		errs = append(errs, fmt.Errorf("batch delivery needs partition ordering, not %q", o.ordering))
-	}
-	if o.transactions && o.ordering != "" && o.ordering != OrderPartition {
-		errs = append(errs, fmt.Errorf("kafka transactions need partition ordering, not %q", o.ordering))
-	}
-	if o.transactions && o.batch != 0 {
-		errs = append(errs, errors.New("kafka transactions do not go with batch delivery"))
-	}
-	return errors.Join(errs...)
-}
+func (o handlerOptions) validate() error { return o.sub.Validate() }

@@ -9,6 +9,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/kafka"
 )
 
@@ -38,7 +39,7 @@ type consumerStatser interface {
 
 // registerConsumerStats registers the consumer gauges when metrics are on
 // and br reports consumer stats.
-func (t *telemetry) registerConsumerStats(br broker) {
+func (t *telemetry) registerConsumerStats(br broker.Broker) {
 	cs, ok := br.(consumerStatser)
 	if !ok || t.meter == nil {
 		return

@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/busline/busline/bus/amqp"
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
@@ -352,16 +353,9 @@ func (t *telemetry) register(meter metric.Meter) (metric.Registration, error) {
 	}, gauges...)
 }
 
-// Broker capabilities the poller uses.
-type (
-	depther      interface{ Depth(topic, group string) int }
-	queueDepther interface {
-		QueueDepth(ctx context.Context, topic, group string) (int, error)
-	}
-	lagger interface {
-		Lag(ctx context.Context, group string) (map[string]map[int32]int64, error)
-	}
-)
+// depther is the in-process broker's queue depth, which the poller uses
+// besides broker.QueueDepther and broker.Lagger.
+type depther interface{ Depth(topic, group string) int }
 
 // pollOnce asks the broker once and replaces the cache. Errors leave the
 // entries they concern out (and mark the broker down when Ping fails).
@@ -402,7 +396,7 @@ func (b *Bus) pollOnce(ctx context.Context) {
 		for _, x := range targets {
 			depthObs(x.topic, x.group, "", br.Depth(x.topic, x.group))
 		}
-	case queueDepther:
+	case broker.QueueDepther:
 		if up == 1 {
 			for _, x := range targets {
 				n, err := br.QueueDepth(ctx, x.topic, x.group)
@@ -413,7 +407,7 @@ func (b *Bus) pollOnce(ctx context.Context) {
 				depthObs(x.topic, x.group, amqp.QueueName(x.topic, x.group), n)
 			}
 		}
-	case lagger:
+	case broker.Lagger:
 		if up == 1 {
 			byGroup := map[string][]string{}
 			var groups []string

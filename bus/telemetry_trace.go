@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/busline/busline/bus/amqp"
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/bus/memory"
 	"github.com/busline/busline/internal/delivery"
@@ -302,7 +303,7 @@ func publishErrorType(err error) string {
 		return "timeout"
 	case errors.Is(err, memory.ErrQueueFull):
 		return "queue_full"
-	case errors.Is(err, memory.ErrClosed), errors.Is(err, kafka.ErrClosed), errors.Is(err, amqp.ErrClosed):
+	case errors.Is(err, broker.ErrClosed):
 		return "closed"
 	}
 	return semconv.ErrorType(err).Value.AsString()

@@ -11,6 +11,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/busline/busline/bus/broker"
 )
 
 // Client names of the broker's two connections, shown in RabbitMQ's
@@ -18,6 +20,13 @@ import (
 const (
 	publishConnectionName = "busline-publish"
 	consumeConnectionName = "busline-consume"
+)
+
+// The capabilities of the RabbitMQ broker.
+var (
+	_ broker.Broker       = (*Broker)(nil)
+	_ broker.QueueDepther = (*Broker)(nil)
+	_ broker.Browser      = (*Broker)(nil)
 )
 
 // Broker is the RabbitMQ adapter of the bus: one AMQP connection for its
@@ -85,7 +94,7 @@ func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 // channel of the pool without waiting for each confirm (up to
 // Config.PublishWindow unconfirmed per channel), and returns once RabbitMQ
 // confirmed every one. When some were not confirmed it returns a
-// *[PublishError] that names each failed message and why: nacked
+// *[broker.PublishError] that names each failed message and why: nacked
 // ([ErrNacked]), unroutable ([ErrUnroutable]: no queue is bound to the
 // topic; call [Broker.Prepare] for every consumer group first), or lost
 // with the connection ([ErrChannelClosed], [ErrNotConnected]). While the
@@ -106,7 +115,7 @@ func (b *Broker) Subscriber(group string) (message.Subscriber, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
-		return nil, ErrClosed
+		return nil, broker.ErrClosed
 	}
 	s := newSubscriber(b, group)
 	b.subs = append(b.subs, s)
@@ -185,7 +194,7 @@ func (b *Broker) withChannel(ctx context.Context, c *connection, fn func(*amqp09
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return ErrClosed
+		return broker.ErrClosed
 	}
 	conn, _, err := c.current()
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/busline/busline/bus/amqp"
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/bustest"
 )
 
@@ -282,7 +283,7 @@ func TestCloseDoesNotWaitForNackDelay(t *testing.T) {
 		d := depth(t, b, topic, group)
 		return d == 1, fmt.Sprintf("depth %d", d)
 	})
-	if _, err := sub.Subscribe(ctx, topic); !errors.Is(err, amqp.ErrClosed) {
+	if _, err := sub.Subscribe(ctx, topic); !errors.Is(err, broker.ErrClosed) {
 		t.Errorf("Subscribe after Close: %v, want ErrClosed", err)
 	}
 }
@@ -358,13 +359,13 @@ func TestPingAndClose(t *testing.T) {
 	if err := b.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	if err := b.Ping(ctx); !errors.Is(err, amqp.ErrClosed) {
+	if err := b.Ping(ctx); !errors.Is(err, broker.ErrClosed) {
 		t.Errorf("Ping after Close: %v, want ErrClosed", err)
 	}
-	if _, err := b.Subscriber("g"); !errors.Is(err, amqp.ErrClosed) {
+	if _, err := b.Subscriber("g"); !errors.Is(err, broker.ErrClosed) {
 		t.Errorf("Subscriber after Close: %v, want ErrClosed", err)
 	}
-	if _, err := sub.Subscribe(ctx, "t"); !errors.Is(err, amqp.ErrClosed) {
+	if _, err := sub.Subscribe(ctx, "t"); !errors.Is(err, broker.ErrClosed) {
 		t.Errorf("Subscribe on a subscriber closed by Broker.Close: %v, want ErrClosed", err)
 	}
 	if err := b.Publisher().Publish("t", message.NewMessage(watermill.NewUUID(), nil)); err == nil {

@@ -10,6 +10,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/busline/busline/bus/broker"
 )
 
 // Reconnection backoff: the first redial waits reconnectMin, each failure
@@ -74,13 +76,13 @@ func (c *connection) set(conn *amqp091.Connection) {
 }
 
 // current returns the live connection and its generation, or an error
-// wrapping ErrNotConnected or ErrClosed at once.
+// wrapping ErrNotConnected or broker.ErrClosed at once.
 func (c *connection) current() (*amqp091.Connection, uint64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
 	case c.closed:
-		return nil, 0, ErrClosed
+		return nil, 0, broker.ErrClosed
 	case c.conn == nil:
 		return nil, 0, fmt.Errorf("%w (%s: %v)", ErrNotConnected, c.name, c.downErr)
 	}
@@ -94,7 +96,7 @@ func (c *connection) wait(ctx context.Context, stop <-chan struct{}) (*amqp091.C
 		c.mu.Lock()
 		if c.closed {
 			c.mu.Unlock()
-			return nil, ErrClosed
+			return nil, broker.ErrClosed
 		}
 		if c.conn != nil {
 			conn := c.conn
@@ -108,9 +110,9 @@ func (c *connection) wait(ctx context.Context, stop <-chan struct{}) (*amqp091.C
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-stop:
-			return nil, ErrClosed
+			return nil, broker.ErrClosed
 		case <-c.closing:
-			return nil, ErrClosed
+			return nil, broker.ErrClosed
 		}
 	}
 }

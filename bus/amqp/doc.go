@@ -44,7 +44,7 @@
 //     order. Publish a batch in one call: its cost is about one round trip
 //     and one disk sync, not one per message.
 //   - Per-message outcome: when some messages of a call fail, Publish
-//     returns a *[PublishError] that maps each failed message's UUID to
+//     returns a *[broker.PublishError] that lists each failed message with
 //     its cause: [ErrNacked] (RabbitMQ refused it, e.g. a full queue with
 //     x-overflow reject-publish), [ErrUnroutable], [ErrChannelClosed] or
 //     [ErrNotConnected]. Messages not listed were confirmed.

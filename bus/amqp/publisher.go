@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/busline/busline/bus/broker"
 )
 
 // publisher publishes with pipelined publisher confirms over a pool of
@@ -95,45 +98,33 @@ type confirmChannel struct {
 
 // Publish publishes msgs to topic's exchange and returns when RabbitMQ has
 // confirmed every one of them. Unless all were confirmed it returns a
-// *[PublishError] naming each failed message. It is safe for concurrent
+// *[broker.PublishError] naming each failed message. It is safe for concurrent
 // use.
 func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	var failed map[string]error
-	fail := func(uuid string, err error) {
-		if failed == nil {
-			failed = make(map[string]error)
-		}
-		failed[uuid] = err
+	var failed []broker.FailedMessage
+	fail := func(i int, err error) {
+		failed = append(failed, broker.FailedMessage{Index: i, UUID: msgs[i].UUID, Err: err})
 	}
-	result := func() error {
-		if len(failed) == 0 {
-			return nil
+	failAll := func(from int, err error) error {
+		for i := from; i < len(msgs); i++ {
+			fail(i, err)
 		}
-		return &PublishError{Topic: topic, Total: len(msgs), Failed: failed}
+		return result(topic, len(msgs), failed)
 	}
 	if err := checkTopic(topic); err != nil {
-		for _, m := range msgs {
-			fail(m.UUID, err)
-		}
-		return result()
+		return failAll(0, err)
 	}
 	if p.closed.Load() {
-		for _, m := range msgs {
-			fail(m.UUID, ErrClosed)
-		}
-		return result()
+		return failAll(0, broker.ErrClosed)
 	}
 	slot := p.take()
 	defer slot.users.Add(-1)
 	cc, err := p.channel(slot, topic)
 	if err != nil {
-		for _, m := range msgs {
-			fail(m.UUID, err)
-		}
-		return result()
+		return failAll(0, err)
 	}
 
 	exchange := ExchangeName(topic)
@@ -154,7 +145,7 @@ send:
 				<-cc.slots
 				released++
 			case <-p.closing:
-				sendErr = ErrClosed
+				sendErr = broker.ErrClosed
 				break send
 			}
 		}
@@ -183,8 +174,8 @@ send:
 			<-cc.slots
 		}
 	}
-	for _, m := range msgs[len(dcs):] {
-		fail(m.UUID, sendErr)
+	for i := len(dcs); i < len(msgs); i++ {
+		fail(i, sendErr)
 	}
 
 	returned := p.mandatory && cc.flushReturns()
@@ -204,15 +195,26 @@ send:
 		uuid := msgs[i].UUID
 		switch {
 		case returned && cc.claimReturn(uuid):
-			fail(uuid, ErrUnroutable)
+			fail(i, ErrUnroutable)
 		case dc.Acked():
 		case closed:
-			fail(uuid, closedErr)
+			fail(i, closedErr)
 		default:
-			fail(uuid, ErrNacked)
+			fail(i, ErrNacked)
 		}
 	}
-	return result()
+	return result(topic, len(msgs), failed)
+}
+
+// result is the error of a Publish call of total messages to topic in
+// which failed were not confirmed: nil when none failed, else a
+// *broker.PublishError listing them in the call's order.
+func result(topic string, total int, failed []broker.FailedMessage) error {
+	if len(failed) == 0 {
+		return nil
+	}
+	slices.SortFunc(failed, func(a, b broker.FailedMessage) int { return a.Index - b.Index })
+	return &broker.PublishError{Topic: topic, Total: total, Failed: failed}
 }
 
 // reason returns why cc's channel closed, once it has: the error RabbitMQ
@@ -295,7 +297,7 @@ func (p *publisher) channel(slot *poolSlot, topic string) (*confirmChannel, erro
 		return cc, nil
 	}
 	if p.closed.Load() {
-		return nil, ErrClosed
+		return nil, broker.ErrClosed
 	}
 	if slot.ch != nil {
 		_ = slot.ch.ch.Close()
@@ -315,7 +317,7 @@ func (p *publisher) channel(slot *poolSlot, topic string) (*confirmChannel, erro
 // caller may try again after the reconnect like any other call that finds
 // the connection down.
 func downErr(conn *amqp091.Connection, err error) error {
-	if errors.Is(err, ErrNotConnected) || errors.Is(err, ErrClosed) {
+	if errors.Is(err, ErrNotConnected) || errors.Is(err, broker.ErrClosed) {
 		return err
 	}
 	var (
@@ -416,7 +418,7 @@ func (p *publisher) declare(conn *amqp091.Connection, gen uint64, topic string) 
 
 // Close fails the messages still waiting for a confirm with
 // [ErrChannelClosed] (they may have been stored), closes the pool's channels and makes later Publish
-// calls fail with [ErrClosed]. It is idempotent.
+// calls fail with [broker.ErrClosed]. It is idempotent.
 func (p *publisher) Close() error {
 	p.closeOnce.Do(func() {
 		p.closed.Store(true)

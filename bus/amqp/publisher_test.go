@@ -10,6 +10,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/busline/busline/bus/amqp"
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/schema"
 )
@@ -47,7 +48,7 @@ func TestBatchPublishReportsExactlyTheNacked(t *testing.T) {
 
 	msgs := newMessages(5)
 	err := b.Publisher().Publish(topic, msgs...)
-	var pe *amqp.PublishError
+	var pe *broker.PublishError
 	if !errors.As(err, &pe) {
 		t.Fatalf("Publish: %v, want a *PublishError", err)
 	}
@@ -57,9 +58,9 @@ func TestBatchPublishReportsExactlyTheNacked(t *testing.T) {
 	if pe.Total != 5 || len(pe.Failed) != 2 {
 		t.Fatalf("%d of %d failed (%v), want 2 of 5", len(pe.Failed), pe.Total, pe)
 	}
-	for _, m := range msgs[3:] {
-		if !errors.Is(pe.Failed[m.UUID], amqp.ErrNacked) {
-			t.Errorf("message %s: %v, want ErrNacked", m.UUID, pe.Failed[m.UUID])
+	for i, f := range pe.Failed {
+		if m := msgs[3+i]; f.UUID != m.UUID || f.Index != 3+i || !errors.Is(f.Err, amqp.ErrNacked) {
+			t.Errorf("failure %d: %+v, want message %s (index %d) with ErrNacked", i, f, m.UUID, 3+i)
 		}
 	}
 	t.Log(err)
@@ -92,16 +93,16 @@ func TestBatchPublishReportsUnroutable(t *testing.T) {
 	// cloudEvents_id alone, and the return is matched by that header.
 	msgs[1].Metadata.Set(schema.KeyID, msgs[1].UUID)
 	err := b.Publisher().Publish(topic, msgs...)
-	var pe *amqp.PublishError
+	var pe *broker.PublishError
 	if !errors.As(err, &pe) || !errors.Is(err, amqp.ErrUnroutable) {
 		t.Fatalf("Publish to an unbound topic: %v, want a *PublishError with ErrUnroutable", err)
 	}
 	if len(pe.Failed) != 3 {
 		t.Fatalf("%d failed, want all 3: %v", len(pe.Failed), err)
 	}
-	for _, m := range msgs {
-		if !errors.Is(pe.Failed[m.UUID], amqp.ErrUnroutable) {
-			t.Errorf("message %s: %v, want ErrUnroutable", m.UUID, pe.Failed[m.UUID])
+	for i, f := range pe.Failed {
+		if f.UUID != msgs[i].UUID || !errors.Is(f.Err, amqp.ErrUnroutable) {
+			t.Errorf("failure %d: %+v, want message %s with ErrUnroutable", i, f, msgs[i].UUID)
 		}
 	}
 
@@ -167,8 +168,8 @@ func TestPublishAfterCloseNamesEveryMessage(t *testing.T) {
 	}
 	msgs := newMessages(2)
 	err := b.Publisher().Publish("t", msgs...)
-	var pe *amqp.PublishError
-	if !errors.As(err, &pe) || !errors.Is(err, amqp.ErrClosed) || len(pe.Failed) != 2 {
+	var pe *broker.PublishError
+	if !errors.As(err, &pe) || !errors.Is(err, broker.ErrClosed) || len(pe.Failed) != 2 {
 		t.Fatalf("Publish after Close: %v, want a PublishError of both with ErrClosed", err)
 	}
 }

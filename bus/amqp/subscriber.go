@@ -10,6 +10,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/busline/busline/bus/broker"
 )
 
 // subscriber consumes the queues of one consumer group. Each subscription
@@ -66,7 +68,7 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
-		return nil, ErrClosed
+		return nil, broker.ErrClosed
 	}
 	if err := s.b.prepare(ctx, topic, s.group); err != nil {
 		return nil, fmt.Errorf("amqp: subscribe %s: %w", topic, err)
@@ -86,7 +88,7 @@ func (s *subscriber) SubscribeInitialize(topic string) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
-		return ErrClosed
+		return broker.ErrClosed
 	}
 	if err := s.b.prepare(context.Background(), topic, s.group); err != nil {
 		return fmt.Errorf("amqp: declare %s: %w", topic, err)

@@ -19,10 +19,22 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
+
+	"github.com/busline/busline/bus/broker"
 )
 
 // connectTimeout bounds how long New waits for a broker to answer.
 const connectTimeout = 15 * time.Second
+
+// The capabilities of the Kafka broker.
+var (
+	_ broker.Broker        = (*Broker)(nil)
+	_ broker.Configurable  = (*Broker)(nil)
+	_ broker.Transactional = (*Broker)(nil)
+	_ broker.Drainer       = (*Broker)(nil)
+	_ broker.Lagger        = (*Broker)(nil)
+	_ broker.Browser       = (*Broker)(nil)
+)
 
 // Broker is the Kafka broker of a bus: one shared publisher, a subscriber
 // per consumer group, and an admin client for topics, health and lag.
@@ -93,16 +105,16 @@ func New(cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
 // per broker) and returns once every message was acknowledged by
 // all in-sync replicas or failed. Order per partition, and so per key, is
 // the order of the messages. When some fail, the others are still written
-// and the error is a *[PublishError] listing exactly the failed ones.
+// and the error is a *[broker.PublishError] listing exactly the failed ones.
 // Close waits for the Publish calls in flight; Publish after Close returns
-// [ErrClosed]. It is safe for concurrent use.
+// [broker.ErrClosed]. It is safe for concurrent use.
 func (b *Broker) Publisher() message.Publisher { return b.pub }
 
 // Subscriber returns a new subscriber in the consumer group group, which
 // must not be empty, with the ordering of Config.Ordering. See
 // [Broker.SubscriberWith].
 func (b *Broker) Subscriber(group string) (message.Subscriber, error) {
-	return b.SubscriberWith(group, SubscriberConfig{})
+	return b.SubscriberWith(group, broker.SubscriberOptions{})
 }
 
 // SubscriberWith returns a new subscriber in the consumer group group,
@@ -122,17 +134,17 @@ func (b *Broker) Subscriber(group string) (message.Subscriber, error) {
 // and then the rebalance goes on. Closing the subscriber commits what
 // finished and leaves the group; what was in flight is delivered again
 // later.
-func (b *Broker) SubscriberWith(group string, cfg SubscriberConfig) (message.Subscriber, error) {
+func (b *Broker) SubscriberWith(group string, cfg broker.SubscriberOptions) (message.Subscriber, error) {
 	if group == "" {
 		return nil, errors.New("kafka: empty consumer group")
 	}
-	if err := cfg.validate(); err != nil {
-		return nil, err
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("kafka: %w", err)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
-		return nil, ErrClosed
+		return nil, broker.ErrClosed
 	}
 	cc := consumerConfig{
 		ordering:         cmp.Or(cfg.Ordering, b.cfg.Ordering),
@@ -145,11 +157,11 @@ func (b *Broker) SubscriberWith(group string, cfg SubscriberConfig) (message.Sub
 		transactions:     cfg.Transactions,
 	}
 	if cc.transactions {
-		cc.ordering = OrderPartition
+		cc.ordering = broker.OrderPartition
 	}
 	if cc.batch > 1 {
 		if cfg.Ordering == "" {
-			cc.ordering = OrderPartition
+			cc.ordering = broker.OrderPartition
 		}
 		// A batch must fit a partition's share of the in-flight bound.
 		cc.maxPerPartition = max(cc.maxPerPartition, cc.batch)
@@ -255,7 +267,7 @@ func (b *Broker) ConsumerStats() []ConsumerStats {
 // are skipped.)
 func (b *Broker) Prepare(ctx context.Context, topic, group string) error {
 	if b.isClosed() {
-		return ErrClosed
+		return broker.ErrClosed
 	}
 	_, err := b.admin.CreateTopic(ctx, b.cfg.Partitions, b.cfg.ReplicationFactor, nil, topic)
 	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
@@ -268,7 +280,7 @@ func (b *Broker) Prepare(ctx context.Context, topic, group string) error {
 // answered before ctx ended.
 func (b *Broker) Ping(ctx context.Context) error {
 	if b.isClosed() {
-		return ErrClosed
+		return broker.ErrClosed
 	}
 	if err := b.kcl.Ping(ctx); err != nil {
 		return fmt.Errorf("kafka: ping: %w", err)
@@ -283,7 +295,7 @@ func (b *Broker) Ping(ctx context.Context) error {
 // has an empty lag. It asks the brokers each time.
 func (b *Broker) Lag(ctx context.Context, group string) (map[string]map[int32]int64, error) {
 	if b.isClosed() {
-		return nil, ErrClosed
+		return nil, broker.ErrClosed
 	}
 	lags, err := b.admin.Lag(ctx, group)
 	if err != nil {

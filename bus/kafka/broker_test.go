@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/schema"
@@ -383,7 +384,7 @@ func TestPing(t *testing.T) {
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Ping(context.Background()); !errors.Is(err, kafka.ErrClosed) {
+	if err := b.Ping(context.Background()); !errors.Is(err, broker.ErrClosed) {
 		t.Fatalf("Ping after Close: %v, want ErrClosed", err)
 	}
 }
@@ -404,13 +405,13 @@ func TestClose(t *testing.T) {
 	if err := b.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	if err := b.Publisher().Publish("t", message.NewMessage("1", nil)); !errors.Is(err, kafka.ErrClosed) {
+	if err := b.Publisher().Publish("t", message.NewMessage("1", nil)); !errors.Is(err, broker.ErrClosed) {
 		t.Errorf("Publish after Close: %v", err)
 	}
-	if _, err := b.Subscriber("g"); !errors.Is(err, kafka.ErrClosed) {
+	if _, err := b.Subscriber("g"); !errors.Is(err, broker.ErrClosed) {
 		t.Errorf("Subscriber after Close: %v", err)
 	}
-	if err := b.Prepare(context.Background(), "t", "g"); !errors.Is(err, kafka.ErrClosed) {
+	if err := b.Prepare(context.Background(), "t", "g"); !errors.Is(err, broker.ErrClosed) {
 		t.Errorf("Prepare after Close: %v", err)
 	}
 	if _, err := b.Subscriber(""); err == nil {

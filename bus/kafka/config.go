@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/internal/tlsconfig"
 )
 
@@ -161,8 +162,8 @@ func (c Config) Validate() error {
 	if c.NackDelay < 0 {
 		errs = append(errs, fmt.Errorf("kafka: nack delay %v is negative", c.NackDelay))
 	}
-	if err := validOrdering(c.Ordering); err != nil {
-		errs = append(errs, err)
+	if err := (broker.SubscriberOptions{Ordering: c.Ordering}).Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("kafka: %w", err))
 	}
 	if c.MaxInFlight < 0 {
 		errs = append(errs, fmt.Errorf("kafka: max in flight %d is negative", c.MaxInFlight))
@@ -192,21 +193,6 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("kafka: %w", err))
 	}
 	return errors.Join(errs...)
-}
-
-// Ordering modes of [Config].Ordering and [SubscriberConfig].Ordering.
-const (
-	OrderPartition = "partition"
-	OrderKey       = "key"
-	OrderUnordered = "unordered"
-)
-
-func validOrdering(o string) error {
-	switch o {
-	case "", OrderPartition, OrderKey, OrderUnordered:
-		return nil
-	}
-	return fmt.Errorf("kafka: ordering %q is not partition, key or unordered", o)
 }
 
 // Defaults of the zero Config fields.
@@ -241,7 +227,7 @@ func (c Config) withDefaults() Config {
 		c.RebalanceTimeout = defaultRebalanceTimeout
 	}
 	if c.Ordering == "" {
-		c.Ordering = OrderPartition
+		c.Ordering = broker.OrderPartition
 	}
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = defaultMaxInFlight

@@ -9,6 +9,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
 )
@@ -31,13 +32,13 @@ func TestConformance(t *testing.T) {
 		name       string
 		partitions int32
 		ordered    bool
-		sub        kafka.SubscriberConfig
+		sub        broker.SubscriberOptions
 	}{
-		{"OnePartition", 1, true, kafka.SubscriberConfig{}},
-		{"FourPartitions", 4, false, kafka.SubscriberConfig{}},
+		{"OnePartition", 1, true, broker.SubscriberOptions{}},
+		{"FourPartitions", 4, false, broker.SubscriberOptions{}},
 		// A transactional subscription (one transaction per poll, the
 		// suite's nacks abort and redo whole polls).
-		{"Transactions", 4, false, kafka.SubscriberConfig{Transactions: true}},
+		{"Transactions", 4, false, broker.SubscriberOptions{Transactions: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

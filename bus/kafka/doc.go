@@ -25,7 +25,7 @@
 // returns when every message is acknowledged by all in-sync replicas or has
 // failed. The producer packs the records of a partition into as few
 // produce requests as it can, in the order of the call. A failure does not
-// stop the others: the messages not listed in the returned *[PublishError]
+// stop the others: the messages not listed in the returned *[broker.PublishError]
 // were all written, so a caller can publish again exactly the failed ones
 // (their UUIDs, positions and errors; errors.Is sees each error, for
 // example kerr.MessageTooLarge). A record is retried for about 30 seconds
@@ -37,7 +37,7 @@
 // contexts: the producer is shared, and one caller's cancelled context
 // would fail other callers' records. The publisher's Close waits for the
 // Publish calls in flight, so at most about as long; Publish after Close
-// returns [ErrClosed]. Messages must not change until Publish returns:
+// returns [broker.ErrClosed]. Messages must not change until Publish returns:
 // payloads are not copied.
 //
 // Why not Sarama, as watermill-kafka: against kfake, in batches of 100
@@ -105,7 +105,7 @@
 //   - "unordered": every record runs as soon as it is fetched, up to the
 //     in-flight bound.
 //
-// With batch delivery ([SubscriberConfig].BatchSize, bus.WithBatchDelivery)
+// With batch delivery ([broker.SubscriberOptions].BatchSize, bus.WithBatchDelivery)
 // a partition's lane hands out up to BatchSize of its queued records (one
 // poll's, or more when polls queued up) as one carrier message, in order,
 // and the next batch when the carrier was acked by a batch handler that
@@ -175,7 +175,7 @@
 //
 // # Transactions (exactly-once consume-transform-produce)
 //
-// A subscription with [SubscriberConfig].Transactions (bus.WithKafkaTransactions)
+// A subscription with [broker.SubscriberOptions].Transactions (bus.WithKafkaTransactions)
 // is a franz-go GroupTransactSession: a group consumer and a transactional
 // producer on one client, transactional id
 // "busline/<group>/<topic>/<Config.InstanceID>/<n>". It handles each poll

@@ -6,6 +6,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/schema"
 )
 
@@ -21,7 +22,7 @@ type records struct {
 	// every message marshaled (pos[i] == i).
 	pos []int
 	// failed are the messages that did not marshal.
-	failed []FailedMessage
+	failed []broker.FailedMessage
 }
 
 // at returns the position in the Publish call of recs[i].
@@ -105,7 +106,7 @@ func marshalRecords(topic string, msgs []*message.Message) records {
 					out.pos[j] = j
 				}
 			}
-			out.failed = append(out.failed, FailedMessage{Index: i, UUID: m.UUID,
+			out.failed = append(out.failed, broker.FailedMessage{Index: i, UUID: m.UUID,
 				Err: fmt.Errorf("kafka: marshal: metadata %s is reserved by watermill for message UUID", uuidHeader)})
 			continue
 		}

@@ -9,6 +9,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/busline/busline/bus/broker"
 )
 
 // publisher is the broker's publisher, on a franz-go producer of its own:
@@ -16,7 +18,7 @@ import (
 // reorder records. It hands all the messages of a Publish call to the
 // producer at once and waits for the call as a whole.
 // Close waits for the Publish calls in flight; a Publish after Close
-// returns ErrClosed. It is safe for concurrent use.
+// returns broker.ErrClosed. It is safe for concurrent use.
 //
 // Why franz-go and not Sarama (which watermill-kafka's subscriber uses):
 // Sarama's idempotent producer keeps one produce request in flight and
@@ -98,13 +100,13 @@ func newPublisher(opts []kgo.Opt, timeout time.Duration) (*publisher, error) {
 // replicas or has failed. The producer puts the records of one partition
 // into as few produce requests as it can, in the order of msgs, so order
 // per partition (and so per key) is the order of msgs. When some messages
-// fail, the others are still written and the error is a *[PublishError]
+// fail, the others are still written and the error is a *[broker.PublishError]
 // that lists exactly the failed ones. A record that the brokers have not
 // acknowledged after deliveryTimeout fails, and with it every record
 // behind it on its partition. The messages' contexts are not watched: on
 // the shared producer, a cancelled context would fail other callers'
 // records too. Messages whose context is that of a message a
-// transactional subscription delivered (SubscriberConfig.Transactions),
+// transactional subscription delivered (broker.SubscriberOptions.Transactions),
 // or derives from it, go into that message's transaction instead: Publish
 // only marshals them and returns, they are produced when the message is
 // acked (dropped when the attempt fails, see [DiscardOutputs]), and they
@@ -126,7 +128,7 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.closed {
-		return ErrClosed
+		return broker.ErrClosed
 	}
 	if len(msgs) == 0 {
 		return nil
@@ -154,13 +156,13 @@ func produce(produceSync func(context.Context, ...*kgo.Record) kgo.ProduceResult
 			}
 		}
 		j := at[r.Record]
-		failed = append(failed, FailedMessage{Index: j, UUID: msgs[j].UUID, Err: r.Err})
+		failed = append(failed, broker.FailedMessage{Index: j, UUID: msgs[j].UUID, Err: r.Err})
 	}
 	if len(failed) == 0 {
 		return nil
 	}
-	slices.SortFunc(failed, func(a, b FailedMessage) int { return cmp.Compare(a.Index, b.Index) })
-	return &PublishError{Topic: topic, Total: len(msgs), Failed: failed}
+	slices.SortFunc(failed, func(a, b broker.FailedMessage) int { return cmp.Compare(a.Index, b.Index) })
+	return &broker.PublishError{Topic: topic, Total: len(msgs), Failed: failed}
 }
 
 // Close implements message.Publisher: it waits for the Publish calls in

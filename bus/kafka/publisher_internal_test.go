@@ -10,6 +10,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/busline/busline/bus/broker"
 )
 
 // A broker that takes produce requests and never answers (a crashed broker,
@@ -48,9 +50,9 @@ func TestPublishFailsAfterDeliveryTimeoutWhenTheBrokerNeverAnswers(t *testing.T)
 		message.NewMessage(watermill.NewUUID(), []byte("c")),
 	}
 	err = p.Publish("never-answered", msgs...)
-	var pe *PublishError
+	var pe *broker.PublishError
 	if !errors.As(err, &pe) {
-		t.Fatalf("Publish: %v, want a *PublishError", err)
+		t.Fatalf("Publish: %v, want a *broker.PublishError", err)
 	}
 	if len(pe.Failed) != len(msgs) {
 		t.Errorf("%d of %d messages failed, want all: %v", len(pe.Failed), len(msgs), err)

@@ -3,7 +3,6 @@ package kafka_test
 import (
 	crand "crypto/rand"
 	"errors"
-	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/schema"
@@ -175,9 +175,9 @@ func TestPublishBatchReportsFailedMessages(t *testing.T) {
 	msgs = append(msgs, reserved)
 
 	err = b.Publisher().Publish(topic, msgs...)
-	var pe *kafka.PublishError
+	var pe *broker.PublishError
 	if !errors.As(err, &pe) {
-		t.Fatalf("Publish: %v, want a *kafka.PublishError", err)
+		t.Fatalf("Publish: %v, want a *broker.PublishError", err)
 	}
 	t.Log(err)
 	var wantIdx []int
@@ -265,18 +265,7 @@ func TestPublishCloseWaitsForInFlight(t *testing.T) {
 	if err := <-closed; err != nil {
 		t.Errorf("Close: %v", err)
 	}
-	if err := b.Publisher().Publish("t", keyedMessage("k", 2)); !errors.Is(err, kafka.ErrClosed) {
+	if err := b.Publisher().Publish("t", keyedMessage("k", 2)); !errors.Is(err, broker.ErrClosed) {
 		t.Errorf("Publish after Close: %v, want ErrClosed", err)
-	}
-}
-
-func TestPublishErrorMessage(t *testing.T) {
-	e := &kafka.PublishError{Topic: "t", Total: 9}
-	for i := range 7 {
-		e.Failed = append(e.Failed, kafka.FailedMessage{Index: i, UUID: fmt.Sprint("u", i), Err: kerr.MessageTooLarge})
-	}
-	got := e.Error()
-	if !strings.HasPrefix(got, "kafka: publish to t: 7 of 9 messages failed: u0: ") || !strings.HasSuffix(got, "; and 2 more") {
-		t.Errorf("Error() = %q", got)
 	}
 }

@@ -14,56 +14,9 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/internal/delivery"
 )
-
-// SubscriberConfig configures one subscriber: how its handler's records may
-// run concurrently. Zero fields take the broker's [Config] values.
-type SubscriberConfig struct {
-	// Ordering is "partition", "key" or "unordered" (see Config.Ordering).
-	// Zero: Config.Ordering.
-	Ordering string
-	// BatchSize, when above 1, hands out up to BatchSize records queued
-	// for a partition (what one poll returned, or more when several polls
-	// queued up) as one carrier message holding their messages in order
-	// (internal/delivery), for a batch handler such as handlers.Batch,
-	// which must take it; the carrier's ack finishes every record. A
-	// nacked carrier, or one acked by a handler that did not take the
-	// batch, is split at once: its records are handed out one by one,
-	// each as a batch of one, nacks then waiting out the nack delay as
-	// usual. Batches need "partition" ordering. Zero or 1: one record at
-	// a time.
-	BatchSize int
-	// Transactions makes the subscription consume-transform-produce
-	// with Kafka transactions: each poll's records are handled in one
-	// transaction, and what the handler publishes with its message's
-	// context (dead letters included) is produced inside it; the
-	// consumed offsets and the published records commit together when
-	// every record of the poll was acked, and are discarded together
-	// otherwise (the records are handled again). It needs "partition"
-	// ordering and no batches. See transact.go and the package doc.
-	Transactions bool
-}
-
-func (c SubscriberConfig) validate() error {
-	var errs []error
-	if err := validOrdering(c.Ordering); err != nil {
-		errs = append(errs, err)
-	}
-	if c.BatchSize < 0 {
-		errs = append(errs, fmt.Errorf("kafka: batch size %d is negative", c.BatchSize))
-	}
-	if c.BatchSize > 1 && c.Ordering != "" && c.Ordering != OrderPartition {
-		errs = append(errs, fmt.Errorf("kafka: batches need partition ordering, not %q", c.Ordering))
-	}
-	if c.Transactions && c.Ordering != "" && c.Ordering != OrderPartition {
-		errs = append(errs, fmt.Errorf("kafka: transactions need partition ordering, not %q", c.Ordering))
-	}
-	if c.Transactions && c.BatchSize > 1 {
-		errs = append(errs, errors.New("kafka: transactions and batches do not go together"))
-	}
-	return errors.Join(errs...)
-}
 
 // subscriber is a consumer group's subscriber: each Subscribe call joins the
 // group as a member of its own, on a franz-go client of its own.
@@ -79,7 +32,7 @@ type subscriber struct {
 }
 
 // consumerConfig is what a consumer needs of the broker's Config and the
-// SubscriberConfig, defaults applied.
+// broker.SubscriberOptions, defaults applied.
 type consumerConfig struct {
 	ordering         string
 	batch            int
@@ -95,7 +48,7 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return nil, ErrClosed
+		return nil, broker.ErrClosed
 	}
 	if s.cfg.transactions {
 		c, err := s.b.newTxnConsumer(ctx, s.group, topic, s.cfg, s.subscribed)
@@ -471,10 +424,10 @@ func (c *consumer) dispatch(id int32, recs []*kgo.Record, now time.Time) {
 		it := item{rec: rec, seq: p.trk.add(rec, now)}
 		var key []byte // the lane: one per partition, or per key
 		switch c.cfg.ordering {
-		case OrderUnordered:
+		case broker.OrderUnordered:
 			start = append(start, p.newLane("", it))
 			continue
-		case OrderKey:
+		case broker.OrderKey:
 			key = rec.Key
 		}
 		if l := p.lanes[string(key)]; l != nil { // no allocation for the lookup

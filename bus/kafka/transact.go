@@ -14,7 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// Kafka transactions: consume-transform-produce (SubscriberConfig.Transactions).
+// Kafka transactions: consume-transform-produce (broker.SubscriberOptions.Transactions).
 //
 // A transactional subscription is a franz-go GroupTransactSession (a group
 // consumer and a transactional producer on one client) driven one poll at a
@@ -126,7 +126,7 @@ func (tm *txnMsg) buffer(_ context.Context, recs ...*kgo.Record) kgo.ProduceResu
 // a failed attempt, which must not reach the transaction. Outside such a
 // message it does nothing. The bus calls it around every transactional
 // handler; a router of its own must do the same.
-func DiscardOutputs(ctx context.Context) {
+func (*Broker) DiscardOutputs(ctx context.Context) {
 	if tm, _ := ctx.Value(txnKey{}).(*txnMsg); tm != nil {
 		tm.mu.Lock()
 		if !tm.done {

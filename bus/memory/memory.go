@@ -9,16 +9,21 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/internal/inflight"
 )
 
 // Errors returned by the in-process broker.
 var (
-	// ErrClosed is returned by Publish and Subscribe after Close.
-	ErrClosed = errors.New("memory: closed")
 	// ErrQueueFull is returned by Publish when a queue stayed full for
 	// Config.PublishTimeout: the consumers are too far behind.
 	ErrQueueFull = errors.New("memory: queue full")
+)
+
+// The capabilities of the in-process broker.
+var (
+	_ broker.Broker  = (*Broker)(nil)
+	_ broker.Drainer = (*Broker)(nil)
 )
 
 // Broker is Busline's in-process broker: a bounded, ordered Watermill
@@ -89,7 +94,7 @@ func (b *Broker) Publisher() message.Publisher { return b }
 // topic reaches one subscription of each group.
 func (b *Broker) Subscriber(group string) (message.Subscriber, error) {
 	if b.closed.Load() {
-		return nil, ErrClosed
+		return nil, broker.ErrClosed
 	}
 	return &Subscriber{b: b, group: group, closing: make(chan struct{})}, nil
 }
@@ -98,16 +103,16 @@ func (b *Broker) Subscriber(group string) (message.Subscriber, error) {
 // from now on wait for the group's subscriptions.
 func (b *Broker) Prepare(_ context.Context, topic, group string) error {
 	if b.closed.Load() {
-		return ErrClosed
+		return broker.ErrClosed
 	}
 	b.queue(topic, group)
 	return nil
 }
 
-// Ping reports ErrClosed after Close, else nil.
+// Ping reports broker.ErrClosed after Close, else nil.
 func (b *Broker) Ping(context.Context) error {
 	if b.closed.Load() {
-		return ErrClosed
+		return broker.ErrClosed
 	}
 	return nil
 }
@@ -117,7 +122,7 @@ func (b *Broker) Ping(context.Context) error {
 // Config.PublishTimeout or until the message's context is done.
 func (b *Broker) Publish(topicName string, msgs ...*message.Message) error {
 	if b.closed.Load() {
-		return ErrClosed
+		return broker.ErrClosed
 	}
 	t := b.topic(topicName)
 	for _, m := range msgs {
@@ -163,7 +168,7 @@ func (b *Broker) send(q *queue, m *message.Message) error {
 	case <-timeout:
 		return ErrQueueFull
 	case <-b.closing:
-		return ErrClosed
+		return broker.ErrClosed
 	}
 }
 
@@ -303,11 +308,11 @@ func (s *Subscriber) SubscribeInitialize(topic string) error {
 // message then in flight is kept for the group's next subscription.
 func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	if s.b.closed.Load() {
-		return nil, ErrClosed
+		return nil, broker.ErrClosed
 	}
 	select {
 	case <-s.closing:
-		return nil, ErrClosed
+		return nil, broker.ErrClosed
 	default:
 	}
 	q := s.b.queue(topic, s.group)

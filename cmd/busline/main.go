@@ -18,7 +18,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"maps"
 	"os"
 	"os/signal"
@@ -189,7 +188,7 @@ func (c *cli) list(ctx context.Context, args []string) int {
 		fmt.Fprintln(c.stderr, "usage: busline list")
 		return exitUsage
 	}
-	msgs, err := browse(ctx, c.cfg)
+	msgs, err := c.browse(ctx)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -218,7 +217,7 @@ func (c *cli) show(ctx context.Context, args []string) int {
 		return exitUsage
 	}
 	id := fs.Arg(0)
-	msgs, err := browse(ctx, c.cfg)
+	msgs, err := c.browse(ctx)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -345,7 +344,7 @@ func (c *cli) change(ctx context.Context, cmd string, args []string) int {
 		lim = rate.NewLimiter(r, 1)
 	}
 
-	snapshot, err := browse(ctx, c.cfg)
+	snapshot, err := c.browse(ctx)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -389,15 +388,11 @@ func (c *cli) change(ctx context.Context, cmd string, args []string) int {
 // replayed (or purged) and acked, the others are published again to the
 // dead-letter topic and acked. It returns how many wanted ones it handled.
 func (c *cli) consume(ctx context.Context, cmd string, want map[string]int, upto int, lim *rate.Limiter) (done int, err error) {
-	logger := slog.New(slog.DiscardHandler)
-	if c.opts.verbose {
-		logger = slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}
 	cfg := c.cfg
 	// One dead letter at a time, in backlog order: the next delivery then
 	// also shows that the previous ack was settled (see below).
 	cfg.AMQP.Concurrency = 1
-	b, err := bus.New(cfg, bus.WithLogger(logger))
+	b, err := bus.New(cfg, bus.WithLogger(c.logger()))
 	if err != nil {
 		return 0, err
 	}

@@ -1,4 +1,8 @@
-package bus
+// Package drain gives a graceful shutdown to the subscribers of a broker
+// that cannot drain itself (one that is not a broker.Drainer): a [Gate]
+// stops them fetching and counts the messages in flight until they are
+// acked or nacked.
+package drain
 
 import (
 	"context"
@@ -9,27 +13,30 @@ import (
 	"github.com/busline/busline/internal/inflight"
 )
 
-// drainer is a broker that can stop fetching and wait for the messages in
-// flight itself (the in-process broker, Kafka); other brokers' subscribers
-// are wrapped in a drainSubscriber.
-type drainer interface {
-	StopFetching()
-	Drain(ctx context.Context) error
-}
-
-// gate is the bus-wide shutdown state shared by drainSubscribers: a signal to
-// stop fetching and a count of the messages in flight.
-type gate struct {
+// Gate is the shutdown state shared by the subscribers it wraps: a signal
+// to stop fetching and a count of the messages in flight. It implements
+// broker.Drainer. It is safe for concurrent use.
+type Gate struct {
 	stopOnce sync.Once
 	stopping chan struct{}
 	inflight inflight.Tracker
 }
 
-func newGate() *gate { return &gate{stopping: make(chan struct{})} }
+// NewGate returns an open gate.
+func NewGate() *Gate { return &Gate{stopping: make(chan struct{})} }
 
-func (g *gate) StopFetching() { g.stopOnce.Do(func() { close(g.stopping) }) }
+// StopFetching makes every subscriber of the gate stop taking messages.
+func (g *Gate) StopFetching() { g.stopOnce.Do(func() { close(g.stopping) }) }
 
-func (g *gate) Drain(ctx context.Context) error { return g.inflight.Wait(ctx) }
+// Drain waits until every message the gate's subscribers handed out was
+// acked or nacked, or ctx is done.
+func (g *Gate) Drain(ctx context.Context) error { return g.inflight.Wait(ctx) }
+
+// Subscriber wraps s: it forwards s's messages until the gate stops
+// fetching, and counts them in flight until they are acked or nacked.
+func (g *Gate) Subscriber(s message.Subscriber) message.Subscriber {
+	return &drainSubscriber{Subscriber: s, g: g, closing: make(chan struct{})}
+}
 
 // drainSubscriber forwards a broker subscription to the router until the
 // gate stops fetching, and counts the messages in flight until they are
@@ -39,14 +46,10 @@ func (g *gate) Drain(ctx context.Context) error { return g.inflight.Wait(ctx) }
 // it has not delivered for the next consumer.
 type drainSubscriber struct {
 	message.Subscriber
-	g       *gate
+	g       *Gate
 	closing chan struct{}
 	once    sync.Once
 	wg      sync.WaitGroup
-}
-
-func newDrainSubscriber(s message.Subscriber, g *gate) *drainSubscriber {
-	return &drainSubscriber{Subscriber: s, g: g, closing: make(chan struct{})}
 }
 
 func (s *drainSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {

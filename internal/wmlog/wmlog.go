@@ -1,4 +1,5 @@
-package bus
+// Package wmlog adapts log/slog to Watermill's logger.
+package wmlog
 
 import (
 	"context"
@@ -7,17 +8,17 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 )
 
-// watermillLogger adapts slog for Watermill like watermill.NewSlogLogger,
+// New adapts l for Watermill like watermill.NewSlogLogger,
 // but asks the handler whether a level is enabled before it converts the
 // fields: Watermill logs every message at trace level, and converting the
 // fields first cost six allocations a message with the level off.
+func New(l *slog.Logger) watermill.LoggerAdapter {
+	return watermillLogger{inner: watermill.NewSlogLogger(l), l: l}
+}
+
 type watermillLogger struct {
 	inner watermill.LoggerAdapter
 	l     *slog.Logger
-}
-
-func newWatermillLogger(l *slog.Logger) watermill.LoggerAdapter {
-	return watermillLogger{inner: watermill.NewSlogLogger(l), l: l}
 }
 
 func (w watermillLogger) enabled(level slog.Level) bool {
