@@ -18,6 +18,7 @@ import (
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/schema"
 )
 
@@ -168,7 +169,7 @@ func benchAMQPRawEnvelope(b *testing.B) { benchAMQPClient(b, true) }
 // message carries its id as the bus's messages do (the cloudEvents_id
 // header and the message_id property, a UUID made per message).
 func benchAMQPClient(b *testing.B, envelope bool) {
-	url := bustest.AMQPURL(b)
+	url := testserver.AMQPURL(b)
 	const group = "raw"
 	topic := amqpBenchTopology(b, url, group)
 	conn, err := amqp091.Dial(url)
@@ -254,7 +255,7 @@ func benchAMQPClient(b *testing.B, envelope bool) {
 }
 
 func benchAMQPBusline(b *testing.B) {
-	url := bustest.AMQPURL(b)
+	url := testserver.AMQPURL(b)
 	cfg := bus.Config{
 		Broker: bus.BrokerAMQP,
 		Group:  "bench",

@@ -19,6 +19,7 @@ import (
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/handlers"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/schema"
 )
 
@@ -51,7 +52,7 @@ import (
 func BenchmarkKafkaConsume(b *testing.B) {
 	for _, parts := range []int32{1, 4} {
 		b.Run("p"+strconv.Itoa(int(parts)), func(b *testing.B) {
-			addrs := bustest.Kafka(b, parts)
+			addrs := testserver.Kafka(b, parts)
 			topic := prefillConsumeTopic(b, addrs, parts, consumeRecords)
 			b.Run("raw_franz", func(b *testing.B) { benchConsumeRawFranz(b, addrs, topic, consumeRecords) })
 			b.Run("watermill", func(b *testing.B) { benchConsumeWatermill(b, addrs, topic, consumeRecords) })
@@ -66,7 +67,7 @@ func BenchmarkKafkaConsume(b *testing.B) {
 		})
 	}
 	b.Run("io1ms", func(b *testing.B) {
-		addrs := bustest.Kafka(b, 1)
+		addrs := testserver.Kafka(b, 1)
 		topic := prefillConsumeTopic(b, addrs, 1, ioRecords)
 		io := func(ctx context.Context, _ *message.Message) error {
 			t := time.NewTimer(time.Millisecond)

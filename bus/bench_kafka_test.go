@@ -14,6 +14,7 @@ import (
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/schema"
 )
 
@@ -71,7 +72,7 @@ func benchKafkaRaw(b *testing.B) { benchKafkaSarama(b, false) }
 func benchKafkaRawEnvelope(b *testing.B) { benchKafkaSarama(b, true) }
 
 func benchKafkaSarama(b *testing.B, envelope bool) {
-	addrs := bustest.Kafka(b, 1)
+	addrs := testserver.Kafka(b, 1)
 	topic := bustest.Name("bench-kafka")
 	prod, err := sarama.NewSyncProducer(addrs, kafkaBenchSaramaConfig())
 	if err != nil {
@@ -109,7 +110,7 @@ func benchKafkaSarama(b *testing.B, envelope bool) {
 }
 
 func benchKafkaFranzEnvelope(b *testing.B) {
-	addrs := bustest.Kafka(b, 1)
+	addrs := testserver.Kafka(b, 1)
 	topic := bustest.Name("bench-kafka")
 	cl, err := kgo.NewClient(
 		kgo.SeedBrokers(addrs...),
@@ -148,7 +149,7 @@ func benchKafkaFranzEnvelope(b *testing.B) {
 }
 
 func benchKafkaBusline(b *testing.B) {
-	addrs := bustest.Kafka(b, 1)
+	addrs := testserver.Kafka(b, 1)
 	topic := bustest.Name("bench-kafka")
 	bs, err := bus.New(bus.Config{
 		Broker: bus.BrokerKafka,

@@ -12,6 +12,7 @@ import (
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/internal/testserver"
 )
 
 // BenchmarkKafkaTransaction measures what Kafka transactions cost a
@@ -34,7 +35,7 @@ import (
 //
 // Run: go test -run '^$' -bench BenchmarkKafkaTransaction -benchtime 3x ./bus/
 func BenchmarkKafkaTransaction(b *testing.B) {
-	addrs := bustest.Kafka(b, 4)
+	addrs := testserver.Kafka(b, 4)
 	topic := prefillConsumeTopic(b, addrs, 4, txnBenchRecords)
 	b.Run("plain", func(b *testing.B) { benchTransform(b, addrs, topic, txnBenchRecords, 0) })
 	b.Run("transactional", func(b *testing.B) {

@@ -16,6 +16,7 @@ import (
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/bus/memory"
+	"github.com/busline/busline/internal/testserver"
 )
 
 // Watermill's universal Pub/Sub suite against the publisher and subscriber
@@ -70,7 +71,7 @@ type nopClosePublisher struct{ message.Publisher }
 func (nopClosePublisher) Close() error { return nil }
 
 func TestConformanceKafka(t *testing.T) {
-	addrs := bustest.Kafka(t, 1)
+	addrs := testserver.Kafka(t, 1)
 	newPair := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
 		b, err := New(Config{Broker: BrokerKafka, Kafka: kafka.Config{
 			Brokers:   addrs,
@@ -95,7 +96,7 @@ func TestConformanceKafka(t *testing.T) {
 }
 
 func TestConformanceAMQP(t *testing.T) {
-	url := bustest.AMQPURL(t)
+	url := testserver.AMQPURL(t)
 	var mu sync.Mutex
 	topics := map[string]bool{}
 	groups := map[string]bool{"default": true, DeadLetterGroup: true}

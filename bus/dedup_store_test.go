@@ -12,6 +12,7 @@ import (
 
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/middleware/dedupredis"
 	"github.com/busline/busline/middleware/dedupsql"
@@ -24,7 +25,7 @@ import (
 func TestDedupStoreReplayFromDeadLetter(t *testing.T) {
 	stores := map[string]func(t *testing.T) middleware.DedupStore{
 		"redis": func(t *testing.T) middleware.DedupStore {
-			c := redis.NewClient(&redis.Options{Addr: bustest.RedisAddr(t)})
+			c := redis.NewClient(&redis.Options{Addr: testserver.RedisAddr(t)})
 			t.Cleanup(func() { c.Close() })
 			prefix := bustest.Name("busline-test-dedup") + ":"
 			t.Cleanup(func() {
@@ -37,7 +38,7 @@ func TestDedupStoreReplayFromDeadLetter(t *testing.T) {
 			return dedupredis.New(c, dedupredis.Config{Prefix: prefix})
 		},
 		"postgres": func(t *testing.T) middleware.DedupStore {
-			p, err := pgxpool.New(context.Background(), bustest.PostgresDSN(t))
+			p, err := pgxpool.New(context.Background(), testserver.PostgresDSN(t))
 			if err != nil {
 				t.Fatal(err)
 			}

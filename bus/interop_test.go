@@ -16,6 +16,7 @@ import (
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
@@ -24,7 +25,7 @@ import (
 // published from the _watermill_message_uuid header: it must find the
 // message's UUID there, not an empty string.
 func TestInteropWatermillAMQPSubscriberSeesUUID(t *testing.T) {
-	url := bustest.AMQPURL(t)
+	url := testserver.AMQPURL(t)
 	topic := bustest.Name("interop-uuid")
 	ctx := bustest.Context(t, 30*time.Second)
 	b, err := bus.New(bus.Config{Broker: bus.BrokerAMQP, AMQP: amqp.Config{URL: url}, DeadLetterTopic: bustest.Name("dlq")})
@@ -126,7 +127,7 @@ func TestInteropWatermillCorrelationID(t *testing.T) {
 // A message the stock watermill-amqp v2 publisher sends with Watermill's
 // correlation id keeps that correlation in a Busline handler on RabbitMQ.
 func TestInteropWatermillAMQPCorrelationID(t *testing.T) {
-	url := bustest.AMQPURL(t)
+	url := testserver.AMQPURL(t)
 	topic := bustest.Name("interop-wcorr")
 	cfg := bus.Config{Broker: bus.BrokerAMQP, AMQP: amqp.Config{URL: url}, Group: bustest.Name("svc"), DeadLetterTopic: bustest.Name("dlq")}
 	b, err := bus.New(cfg)

@@ -24,6 +24,7 @@ import (
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/bus/memory"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/middleware"
 )
 
@@ -61,7 +62,7 @@ func TestPropertyKafka(t *testing.T) {
 	runProperty(t, bus.Config{
 		Broker: bus.BrokerKafka,
 		Kafka: kafka.Config{
-			Brokers:    bustest.Kafka(t, partitions),
+			Brokers:    testserver.Kafka(t, partitions),
 			Partitions: partitions,
 			NackDelay:  5 * time.Millisecond,
 		},
@@ -70,7 +71,7 @@ func TestPropertyKafka(t *testing.T) {
 
 func TestPropertyAMQP(t *testing.T) {
 	t.Parallel()
-	url := bustest.AMQPURL(t)
+	url := testserver.AMQPURL(t)
 	cfg := bus.Config{
 		Broker: bus.BrokerAMQP,
 		AMQP:   amqp.Config{URL: url, NackDelay: 5 * time.Millisecond},

@@ -24,6 +24,7 @@ import (
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/handlers"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
@@ -109,7 +110,7 @@ func e2eBrokers() []e2eBroker {
 		{
 			name: "kafka",
 			config: func(t *testing.T) bus.Config {
-				return bus.Config{Broker: bus.BrokerKafka, Kafka: kafka.Config{Brokers: bustest.Kafka(t, 1)}}
+				return bus.Config{Broker: bus.BrokerKafka, Kafka: kafka.Config{Brokers: testserver.Kafka(t, 1)}}
 			},
 			deadLetters: func(t *testing.T, cfg bus.Config) <-chan *message.Message {
 				k, err := kafka.New(cfg.Kafka, watermill.NopLogger{})
@@ -123,7 +124,7 @@ func e2eBrokers() []e2eBroker {
 		{
 			name: "amqp",
 			config: func(t *testing.T) bus.Config {
-				return bus.Config{Broker: bus.BrokerAMQP, AMQP: amqp.Config{URL: bustest.AMQPURL(t)}}
+				return bus.Config{Broker: bus.BrokerAMQP, AMQP: amqp.Config{URL: testserver.AMQPURL(t)}}
 			},
 			deadLetters: func(t *testing.T, cfg bus.Config) <-chan *message.Message {
 				a, err := amqp.New(cfg.AMQP, watermill.NopLogger{})
@@ -461,7 +462,7 @@ func TestBatcherOnKafka(t *testing.T) {
 	const n, size, partitions = 40, 8, 4
 	cfg := bus.Config{
 		Broker:          bus.BrokerKafka,
-		Kafka:           kafka.Config{Brokers: bustest.Kafka(t, partitions), Partitions: partitions},
+		Kafka:           kafka.Config{Brokers: testserver.Kafka(t, partitions), Partitions: partitions},
 		Group:           bustest.Name("e2e-batch"),
 		DeadLetterTopic: bustest.Name("e2e-batch-dlq"),
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/internal/testserver"
 )
 
 // A handler in the middle of a message when Close is called finishes with a
@@ -101,7 +102,7 @@ func TestShutdownFinishesMessageInFlight(t *testing.T) {
 // A handler still running when the shutdown deadline passes is cancelled;
 // its message is nacked and delivered again after a restart.
 func TestShutdownDeadlineRedeliversInterrupted(t *testing.T) {
-	url := bustest.AMQPURL(t)
+	url := testserver.AMQPURL(t)
 	topic := bustest.Name("shutdown-deadline")
 	cfg := amqpShutdownConfig(url, topic)
 	t.Cleanup(func() { deleteQueues(t, url, topic, cfg) })
@@ -159,7 +160,7 @@ type shutdownBroker struct {
 
 func shutdownBrokers(t *testing.T) []shutdownBroker {
 	brokers := []shutdownBroker{{name: "memory", cfg: func(string) bus.Config { return bus.Config{} }}}
-	if url := bustest.AMQPURL(t); url != "" {
+	if url := testserver.AMQPURL(t); url != "" {
 		brokers = append(brokers, shutdownBroker{
 			name: "amqp",
 			cfg: func(topic string) bus.Config {

@@ -23,6 +23,7 @@ import (
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/middleware"
 )
 
@@ -46,14 +47,14 @@ var telBrokers = []telBroker{
 	{
 		name: "kafka", system: "kafka", send: "send",
 		config: func(t *testing.T) bus.Config {
-			return bus.Config{Broker: bus.BrokerKafka, Kafka: kafka.Config{Brokers: bustest.Kafka(t, 1)}}
+			return bus.Config{Broker: bus.BrokerKafka, Kafka: kafka.Config{Brokers: testserver.Kafka(t, 1)}}
 		},
 		dest: func(topic, _ string) string { return topic },
 	},
 	{
 		name: "amqp", system: "rabbitmq", send: "publish",
 		config: func(t *testing.T) bus.Config {
-			return bus.Config{Broker: bus.BrokerAMQP, AMQP: amqp.Config{URL: bustest.AMQPURL(t)}}
+			return bus.Config{Broker: bus.BrokerAMQP, AMQP: amqp.Config{URL: testserver.AMQPURL(t)}}
 		},
 		dest: func(topic, group string) string { return topic + ":" + amqp.QueueName(topic, group) },
 	},
@@ -583,7 +584,7 @@ func TestMetricConsumerLag(t *testing.T) {
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	b, err := bus.New(bus.Config{Broker: bus.BrokerKafka, Group: "svc", DeadLetterTopic: bustest.Name("dlq"),
-		Kafka: kafka.Config{Brokers: bustest.Kafka(t, 1)}}, bus.WithMeterProvider(mp))
+		Kafka: kafka.Config{Brokers: testserver.Kafka(t, 1)}}, bus.WithMeterProvider(mp))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -639,7 +640,7 @@ func TestMetricQueueDepth(t *testing.T) {
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	group := bustest.Name("svc")
 	b, err := bus.New(bus.Config{Broker: bus.BrokerAMQP, Group: group, DeadLetterTopic: bustest.Name("dlq"),
-		AMQP: amqp.Config{URL: bustest.AMQPURL(t)}}, bus.WithMeterProvider(mp))
+		AMQP: amqp.Config{URL: testserver.AMQPURL(t)}}, bus.WithMeterProvider(mp))
 	if err != nil {
 		t.Fatal(err)
 	}

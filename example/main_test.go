@@ -17,6 +17,7 @@ import (
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/internal/testserver"
 )
 
 func TestStoryMemory(t *testing.T) {
@@ -28,7 +29,7 @@ func TestStoryMemory(t *testing.T) {
 }
 
 func TestStoryKafka(t *testing.T) {
-	addrs := bustest.Kafka(t, 1)
+	addrs := testserver.Kafka(t, 1)
 	prefix, dlq := useEnv(t, map[string]string{
 		"BUSLINE_BROKER":        "kafka",
 		"BUSLINE_KAFKA_BROKERS": strings.Join(addrs, ","),
@@ -38,7 +39,7 @@ func TestStoryKafka(t *testing.T) {
 }
 
 func TestStoryAMQP(t *testing.T) {
-	url := bustest.AMQPURL(t)
+	url := testserver.AMQPURL(t)
 	prefix, dlq := useEnv(t, map[string]string{
 		"BUSLINE_BROKER":   "amqp",
 		"BUSLINE_AMQP_URL": url,

@@ -8,6 +8,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/internal/testserver"
 )
 
 // A held-back ack reaches RabbitMQ without any further traffic, in order
@@ -24,7 +25,7 @@ func TestAckerSendsHeldAckAfterHoldBack(t *testing.T) {
 		{"out of order", 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			conn, err := amqp091.Dial(bustest.AMQPURL(t))
+			conn, err := amqp091.Dial(testserver.AMQPURL(t))
 			if err != nil {
 				t.Fatal(err)
 			}

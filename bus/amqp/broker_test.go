@@ -15,6 +15,7 @@ import (
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/internal/testserver"
 )
 
 func TestNewRejectsInvalidConfig(t *testing.T) {
@@ -393,7 +394,7 @@ func TestRejectsEmptyNames(t *testing.T) {
 // skipped.
 func TestTLSIsNotSilentlySkipped(t *testing.T) {
 	t.Parallel()
-	url := bustest.AMQPURL(t)
+	url := testserver.AMQPURL(t)
 	_, err := amqp.New(amqp.Config{URL: url, TLS: amqp.TLSConfig{Enabled: true, InsecureSkipVerify: true}}, nil)
 	if err == nil {
 		t.Fatal("New with TLS enabled connected to a plaintext server")

@@ -11,6 +11,7 @@ import (
 
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/internal/testserver"
 )
 
 // wait bounds every wait of a test for a message or a condition.
@@ -20,7 +21,7 @@ const wait = 15 * time.Second
 // ends. cfg.URL is filled in.
 func newBroker(t testing.TB, cfg amqp.Config) *amqp.Broker {
 	t.Helper()
-	cfg.URL = bustest.AMQPURL(t)
+	cfg.URL = testserver.AMQPURL(t)
 	b, err := amqp.New(cfg, nil)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -43,7 +44,7 @@ type topology struct {
 
 func newTopology(t testing.TB) *topology {
 	t.Helper()
-	url := bustest.AMQPURL(t)
+	url := testserver.AMQPURL(t)
 	tp := &topology{topics: map[string]bool{}, groups: map[string]bool{}}
 	t.Cleanup(func() {
 		conn, err := amqp091.Dial(url)
@@ -108,7 +109,7 @@ func (tp *topology) group(name string) string {
 // rawChannel opens a plain amqp091-go channel, closed when the test ends.
 func rawChannel(t testing.TB) *amqp091.Channel {
 	t.Helper()
-	conn, err := amqp091.Dial(bustest.AMQPURL(t))
+	conn, err := amqp091.Dial(testserver.AMQPURL(t))
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}

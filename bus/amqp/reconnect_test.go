@@ -14,6 +14,7 @@ import (
 
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/internal/testserver"
 )
 
 // cutProxy forwards TCP connections to target, and cuts all of those open
@@ -61,7 +62,7 @@ func newCutProxy(t *testing.T, target string) *cutProxy {
 // through a cutProxy, closed when the test ends.
 func proxiedBroker(t *testing.T, cfg amqp.Config) (*amqp.Broker, *cutProxy) {
 	t.Helper()
-	u, err := url.Parse(bustest.AMQPURL(t))
+	u, err := url.Parse(testserver.AMQPURL(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/schema"
 )
 
@@ -118,7 +119,7 @@ func TestPublisherIsIdempotentWithAcksAll(t *testing.T) {
 // receives is a marker published after it subscribed: none of the earlier
 // messages arrived.
 func TestWatermillDefaultNewestSkipsMessagesBeforeFirstJoin(t *testing.T) {
-	addrs := bustest.Kafka(t, 1)
+	addrs := testserver.Kafka(t, 1)
 	b := newBroker(t, kafka.Config{Brokers: addrs})
 	topic := bustest.Name("newest")
 	const n = 50
@@ -168,7 +169,7 @@ func TestWatermillDefaultNewestSkipsMessagesBeforeFirstJoin(t *testing.T) {
 // Busline's default (oldest) delivers every message published before the
 // group's first join.
 func TestNewGroupStartsAtOldest(t *testing.T) {
-	addrs := bustest.Kafka(t, 3)
+	addrs := testserver.Kafka(t, 3)
 	b := newBroker(t, kafka.Config{Brokers: addrs, Partitions: 3})
 	topic := bustest.Name("oldest")
 	if err := b.Prepare(bustest.Context(t, 10*time.Second), topic, "g"); err != nil {
@@ -195,7 +196,7 @@ func TestNewGroupStartsAtOldest(t *testing.T) {
 // _watermill_message_uuid header, header values that are not UTF-8, a
 // tombstone) is delivered, and the records behind it too.
 func TestForeignRecordsAreDelivered(t *testing.T) {
-	addrs := bustest.Kafka(t, 1)
+	addrs := testserver.Kafka(t, 1)
 	b := newBroker(t, kafka.Config{Brokers: addrs})
 	topic := bustest.Name("foreign")
 
@@ -251,7 +252,7 @@ func TestForeignRecordsAreDelivered(t *testing.T) {
 // spread over the partitions.
 func TestPartitionKey(t *testing.T) {
 	const parts = 8
-	addrs := bustest.Kafka(t, parts)
+	addrs := testserver.Kafka(t, parts)
 	b := newBroker(t, kafka.Config{Brokers: addrs, Partitions: parts})
 	topic := bustest.Name("keys")
 	ctx := bustest.Context(t, 30*time.Second)
@@ -316,7 +317,7 @@ func TestPartitionKey(t *testing.T) {
 
 // A nacked message comes back after Config.NackDelay, not at once.
 func TestNackWaitsNackDelay(t *testing.T) {
-	addrs := bustest.Kafka(t, 1)
+	addrs := testserver.Kafka(t, 1)
 	const delay = 300 * time.Millisecond
 	b := newBroker(t, kafka.Config{Brokers: addrs, NackDelay: delay})
 	topic := bustest.Name("nack")
@@ -343,7 +344,7 @@ func TestNackWaitsNackDelay(t *testing.T) {
 // Prepare creates the topic with the configured partitions, and a second
 // Prepare of an existing topic succeeds.
 func TestPrepareCreatesTopic(t *testing.T) {
-	addrs := bustest.Kafka(t, 1)
+	addrs := testserver.Kafka(t, 1)
 	b := newBroker(t, kafka.Config{Brokers: addrs, Partitions: 4})
 	topic := bustest.Name("prep")
 	ctx := bustest.Context(t, 20*time.Second)
@@ -392,7 +393,7 @@ func TestPing(t *testing.T) {
 // After Close, publishing, subscribing and preparing report ErrClosed, and
 // Close is idempotent.
 func TestClose(t *testing.T) {
-	b, err := kafka.New(kafka.Config{Brokers: bustest.Kafka(t, 1)}, nil)
+	b, err := kafka.New(kafka.Config{Brokers: testserver.Kafka(t, 1)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,7 +423,7 @@ func TestClose(t *testing.T) {
 // Lag is the distance between the group's committed offsets and the end of
 // each partition.
 func TestLag(t *testing.T) {
-	addrs := bustest.Kafka(t, 2)
+	addrs := testserver.Kafka(t, 2)
 	b := newBroker(t, kafka.Config{Brokers: addrs, Partitions: 2})
 	topic := bustest.Name("lag")
 	group := bustest.Name("g")

@@ -10,8 +10,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 
 	"github.com/busline/busline/bus/broker"
-	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/internal/testserver"
 )
 
 // Watermill's universal Pub/Sub suite against the broker's publisher and
@@ -42,7 +42,7 @@ func TestConformance(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			addrs := bustest.Kafka(t, tc.partitions)
+			addrs := testserver.Kafka(t, tc.partitions)
 			newPubSub := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
 				b, err := kafka.New(kafka.Config{
 					Brokers:    addrs,

@@ -11,6 +11,7 @@ import (
 
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/schema"
 )
 
@@ -22,7 +23,7 @@ import (
 // flight, and every key's messages arrive in the order published.
 func TestConsumeOrderedPerPartitionParallelAcross(t *testing.T) {
 	const parts, perKey = 4, 25
-	addrs := bustest.Kafka(t, parts)
+	addrs := testserver.Kafka(t, parts)
 	b := newBroker(t, kafka.Config{Brokers: addrs, Partitions: parts})
 	topic := bustest.Name("order")
 	ctx := bustest.Context(t, 60*time.Second)

@@ -21,6 +21,7 @@ import (
 	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/schema"
 )
 
@@ -139,7 +140,7 @@ func splitPayload(t *testing.T, m *message.Message) (string, int) {
 // (rejected by the marshaler). The producer stays usable afterwards.
 func TestPublishBatchReportsFailedMessages(t *testing.T) {
 	const parts = 4
-	addrs := bustest.Kafka(t, parts)
+	addrs := testserver.Kafka(t, parts)
 	b := newBroker(t, kafka.Config{Brokers: addrs, Partitions: parts})
 	topic := bustest.Name("fail")
 	ctx := bustest.Context(t, 30*time.Second)

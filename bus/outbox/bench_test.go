@@ -18,6 +18,7 @@ import (
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/outbox"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/middleware/dedupredis"
 	"github.com/busline/busline/schema"
@@ -36,11 +37,11 @@ var benchPayload = []byte(`{"n":1234567890}`)
 //	go test -run '^$' -bench BenchmarkOutboxRelay -benchtime 20000x ./bus/outbox/
 func BenchmarkOutboxRelay(b *testing.B) {
 	b.Run("kafka", func(b *testing.B) {
-		addrs := bustest.Kafka(b, 4)
+		addrs := testserver.Kafka(b, 4)
 		benchRelay(b, kafkaBus(b, addrs), nil)
 	})
 	b.Run("amqp", func(b *testing.B) {
-		cfg := amqp.Config{URL: bustest.AMQPURL(b)}
+		cfg := amqp.Config{URL: testserver.AMQPURL(b)}
 		bs, err := bus.New(bus.Config{Broker: bus.BrokerAMQP, AMQP: cfg}, quiet)
 		if err != nil {
 			b.Fatal(err)
@@ -259,7 +260,7 @@ func BenchmarkInbox(b *testing.B) {
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 	})
 	b.Run("redis_dedup", func(b *testing.B) {
-		rc := redis.NewClient(&redis.Options{Addr: bustest.RedisAddr(b)})
+		rc := redis.NewClient(&redis.Options{Addr: testserver.RedisAddr(b)})
 		defer rc.Close()
 		h := middleware.Dedup(middleware.DedupConfig{
 			Store:     dedupredis.New(rc, dedupredis.Config{Prefix: bustest.Name("bench") + ":"}),

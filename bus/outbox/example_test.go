@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/busline/busline/bus"
-	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/outbox"
 	"github.com/busline/busline/middleware"
 )
@@ -24,7 +23,7 @@ func Example() {
 	ctx := context.Background()
 	dsn := os.Getenv("BUSLINE_TEST_POSTGRES_DSN")
 	if dsn == "" {
-		dsn = bustest.DefaultPostgresDSN
+		dsn = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 	}
 	pool, err := pgxpool.New(ctx, dsn)
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/bus/outbox"
+	"github.com/busline/busline/internal/testserver"
 )
 
 func TestMain(m *testing.M) {
@@ -33,7 +34,7 @@ func TestMain(m *testing.M) {
 // unreachable, or fails it when CI is set.
 func pool(tb testing.TB) *pgxpool.Pool {
 	tb.Helper()
-	dsn := bustest.PostgresDSN(tb)
+	dsn := testserver.PostgresDSN(tb)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	pc, err := pgxpool.ParseConfig(dsn)

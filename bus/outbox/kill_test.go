@@ -24,6 +24,7 @@ import (
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/bus/outbox"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
@@ -180,7 +181,7 @@ func inboxHandler(o *outbox.Outbox, effects string, done func()) bus.HandlerFunc
 // and duplicates are counted.
 func TestOutboxKillAtomicity(t *testing.T) {
 	p := pool(t)
-	addrs := bustest.Kafka(t, 2)
+	addrs := testserver.Kafka(t, 2)
 	obTable, ibTable := tables(t, p)
 	ledger := obTable + "_ledger"
 	ctx := bustest.Context(t, 120*time.Second)
@@ -193,7 +194,7 @@ func TestOutboxKillAtomicity(t *testing.T) {
 	topic := bustest.Name("ledger")
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 17))
 	for k := range kills {
-		env := []string{"KILL_DSN=" + bustest.PostgresDSN(t), "KILL_KAFKA=" + strings.Join(addrs, ","),
+		env := []string{"KILL_DSN=" + testserver.PostgresDSN(t), "KILL_KAFKA=" + strings.Join(addrs, ","),
 			"KILL_OUTBOX=" + obTable, "KILL_INBOX=" + ibTable, "KILL_TOPIC=" + topic, "KILL_LEDGER=" + ledger,
 			"KILL_BASE=" + strconv.Itoa(k*1_000_000)}
 		if got, _ := killChild(t, "outbox", env, 1+rng.IntN(40)); got == 0 {
@@ -268,7 +269,7 @@ func endOffsets(t *testing.T, ctx context.Context, addrs []string, topic string)
 // one effect.
 func TestInboxKill(t *testing.T) {
 	p := pool(t)
-	url := bustest.AMQPURL(t)
+	url := testserver.AMQPURL(t)
 	obTable, ibTable := tables(t, p)
 	effects := obTable + "_effects"
 	ctx := bustest.Context(t, 120*time.Second)
@@ -299,7 +300,7 @@ func TestInboxKill(t *testing.T) {
 	}
 
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 71))
-	env := []string{"KILL_DSN=" + bustest.PostgresDSN(t), "KILL_AMQP=" + url, "KILL_GROUP=" + group,
+	env := []string{"KILL_DSN=" + testserver.PostgresDSN(t), "KILL_AMQP=" + url, "KILL_GROUP=" + group,
 		"KILL_OUTBOX=" + obTable, "KILL_INBOX=" + ibTable, "KILL_TOPIC=" + topic, "KILL_EFFECTS=" + effects}
 	handled, dups := 0, 0
 	for k := range kills {

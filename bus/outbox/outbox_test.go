@@ -18,6 +18,7 @@ import (
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/outbox"
 	"github.com/busline/busline/handlers"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
@@ -161,7 +162,7 @@ func TestOutboxConfigValidate(t *testing.T) {
 // order by transaction id would give the start order).
 func TestOutboxOrderPerKey(t *testing.T) {
 	p := pool(t)
-	addrs := bustest.Kafka(t, 4)
+	addrs := testserver.Kafka(t, 4)
 	b := kafkaBus(t, addrs)
 	hook, waitRelayed := waitRelayed()
 	o := newOutbox(t, b, p, outbox.Config{OnRelayed: hook, BatchSize: 7})
@@ -254,7 +255,7 @@ func TestOutboxOrderPerKey(t *testing.T) {
 // exactly once, each key in order.
 func TestOutboxSeveralRelays(t *testing.T) {
 	p := pool(t)
-	addrs := bustest.Kafka(t, 4)
+	addrs := testserver.Kafka(t, 4)
 	obTable, ibTable := tables(t, p)
 	var counts [2]int
 	var mu sync.Mutex

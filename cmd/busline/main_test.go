@@ -17,6 +17,7 @@ import (
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
@@ -29,14 +30,14 @@ func (e reasonError) ErrorType() string { return string(e) }
 func (e reasonError) Permanent() bool   { return true }
 
 func TestKafka(t *testing.T) {
-	addrs := bustest.Kafka(t, 1)
+	addrs := testserver.Kafka(t, 1)
 	t.Setenv("BUSLINE_BROKER", "kafka")
 	t.Setenv("BUSLINE_KAFKA_BROKERS", strings.Join(addrs, ","))
 	testCLI(t, func(string, string) {})
 }
 
 func TestAMQP(t *testing.T) {
-	url := bustest.AMQPURL(t)
+	url := testserver.AMQPURL(t)
 	t.Setenv("BUSLINE_BROKER", "amqp")
 	t.Setenv("BUSLINE_AMQP_URL", url)
 	t.Setenv("BUSLINE_AMQP_NACK_DELAY", "100ms")

@@ -27,6 +27,7 @@ import (
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/middleware/dedupredis"
 	"github.com/busline/busline/middleware/dedupsql"
@@ -181,7 +182,7 @@ type broker struct {
 func kafkaBroker(t *testing.T) broker {
 	// kfake runs here, in the test process, so that it outlives the
 	// consumer it serves.
-	addrs := bustest.Kafka(t, 4)
+	addrs := testserver.Kafka(t, 4)
 	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...))
 	if err != nil {
 		t.Fatal(err)
@@ -210,7 +211,7 @@ func kafkaBroker(t *testing.T) broker {
 }
 
 func amqpBroker(t *testing.T) broker {
-	u := bustest.AMQPURL(t)
+	u := testserver.AMQPURL(t)
 	return broker{
 		name: bus.BrokerAMQP,
 		set:  func(c *childConfig) { c.Broker, c.AMQPURL = bus.BrokerAMQP, u },
@@ -275,7 +276,7 @@ type store struct {
 }
 
 func redisStore(t *testing.T) store {
-	addr := bustest.RedisAddr(t)
+	addr := testserver.RedisAddr(t)
 	c := redis.NewClient(&redis.Options{Addr: addr})
 	t.Cleanup(func() { c.Close() })
 	prefix := bustest.Name("busline-crash") + ":"
@@ -328,7 +329,7 @@ func redisStore(t *testing.T) store {
 }
 
 func postgresStore(t *testing.T) store {
-	dsn := bustest.PostgresDSN(t)
+	dsn := testserver.PostgresDSN(t)
 	pool, err := pgxpool.New(context.Background(), dsn)
 	if err != nil {
 		t.Fatal(err)
