@@ -123,13 +123,8 @@ func amqpBenchTopology(b *testing.B, url, group string) (topic string) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
-		defer conn.Close()
-		ch, err := conn.Channel()
-		if err != nil {
-			return
-		}
-		_, _ = ch.QueueDelete(amqp.QueueName(topic, group), false, false, false)
-		_ = ch.ExchangeDelete(amqp.ExchangeName(topic), false, false)
+		conn.Close()
+		testserver.DeleteAMQP(b, url, []string{amqp.QueueName(topic, group)}, []string{amqp.ExchangeName(topic)})
 	})
 	ch, err := conn.Channel()
 	if err != nil {

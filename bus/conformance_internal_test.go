@@ -10,7 +10,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/bustest"
@@ -138,24 +137,14 @@ func TestConformanceAMQP(t *testing.T) {
 // further topics from the generated ones by suffix, so every exchange and
 // queue starting with a recorded topic goes.
 func deleteAMQP(t *testing.T, url string, topics, groups map[string]bool) {
-	conn, err := amqp091.Dial(url)
-	if err != nil {
-		t.Logf("clean up: %v", err)
-		return
-	}
-	defer conn.Close()
+	var queues, exchanges []string
 	for topic := range topics {
 		for _, suffix := range []string{"", "_1", "_2", "_3", "_4", "_5"} {
 			for group := range groups {
-				if ch, err := conn.Channel(); err == nil {
-					ch.QueueDelete(amqp.QueueName(topic+suffix, group), false, false, false)
-					ch.Close()
-				}
+				queues = append(queues, amqp.QueueName(topic+suffix, group))
 			}
-			if ch, err := conn.Channel(); err == nil {
-				ch.ExchangeDelete(amqp.ExchangeName(topic+suffix), false, false)
-				ch.Close()
-			}
+			exchanges = append(exchanges, amqp.ExchangeName(topic+suffix))
 		}
 	}
+	testserver.DeleteAMQP(t, url, queues, exchanges)
 }

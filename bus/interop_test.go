@@ -42,7 +42,7 @@ func TestInteropWatermillAMQPSubscriberSeesUUID(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Close()
-	t.Cleanup(func() { deleteAMQPTopology(t, url, []string{stockQueue}, []string{topic}) })
+	t.Cleanup(func() { testserver.DeleteAMQP(t, url, []string{stockQueue}, []string{topic}) })
 	msgs, err := sub.Subscribe(ctx, topic)
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +135,7 @@ func TestInteropWatermillAMQPCorrelationID(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		deleteAMQPTopology(t, url, []string{amqp.QueueName(topic, cfg.Group+".h")}, []string{topic})
+		testserver.DeleteAMQP(t, url, []string{amqp.QueueName(topic, cfg.Group+".h")}, []string{topic})
 	})
 	got := make(chan string, 1)
 	if err := b.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
@@ -186,7 +186,7 @@ func TestInteropSpanServerAttributes(t *testing.T) {
 			topic := bustest.Name("interop-attrs")
 			if br.name == "amqp" {
 				t.Cleanup(func() {
-					deleteAMQPTopology(t, cfg.AMQP.URL, []string{amqp.QueueName(topic, cfg.Group+".h")}, []string{topic})
+					testserver.DeleteAMQP(t, cfg.AMQP.URL, []string{amqp.QueueName(topic, cfg.Group+".h")}, []string{topic})
 				})
 			}
 			handleOne(t, b, topic)

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/amqp"
@@ -77,7 +76,7 @@ func TestPropertyAMQP(t *testing.T) {
 		AMQP:   amqp.Config{URL: url, NackDelay: 5 * time.Millisecond},
 	}
 	runProperty(t, cfg, propRun{publishers: 8, batch: 50, cleanup: func(t *testing.T, c bus.Config, topic string) {
-		deleteAMQPTopology(t, url,
+		testserver.DeleteAMQP(t, url,
 			[]string{amqp.QueueName(topic, c.Group+"."+propHandler), amqp.QueueName(c.DeadLetterTopic, bus.DeadLetterGroup)},
 			[]string{amqp.ExchangeName(topic), amqp.ExchangeName(c.DeadLetterTopic)})
 	}})
@@ -585,32 +584,4 @@ func (l *propLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return strings.Join(l.lines, "")
-}
-
-// deleteAMQPTopology deletes the queues and exchanges a test created.
-func deleteAMQPTopology(t *testing.T, url string, queues, exchanges []string) {
-	conn, err := amqp091.Dial(url)
-	if err != nil {
-		t.Errorf("clean up RabbitMQ: %v", err)
-		return
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Errorf("clean up RabbitMQ: %v", err)
-		return
-	}
-	defer ch.Close()
-	for _, q := range queues {
-		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
-			t.Errorf("delete queue %s: %v", q, err)
-			return // a failed operation closes the channel
-		}
-	}
-	for _, x := range exchanges {
-		if err := ch.ExchangeDelete(x, false, false); err != nil {
-			t.Errorf("delete exchange %s: %v", x, err)
-			return
-		}
-	}
 }

@@ -6,10 +6,7 @@ package bus_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"math"
 	"reflect"
 	"sync"
 	"testing"
@@ -24,6 +21,7 @@ import (
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/handlers"
+	"github.com/busline/busline/internal/ordertest"
 	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
@@ -32,23 +30,13 @@ import (
 // e2eWait bounds every wait for a message.
 const e2eWait = 20 * time.Second
 
-const e2eOrderCreated = "com.example.order.created"
+// The order in three versions (internal/ordertest), and a fourth.
+const e2eOrderCreated = ordertest.Created
 
-type e2eOrderV1 struct {
-	ID     string  `json:"id"`
-	Amount float64 `json:"amount"`
-}
-
-type e2eOrderV2 struct {
-	ID          string `json:"id"`
-	AmountCents int64  `json:"amount_cents"`
-}
-
-type e2eOrderV3 struct {
-	OrderID     string `json:"order_id"`
-	AmountCents int64  `json:"amount_cents"`
-	Currency    string `json:"currency"`
-}
+type (
+	e2eOrderV1 = ordertest.V1
+	e2eOrderV3 = ordertest.V3
+)
 
 type e2eOrderV4 struct {
 	OrderID string `json:"order_id"`
@@ -65,20 +53,8 @@ func e2eRegistries(t *testing.T) (v1, v3, v4 *schema.Registry) {
 	v3 = schema.NewRegistry(schema.WithSource("/orders"),
 		schema.WithSchemaBase("https://schemas.example.com/events"))
 	schema.Register[e2eOrderV3](v3, e2eOrderCreated, 3)
-	v3.Upcast(e2eOrderCreated, 1, 2, func(data []byte) ([]byte, error) {
-		var v e2eOrderV1
-		if err := json.Unmarshal(data, &v); err != nil {
-			return nil, err
-		}
-		return json.Marshal(e2eOrderV2{ID: v.ID, AmountCents: int64(math.Round(v.Amount * 100))})
-	})
-	v3.Upcast(e2eOrderCreated, 2, 3, func(data []byte) ([]byte, error) {
-		var v e2eOrderV2
-		if err := json.Unmarshal(data, &v); err != nil {
-			return nil, err
-		}
-		return json.Marshal(e2eOrderV3{OrderID: v.ID, AmountCents: v.AmountCents, Currency: "EUR"})
-	})
+	v3.Upcast(e2eOrderCreated, 1, 2, ordertest.Up1to2)
+	v3.Upcast(e2eOrderCreated, 2, 3, ordertest.Up2to3)
 
 	v4 = schema.NewRegistry(schema.WithSource("/orders-next"))
 	schema.Register[e2eOrderV4](v4, e2eOrderCreated, 4)
@@ -422,36 +398,15 @@ func e2eCheckAMQPWire(t *testing.T, d amqp091.Delivery, want schema.Envelope) {
 // e2eCleanupAMQP deletes the test's exchanges and queues when it ends.
 func e2eCleanupAMQP(t *testing.T, cfg bus.Config, topics, groups []string) {
 	t.Cleanup(func() {
-		conn, err := amqp091.Dial(cfg.AMQP.URL)
-		if err != nil {
-			t.Logf("clean up: %v", err)
-			return
-		}
-		defer conn.Close()
+		var queues, exchanges []string
 		for _, topic := range topics {
 			for _, group := range groups {
-				e2eDel(conn, func(ch *amqp091.Channel) error {
-					_, err := ch.QueueDelete(amqp.QueueName(topic, group), false, false, false)
-					return err
-				})
+				queues = append(queues, amqp.QueueName(topic, group))
 			}
-			e2eDel(conn, func(ch *amqp091.Channel) error {
-				return ch.ExchangeDelete(amqp.ExchangeName(topic), false, false)
-			})
+			exchanges = append(exchanges, amqp.ExchangeName(topic))
 		}
+		testserver.DeleteAMQP(t, cfg.AMQP.URL, queues, exchanges)
 	})
-}
-
-// e2eDel runs one deletion on a channel of its own (a failure closes it).
-func e2eDel(conn *amqp091.Connection, fn func(*amqp091.Channel) error) {
-	ch, err := conn.Channel()
-	if err != nil {
-		return
-	}
-	defer ch.Close()
-	if err := fn(ch); err != nil && !errors.Is(err, amqp091.ErrClosed) {
-		return
-	}
 }
 
 // A handlers.Batcher registered with the bus on Kafka with several

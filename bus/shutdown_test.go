@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/amqp"
@@ -207,20 +206,6 @@ func deleteAMQP(t *testing.T, cfg bus.Config, handlers map[string]string) {
 	if cfg.Broker != bus.BrokerAMQP {
 		return
 	}
-	conn, err := amqp091.Dial(cfg.AMQP.URL)
-	if err != nil {
-		t.Logf("clean up: %v", err)
-		return
-	}
-	defer conn.Close()
-	del := func(fn func(*amqp091.Channel) error) {
-		ch, err := conn.Channel() // a failed delete closes its channel
-		if err != nil {
-			return
-		}
-		defer ch.Close()
-		_ = fn(ch)
-	}
 	group := cfg.Group
 	if group == "" {
 		group = bus.DefaultGroup
@@ -229,20 +214,16 @@ func deleteAMQP(t *testing.T, cfg bus.Config, handlers map[string]string) {
 	if dlq == "" {
 		dlq = bus.DefaultDeadLetterTopic
 	}
+	var queues, exchanges []string
 	for topic, handler := range handlers {
-		del(func(ch *amqp091.Channel) error {
-			_, err := ch.QueueDelete(amqp.QueueName(topic, group+"."+handler), false, false, false)
-			return err
-		})
-		del(func(ch *amqp091.Channel) error { return ch.ExchangeDelete(amqp.ExchangeName(topic), false, false) })
+		queues = append(queues, amqp.QueueName(topic, group+"."+handler))
+		exchanges = append(exchanges, amqp.ExchangeName(topic))
 	}
 	if dlq != bus.DefaultDeadLetterTopic {
-		del(func(ch *amqp091.Channel) error {
-			_, err := ch.QueueDelete(amqp.QueueName(dlq, bus.DeadLetterGroup), false, false, false)
-			return err
-		})
-		del(func(ch *amqp091.Channel) error { return ch.ExchangeDelete(amqp.ExchangeName(dlq), false, false) })
+		queues = append(queues, amqp.QueueName(dlq, bus.DeadLetterGroup))
+		exchanges = append(exchanges, amqp.ExchangeName(dlq))
 	}
+	testserver.DeleteAMQP(t, cfg.AMQP.URL, queues, exchanges)
 }
 
 // A handler still running when Close begins publishes what its work

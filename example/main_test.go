@@ -4,15 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/amqp"
@@ -259,27 +256,12 @@ func checkStory(t *testing.T, out, prefix, dlq string) {
 
 // deleteAMQPTopology deletes the queues and exchanges the story declared.
 func deleteAMQPTopology(t *testing.T, url, prefix, dlq string) {
-	conn, err := amqp091.Dial(url)
-	if err != nil {
-		t.Errorf("clean-up: %v", err)
-		return
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Errorf("clean-up: %v", err)
-		return
-	}
-	defer ch.Close()
 	cfg, _ := bus.ConfigFromEnv()
-	var errs []error
+	queues := []string{amqp.QueueName(dlq, bus.DeadLetterGroup)}
+	exchanges := []string{amqp.ExchangeName(dlq)}
 	for name, topic := range newTopics(prefix).handlerTopics() {
-		_, err := ch.QueueDelete(amqp.QueueName(topic, cfg.Group+"."+name), false, false, false)
-		errs = append(errs, err, ch.ExchangeDelete(amqp.ExchangeName(topic), false, false))
+		queues = append(queues, amqp.QueueName(topic, cfg.Group+"."+name))
+		exchanges = append(exchanges, amqp.ExchangeName(topic))
 	}
-	_, err = ch.QueueDelete(amqp.QueueName(dlq, bus.DeadLetterGroup), false, false, false)
-	errs = append(errs, err, ch.ExchangeDelete(amqp.ExchangeName(dlq), false, false))
-	if err := errors.Join(errs...); err != nil {
-		t.Errorf("clean-up: %v", fmt.Errorf("delete topology: %w", err))
-	}
+	testserver.DeleteAMQP(t, url, queues, exchanges)
 }

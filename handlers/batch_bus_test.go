@@ -10,6 +10,7 @@ import (
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/handlers"
+	"github.com/busline/busline/internal/ordertest"
 	"github.com/busline/busline/schema"
 )
 
@@ -40,7 +41,7 @@ func TestBatcherOnTheBus(t *testing.T) {
 			)
 			all := make(chan struct{})
 			batcher := handlers.Batch(r, handlers.BatchConfig{Size: size, MaxWait: 5 * time.Millisecond},
-				func(_ context.Context, batch []handlers.Item[orderV3]) error {
+				func(_ context.Context, batch []handlers.Item[ordertest.V3]) error {
 					mu.Lock()
 					defer mu.Unlock()
 					if len(batch) > size {
@@ -63,7 +64,7 @@ func TestBatcherOnTheBus(t *testing.T) {
 			ctx := bustest.Context(t, 30*time.Second)
 			for i := range n {
 				id := fmt.Sprint("o-", i)
-				if err := handlers.Publish(ctx, b, legacy, topic, orderV1{ID: id, Amount: 1},
+				if err := handlers.Publish(ctx, b, legacy, topic, ordertest.V1{ID: id, Amount: 1},
 					schema.WithPartitionKey(id)); err != nil {
 					t.Fatal(err)
 				}

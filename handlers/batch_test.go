@@ -13,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/busline/busline/handlers"
+	"github.com/busline/busline/internal/ordertest"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
@@ -23,8 +24,8 @@ type batchLog struct {
 	batches [][]string
 }
 
-func (l *batchLog) fn(err func([]handlers.Item[orderV3]) error) func(context.Context, []handlers.Item[orderV3]) error {
-	return func(_ context.Context, b []handlers.Item[orderV3]) error {
+func (l *batchLog) fn(err func([]handlers.Item[ordertest.V3]) error) func(context.Context, []handlers.Item[ordertest.V3]) error {
+	return func(_ context.Context, b []handlers.Item[ordertest.V3]) error {
 		ids := make([]string, len(b))
 		for i, it := range b {
 			ids[i] = it.Event.OrderID
@@ -44,7 +45,7 @@ func (l *batchLog) fn(err func([]handlers.Item[orderV3]) error) func(context.Con
 
 // handleAll calls Handle for each message on a goroutine of its own, as a
 // source with several messages in flight would, and returns the results.
-func handleAll(ctx context.Context, b *handlers.Batcher[orderV3], msgs []*message.Message) []error {
+func handleAll(ctx context.Context, b *handlers.Batcher[ordertest.V3], msgs []*message.Message) []error {
 	errs := make([]error, len(msgs))
 	var wg sync.WaitGroup
 	for i, m := range msgs {
@@ -123,7 +124,7 @@ func TestBatchFailureFailsEveryMessageOfTheBatch(t *testing.T) {
 		boom := errors.New("boom")
 		var log batchLog
 		b := handlers.Batch(consumerRegistry(t), handlers.BatchConfig{Size: 2, MaxWait: time.Second},
-			log.fn(func(items []handlers.Item[orderV3]) error {
+			log.fn(func(items []handlers.Item[ordertest.V3]) error {
 				for _, it := range items {
 					if it.Event.OrderID == "o-1" {
 						return boom
@@ -213,7 +214,7 @@ func TestBatchLeaderCancelled(t *testing.T) {
 func TestBatchPanic(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := handlers.Batch(consumerRegistry(t), handlers.BatchConfig{Size: 2, MaxWait: time.Second},
-			func(context.Context, []handlers.Item[orderV3]) error { panic("boom") })
+			func(context.Context, []handlers.Item[ordertest.V3]) error { panic("boom") })
 		msgs := messages(t, 2)
 		var panicked any
 		first := make(chan error, 1)
@@ -243,7 +244,7 @@ func TestBatchProcess(t *testing.T) {
 	boom := errors.New("boom")
 	var log batchLog
 	b := handlers.Batch(consumerRegistry(t), handlers.BatchConfig{Size: 2},
-		log.fn(func(items []handlers.Item[orderV3]) error {
+		log.fn(func(items []handlers.Item[ordertest.V3]) error {
 			if items[0].Event.OrderID == "o-3" {
 				return boom
 			}

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/busline/busline/handlers"
+	"github.com/busline/busline/internal/ordertest"
 )
 
 // BenchmarkEventDecodeUpcast is the per-message cost of the typed adapter
@@ -14,7 +15,7 @@ import (
 func BenchmarkEventDecodeUpcast(b *testing.B) {
 	r := consumerRegistry(b)
 	msg := v1Message(b, "o-1", 12.5)
-	h := handlers.Event(r, func(context.Context, orderV3) error { return nil })
+	h := handlers.Event(r, func(context.Context, ordertest.V3) error { return nil })
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -28,11 +29,11 @@ func BenchmarkEventDecodeUpcast(b *testing.B) {
 // current version: no upcasting.
 func BenchmarkEventDecodeCurrent(b *testing.B) {
 	r := consumerRegistry(b)
-	msg, err := r.NewMessage(context.Background(), orderV3{OrderID: "o-1", AmountCents: 1250, Currency: "EUR"})
+	msg, err := r.NewMessage(context.Background(), ordertest.V3{OrderID: "o-1", AmountCents: 1250, Currency: "EUR"})
 	if err != nil {
 		b.Fatal(err)
 	}
-	h := handlers.Event(r, func(context.Context, orderV3) error { return nil })
+	h := handlers.Event(r, func(context.Context, ordertest.V3) error { return nil })
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {

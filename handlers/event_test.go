@@ -11,6 +11,7 @@ import (
 
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/handlers"
+	"github.com/busline/busline/internal/ordertest"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
@@ -19,9 +20,9 @@ import (
 func TestEventUpcastsAndCarriesEnvelope(t *testing.T) {
 	r := consumerRegistry(t)
 	msg := v1Message(t, "o-1", 12.5)
-	var got orderV3
+	var got ordertest.V3
 	var env schema.Envelope
-	h := handlers.Event(r, func(ctx context.Context, o orderV3) error {
+	h := handlers.Event(r, func(ctx context.Context, o ordertest.V3) error {
 		got = o
 		env, _ = schema.EnvelopeFromContext(ctx)
 		return nil
@@ -29,10 +30,10 @@ func TestEventUpcastsAndCarriesEnvelope(t *testing.T) {
 	if err := h(context.Background(), msg); err != nil {
 		t.Fatal(err)
 	}
-	if want := (orderV3{OrderID: "o-1", AmountCents: 1250, Currency: "EUR"}); got != want {
+	if want := (ordertest.V3{OrderID: "o-1", AmountCents: 1250, Currency: "EUR"}); got != want {
 		t.Fatalf("event %+v, want %+v", got, want)
 	}
-	if env.ID != msg.UUID || env.DataVersion != 1 || env.Source != "/legacy-orders" || env.Type != orderCreated {
+	if env.ID != msg.UUID || env.DataVersion != 1 || env.Source != "/legacy-orders" || env.Type != ordertest.Created {
 		t.Fatalf("envelope %+v", env)
 	}
 }
@@ -44,7 +45,7 @@ func TestPublishFromHandlerInheritsCorrelation(t *testing.T) {
 	msg := v1Message(t, "o-1", 1)
 	msg.Metadata[schema.KeyCorrelationID] = "corr-1"
 	var pub recorder
-	h := handlers.Event(r, func(ctx context.Context, o orderV3) error {
+	h := handlers.Event(r, func(ctx context.Context, o ordertest.V3) error {
 		return handlers.Publish(ctx, &pub, r, "orders.v3", o, schema.WithSubject(o.OrderID))
 	})
 	if err := h(context.Background(), msg); err != nil {
@@ -112,7 +113,7 @@ func TestEventRejectsBadMessages(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			payload := bytes.Clone(c.msg.Payload)
 			called := false
-			h := handlers.Event(r, func(context.Context, orderV3) error { called = true; return nil })
+			h := handlers.Event(r, func(context.Context, ordertest.V3) error { called = true; return nil })
 			err := h(context.Background(), c.msg)
 			var se *schema.Error
 			if !errors.Is(err, c.want) || !errors.As(err, &se) {
@@ -134,12 +135,12 @@ func TestEventRejectsBadMessages(t *testing.T) {
 // A current-version payload that the codec cannot read is decode_failed.
 func TestEventDecodeFailed(t *testing.T) {
 	r := consumerRegistry(t)
-	m, err := r.NewMessage(context.Background(), orderV3{OrderID: "o"})
+	m, err := r.NewMessage(context.Background(), ordertest.V3{OrderID: "o"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	m.Payload = []byte(`not json`)
-	h := handlers.Event(r, func(context.Context, orderV3) error { return nil })
+	h := handlers.Event(r, func(context.Context, ordertest.V3) error { return nil })
 	if err := h(context.Background(), m); !errors.Is(err, schema.ErrDecode) {
 		t.Fatalf("err %v, want decode_failed", err)
 	}
@@ -149,11 +150,11 @@ func TestEventDecodeFailed(t *testing.T) {
 func TestEventPassesErrorsThrough(t *testing.T) {
 	r := consumerRegistry(t)
 	boom := errors.New("boom")
-	h := handlers.Event(r, func(context.Context, orderV3) error { return boom })
+	h := handlers.Event(r, func(context.Context, ordertest.V3) error { return boom })
 	if err := h(context.Background(), v1Message(t, "o", 1)); err != boom {
 		t.Fatalf("err %v", err)
 	}
-	h = handlers.Event(r, func(context.Context, orderV3) error { return bus.Permanent(boom) })
+	h = handlers.Event(r, func(context.Context, ordertest.V3) error { return bus.Permanent(boom) })
 	if err := h(context.Background(), v1Message(t, "o", 1)); !errors.Is(err, boom) || !bus.IsPermanent(err) {
 		t.Fatalf("err %v", err)
 	}
@@ -164,13 +165,13 @@ func TestEventPanicsOnProgrammingErrors(t *testing.T) {
 	type unregistered struct{}
 	for name, f := range map[string]func(){
 		"unregistered type": func() { handlers.Event(r, func(context.Context, unregistered) error { return nil }) },
-		"nil registry":      func() { handlers.Event(nil, func(context.Context, orderV3) error { return nil }) },
-		"nil function":      func() { handlers.Event[orderV3](r, nil) },
+		"nil registry":      func() { handlers.Event(nil, func(context.Context, ordertest.V3) error { return nil }) },
+		"nil function":      func() { handlers.Event[ordertest.V3](r, nil) },
 		"batch unregistered": func() {
 			handlers.Batch(r, handlers.BatchConfig{}, func(context.Context, []handlers.Item[unregistered]) error { return nil })
 		},
 		"batch negative size": func() {
-			handlers.Batch(r, handlers.BatchConfig{Size: -1}, func(context.Context, []handlers.Item[orderV3]) error { return nil })
+			handlers.Batch(r, handlers.BatchConfig{Size: -1}, func(context.Context, []handlers.Item[ordertest.V3]) error { return nil })
 		},
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/busline/busline/internal/ordertest"
 	"github.com/busline/busline/schema"
 )
 
@@ -15,7 +16,7 @@ func BenchmarkDecodeUpcast(b *testing.B) {
 	msg := v1Message(b)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, err := schema.DecodeAs[orderV3](r, msg); err != nil {
+		if _, _, err := schema.DecodeAs[ordertest.V3](r, msg); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -25,13 +26,13 @@ func BenchmarkDecodeUpcast(b *testing.B) {
 // version: envelope + codec only.
 func BenchmarkDecodeCurrent(b *testing.B) {
 	r := newOrderRegistry()
-	msg, err := r.NewMessage(context.Background(), orderV3{OrderID: "o-1", AmountCents: 1250, Currency: "EUR"})
+	msg, err := r.NewMessage(context.Background(), ordertest.V3{OrderID: "o-1", AmountCents: 1250, Currency: "EUR"})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, err := schema.DecodeAs[orderV3](r, msg); err != nil {
+		if _, _, err := schema.DecodeAs[ordertest.V3](r, msg); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -67,7 +68,7 @@ func BenchmarkFromMessage(b *testing.B) {
 func BenchmarkNewMessage(b *testing.B) {
 	r := newOrderRegistry()
 	ctx := context.Background()
-	v := orderV3{OrderID: "o-1", AmountCents: 1250, Currency: "EUR"}
+	v := ordertest.V3{OrderID: "o-1", AmountCents: 1250, Currency: "EUR"}
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := r.NewMessage(ctx, v); err != nil {
@@ -81,11 +82,11 @@ func BenchmarkUpcastersOnly(b *testing.B) {
 	msg := v1Message(b)
 	b.ReportAllocs()
 	for b.Loop() {
-		v2, err := upOrder1to2(msg.Payload)
+		v2, err := ordertest.Up1to2(msg.Payload)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := upOrder2to3(v2); err != nil {
+		if _, err := ordertest.Up2to3(v2); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/busline/busline/bus/amqp"
+	"github.com/busline/busline/internal/ordertest"
 	"github.com/busline/busline/schema"
 )
 
@@ -19,7 +20,7 @@ func validEnvelope() schema.Envelope {
 		ID:              "0192b3a0-0000-7000-8000-000000000001",
 		Source:          "https://acme.example/services/orders",
 		SpecVersion:     "1.0",
-		Type:            orderCreated,
+		Type:            ordertest.Created,
 		Time:            time.Date(2026, 3, 4, 5, 6, 7, 890000000, time.UTC),
 		Subject:         "order-42",
 		DataContentType: "application/json",
@@ -127,7 +128,7 @@ func TestEnvelopeMetadataRoundTrip(t *testing.T) {
 		"ce_id":            env.ID,
 		"ce_source":        env.Source,
 		"ce_specversion":   "1.0",
-		"ce_type":          orderCreated,
+		"ce_type":          ordertest.Created,
 		"ce_time":          "2026-03-04T05:06:07.89Z",
 		"ce_subject":       "order-42",
 		"content-type":     "application/json",
@@ -230,7 +231,7 @@ func TestFromMessageStructured(t *testing.T) {
 				"data":{"id":"o-1", "amount_cents":1250}}`,
 			data: `{"id":"o-1", "amount_cents":1250}`,
 			check: func(t *testing.T, e schema.Envelope) {
-				if e.ID != "e-1" || e.Type != orderCreated || e.DataVersion != 2 || e.Subject != "o-1" ||
+				if e.ID != "e-1" || e.Type != ordertest.Created || e.DataVersion != 2 || e.Subject != "o-1" ||
 					e.CorrelationID != "c-1" || e.DataContentType != "application/json" ||
 					!e.Time.Equal(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)) ||
 					!maps.Equal(e.Extensions, map[string]string{"sequence": "7", "urgent": "true"}) {

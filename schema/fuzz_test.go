@@ -11,6 +11,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/busline/busline/internal/ordertest"
 	"github.com/busline/busline/schema"
 )
 
@@ -32,9 +33,9 @@ func checkSchemaError(t *testing.T, err error) {
 // *schema.Error, and an envelope that was read must survive Apply +
 // FromMessage unchanged.
 func FuzzDecodeEnvelope(f *testing.F) {
-	f.Add("application/json", "id-1", "/orders", orderCreated, "2026-01-02T03:04:05.5Z", "1", "", "tenant", "acme", []byte(`{"id":"o-1","amount":12.5}`))
-	f.Add("application/json", "id-1", "/orders", orderCreated, "", "3", "", "", "", []byte(`{"order_id":"o-1","amount_cents":5,"currency":"EUR"}`))
-	f.Add("", "id-1", "urn:x", orderCreated, "2026-01-02T03:04:05+02:00", "4", "https://s.example/v4.json", "", "", []byte(`{}`))
+	f.Add("application/json", "id-1", "/orders", ordertest.Created, "2026-01-02T03:04:05.5Z", "1", "", "tenant", "acme", []byte(`{"id":"o-1","amount":12.5}`))
+	f.Add("application/json", "id-1", "/orders", ordertest.Created, "", "3", "", "", "", []byte(`{"order_id":"o-1","amount_cents":5,"currency":"EUR"}`))
+	f.Add("", "id-1", "urn:x", ordertest.Created, "2026-01-02T03:04:05+02:00", "4", "https://s.example/v4.json", "", "", []byte(`{}`))
 	f.Add("application/json", "id-1", "/a b", "com.example.unknown", "now", "x", "rel", "Bad", "v", []byte(`not json`))
 	f.Add("application/cloudevents+json", "", "", "", "", "", "", "", "",
 		[]byte(`{"specversion":"1.0","id":"1","source":"/p","type":"com.example.order.created","dataversion":2,"data":{"id":"o","amount_cents":1}}`))
@@ -65,7 +66,7 @@ func FuzzDecodeEnvelope(f *testing.F) {
 		checkSchemaError(t, err)
 		_, _, derr := r.Decode(msg)
 		checkSchemaError(t, derr)
-		_, _, derr = schema.DecodeAs[orderV3](r, msg)
+		_, _, derr = schema.DecodeAs[ordertest.V3](r, msg)
 		checkSchemaError(t, derr)
 		if !bytes.Equal(msg.Payload, payloadBefore) || !maps.Equal(msg.Metadata, mdBefore) {
 			t.Fatal("message modified")

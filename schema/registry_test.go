@@ -12,6 +12,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/busline/busline/internal/ordertest"
 	"github.com/busline/busline/schema"
 )
 
@@ -19,8 +20,8 @@ import (
 func v1Message(t testing.TB) *message.Message {
 	t.Helper()
 	old := schema.NewRegistry(schema.WithSource("/legacy-orders"))
-	schema.Register[orderV1](old, orderCreated, 1)
-	msg, err := old.NewMessage(context.Background(), orderV1{ID: "o-1", Amount: 12.5})
+	schema.Register[ordertest.V1](old, ordertest.Created, 1)
+	msg, err := old.NewMessage(context.Background(), ordertest.V1{ID: "o-1", Amount: 12.5})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +34,7 @@ func TestRegistryCheckOK(t *testing.T) {
 	}
 }
 
-type legacyV1 orderV1
+type legacyV1 ordertest.V1
 
 type (
 	a1 struct{ A int }
@@ -51,17 +52,17 @@ func TestRegistryCheckListsEveryProblem(t *testing.T) {
 	schema.Register[a2](r, "com.example.a", 3)
 	schema.Register[a1](r, "com.example.b", 1)
 	// upcaster skipping a version, duplicate upcaster, nil upcaster
-	r.Upcast("com.example.b", 1, 3, upOrder1to2)
-	r.Upcast("com.example.c", 1, 2, upOrder1to2)
-	r.Upcast("com.example.c", 1, 2, upOrder1to2)
+	r.Upcast("com.example.b", 1, 3, ordertest.Up1to2)
+	r.Upcast("com.example.c", 1, 2, ordertest.Up1to2)
+	r.Upcast("com.example.c", 1, 2, ordertest.Up1to2)
 	r.Upcast("com.example.d", 1, 2, nil)
 	// upcaster past the current version (missing current version's Go type)
 	schema.Register[b1](r, "com.example.e", 1)
-	r.Upcast("com.example.e", 1, 2, upOrder1to2)
+	r.Upcast("com.example.e", 1, 2, ordertest.Up1to2)
 	// invalid names and versions
 	schema.Register[struct{ X int }](r, "", 1)
 	schema.Register[struct{ Y int }](r, "com.example.f", 0)
-	r.Upcast("com example", 1, 2, upOrder1to2)
+	r.Upcast("com example", 1, 2, ordertest.Up1to2)
 	// conflicting options
 	schema.Register[struct{ Z int }](r, "com.example.g", 1, schema.AssumeVersion(1))
 	schema.Register[struct{ W int }](r, "com.example.g", 2, schema.AssumeVersion(2))
@@ -111,22 +112,22 @@ func TestDecodeUpcastsV1ToV3(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := orderV3{OrderID: "o-1", AmountCents: 1250, Currency: "EUR"}
+	want := ordertest.V3{OrderID: "o-1", AmountCents: 1250, Currency: "EUR"}
 	if v != want {
 		t.Errorf("Decode = %#v, want %#v", v, want)
 	}
-	if env.DataVersion != 1 || env.Source != "/legacy-orders" || env.Type != orderCreated {
+	if env.DataVersion != 1 || env.Source != "/legacy-orders" || env.Type != ordertest.Created {
 		t.Errorf("envelope = %+v (must be as received)", env)
 	}
 
-	typed, _, err := schema.DecodeAs[orderV3](r, msg)
+	typed, _, err := schema.DecodeAs[ordertest.V3](r, msg)
 	if err != nil || typed != want {
 		t.Errorf("DecodeAs = %#v, %v", typed, err)
 	}
 	// A consumer still on v1 reads v1 as it is.
-	old, _, err := schema.DecodeAs[orderV1](r, msg)
-	if err != nil || old != (orderV1{ID: "o-1", Amount: 12.5}) {
-		t.Errorf("DecodeAs[orderV1] = %#v, %v", old, err)
+	old, _, err := schema.DecodeAs[ordertest.V1](r, msg)
+	if err != nil || old != (ordertest.V1{ID: "o-1", Amount: 12.5}) {
+		t.Errorf("DecodeAs[ordertest.V1] = %#v, %v", old, err)
 	}
 	if !bytes.Equal(msg.Payload, payload) {
 		t.Errorf("payload modified: %s", msg.Payload)
@@ -136,9 +137,9 @@ func TestDecodeUpcastsV1ToV3(t *testing.T) {
 func TestDecodeV2WithoutGoType(t *testing.T) {
 	r := newOrderRegistry()
 	msg := message.NewMessage("m-2", []byte(`{"id":"o-2","amount_cents":99}`))
-	schema.Envelope{Source: "/p", Type: orderCreated, DataVersion: 2}.Apply(msg)
-	v, _, err := schema.DecodeAs[orderV3](r, msg)
-	if err != nil || v != (orderV3{OrderID: "o-2", AmountCents: 99, Currency: "EUR"}) {
+	schema.Envelope{Source: "/p", Type: ordertest.Created, DataVersion: 2}.Apply(msg)
+	v, _, err := schema.DecodeAs[ordertest.V3](r, msg)
+	if err != nil || v != (ordertest.V3{OrderID: "o-2", AmountCents: 99, Currency: "EUR"}) {
 		t.Errorf("DecodeAs = %#v, %v", v, err)
 	}
 }
@@ -146,8 +147,8 @@ func TestDecodeV2WithoutGoType(t *testing.T) {
 func TestDecodeErrors(t *testing.T) {
 	r := newOrderRegistry()
 	failing := schema.NewRegistry()
-	schema.Register[orderV3](failing, orderCreated, 3)
-	failing.Upcast(orderCreated, 2, 3, func([]byte) ([]byte, error) { return nil, errors.New("boom") })
+	schema.Register[ordertest.V3](failing, ordertest.Created, 3)
+	failing.Upcast(ordertest.Created, 2, 3, func([]byte) ([]byte, error) { return nil, errors.New("boom") })
 
 	build := func(payload string, env schema.Envelope) *message.Message {
 		msg := message.NewMessage("m-1", []byte(payload))
@@ -164,25 +165,25 @@ func TestDecodeErrors(t *testing.T) {
 		code string
 		want string
 	}{
-		{"newer version", r, build(`{"order_id":"o"}`, schema.Envelope{Type: orderCreated, DataVersion: 4}),
+		{"newer version", r, build(`{"order_id":"o"}`, schema.Envelope{Type: ordertest.Created, DataVersion: 4}),
 			schema.CodeVersionUnknown, "newer than version 3"},
 		{"unknown type", r, build(`{}`, schema.Envelope{Type: "com.example.unknown", DataVersion: 1}),
 			schema.CodeEventTypeUnknown, `"com.example.unknown"`},
-		{"missing version", r, build(`{}`, schema.Envelope{Type: orderCreated}),
+		{"missing version", r, build(`{}`, schema.Envelope{Type: ordertest.Created}),
 			schema.CodeVersionMissing, "no dataversion"},
-		{"undecodable", r, build(`{"order_id":42}`, schema.Envelope{Type: orderCreated, DataVersion: 3}),
+		{"undecodable", r, build(`{"order_id":42}`, schema.Envelope{Type: ordertest.Created, DataVersion: 3}),
 			schema.CodeDecodeFailed, "cannot unmarshal"},
-		{"not json", r, build(`<xml/>`, schema.Envelope{Type: orderCreated, DataVersion: 3}),
+		{"not json", r, build(`<xml/>`, schema.Envelope{Type: ordertest.Created, DataVersion: 3}),
 			schema.CodeDecodeFailed, "invalid character"},
-		{"wrong content type", r, build(`{}`, schema.Envelope{Type: orderCreated, DataVersion: 3, DataContentType: "application/protobuf"}),
+		{"wrong content type", r, build(`{}`, schema.Envelope{Type: ordertest.Created, DataVersion: 3, DataContentType: "application/protobuf"}),
 			schema.CodeDecodeFailed, `content type "application/protobuf"`},
-		{"upcaster fails on bad v1", r, build(`{"amount":"x"}`, schema.Envelope{Type: orderCreated, DataVersion: 1}),
+		{"upcaster fails on bad v1", r, build(`{"amount":"x"}`, schema.Envelope{Type: ordertest.Created, DataVersion: 1}),
 			schema.CodeUpcastFailed, "v1->v2"},
-		{"upcaster error", failing, build(`{}`, schema.Envelope{Type: orderCreated, DataVersion: 2}),
+		{"upcaster error", failing, build(`{}`, schema.Envelope{Type: ordertest.Created, DataVersion: 2}),
 			schema.CodeUpcastFailed, "boom"},
-		{"no upcaster from version", failing, build(`{}`, schema.Envelope{Type: orderCreated, DataVersion: 1}),
+		{"no upcaster from version", failing, build(`{}`, schema.Envelope{Type: ordertest.Created, DataVersion: 1}),
 			schema.CodeVersionUnknown, "no upcaster"},
-		{"bad envelope", r, build(`{}`, schema.Envelope{Type: orderCreated, DataVersion: 3, SpecVersion: "0.3"}),
+		{"bad envelope", r, build(`{}`, schema.Envelope{Type: ordertest.Created, DataVersion: 3, SpecVersion: "0.3"}),
 			schema.CodeEnvelopeInvalid, "specversion"},
 	}
 	for _, tt := range tests {
@@ -197,7 +198,7 @@ func TestDecodeErrors(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("error %q lacks %q", err, tt.want)
 			}
-			if _, _, err2 := schema.DecodeAs[orderV3](tt.r, tt.msg); err2 == nil || err2.(*schema.Error).Code != tt.code {
+			if _, _, err2 := schema.DecodeAs[ordertest.V3](tt.r, tt.msg); err2 == nil || err2.(*schema.Error).Code != tt.code {
 				t.Errorf("DecodeAs error = %v, want code %s", err2, tt.code)
 			}
 			if !bytes.Equal(tt.msg.Payload, payload) || fmt.Sprint(tt.msg.Metadata) != md {
@@ -212,7 +213,7 @@ func TestDecodeV4ToV3RegistryIsPermanent(t *testing.T) {
 	type orderV4 struct {
 		OrderID string `json:"order_id"`
 	}
-	schema.Register[orderV4](producer, orderCreated, 4)
+	schema.Register[orderV4](producer, ordertest.Created, 4)
 	msg, err := producer.NewMessage(context.Background(), orderV4{OrderID: "o-9"})
 	if err != nil {
 		t.Fatal(err)
@@ -225,7 +226,7 @@ func TestDecodeV4ToV3RegistryIsPermanent(t *testing.T) {
 	}
 	var se *schema.Error
 	errors.As(err, &se)
-	if se.Type != orderCreated || se.Version != 4 {
+	if se.Type != ordertest.Created || se.Version != 4 {
 		t.Errorf("error fields: %+v", se)
 	}
 	if !bytes.Equal(msg.Payload, payload) {
@@ -238,9 +239,9 @@ func TestDecodeVersionFromDataSchemaOrAssumed(t *testing.T) {
 	schema.Register[legacyV1](r, "com.example.legacy", 1, schema.AssumeVersion(1))
 
 	msg := message.NewMessage("m", []byte(`{"id":"o","amount":1}`))
-	schema.Envelope{Source: "/p", Type: orderCreated,
+	schema.Envelope{Source: "/p", Type: ordertest.Created,
 		DataSchema: "https://schemas.example/events/com.example.order.created/v1.json"}.Apply(msg)
-	if v, _, err := schema.DecodeAs[orderV3](r, msg); err != nil || v.AmountCents != 100 {
+	if v, _, err := schema.DecodeAs[ordertest.V3](r, msg); err != nil || v.AmountCents != 100 {
 		t.Errorf("from dataschema: %v, %v", v, err)
 	}
 
@@ -264,11 +265,11 @@ func TestDecodeAsWrongType(t *testing.T) {
 	_, _, err = schema.DecodeAs[struct{ Unregistered int }](r, msg)
 	assertCode(t, err, schema.CodeEventTypeUnknown)
 	// A v3 event for a consumer whose Go type is v1: newer.
-	v3, err := r.NewMessage(context.Background(), orderV3{OrderID: "o"})
+	v3, err := r.NewMessage(context.Background(), ordertest.V3{OrderID: "o"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = schema.DecodeAs[orderV1](r, v3)
+	_, _, err = schema.DecodeAs[ordertest.V1](r, v3)
 	assertCode(t, err, schema.CodeVersionUnknown)
 }
 
@@ -281,7 +282,7 @@ func TestEncode(t *testing.T) {
 	)
 	parent := schema.Envelope{ID: "parent-1", CorrelationID: "corr-0"}
 	ctx := schema.ContextWithEnvelope(context.Background(), parent)
-	msg, err := r.NewMessage(ctx, &orderV3{OrderID: "o-1", AmountCents: 5, Currency: "EUR"},
+	msg, err := r.NewMessage(ctx, &ordertest.V3{OrderID: "o-1", AmountCents: 5, Currency: "EUR"},
 		schema.WithSubject("o-1"), schema.WithPartitionKey("c-1"), schema.WithExtension("tenant", "acme"))
 	if err != nil {
 		t.Fatal(err)
@@ -290,7 +291,7 @@ func TestEncode(t *testing.T) {
 		"ce_id":            "id-1",
 		"ce_source":        "/orders",
 		"ce_specversion":   "1.0",
-		"ce_type":          orderCreated,
+		"ce_type":          ordertest.Created,
 		"ce_time":          "2026-05-06T05:08:09Z",
 		"ce_subject":       "o-1",
 		"content-type":     "application/json",
@@ -313,26 +314,26 @@ func TestEncode(t *testing.T) {
 
 	// Without a correlation id upstream, the parent's id starts the flow.
 	ctx = schema.ContextWithEnvelope(context.Background(), schema.Envelope{ID: "root"})
-	env, _, err := r.Encode(ctx, orderV3{}, schema.WithCausationID("explicit"))
+	env, _, err := r.Encode(ctx, ordertest.V3{}, schema.WithCausationID("explicit"))
 	if err != nil || env.CorrelationID != "root" || env.CausationID != "explicit" {
 		t.Errorf("env = %+v, %v", env, err)
 	}
 
 	_, _, err = r.Encode(context.Background(), struct{ Nope int }{})
 	assertCode(t, err, schema.CodeEventTypeUnknown)
-	_, _, err = r.Encode(context.Background(), orderV3{}, schema.WithExtension("Bad", "x"))
+	_, _, err = r.Encode(context.Background(), ordertest.V3{}, schema.WithExtension("Bad", "x"))
 	assertCode(t, err, schema.CodeEnvelopeInvalid)
-	_, _, err = r.Encode(context.Background(), (*orderV3)(nil))
+	_, _, err = r.Encode(context.Background(), (*ordertest.V3)(nil))
 	assertCode(t, err, schema.CodeEventTypeUnknown)
 }
 
 func TestEncodeDefaultIDIsUUID(t *testing.T) {
 	r := newOrderRegistry()
-	a, _, err := r.Encode(context.Background(), orderV3{})
+	a, _, err := r.Encode(context.Background(), ordertest.V3{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _, _ := r.Encode(context.Background(), orderV3{})
+	b, _, _ := r.Encode(context.Background(), ordertest.V3{})
 	if len(a.ID) != 36 || a.ID == b.ID || a.ID[14] != '7' {
 		t.Errorf("ids %q %q: want distinct UUIDv7", a.ID, b.ID)
 	}
@@ -345,30 +346,30 @@ type pipeCodec struct{}
 
 func (pipeCodec) ContentType() string { return "text/x-pipe" }
 func (pipeCodec) Marshal(v any) ([]byte, error) {
-	o := v.(orderV3)
+	o := v.(ordertest.V3)
 	return fmt.Appendf(nil, "%s|%d|%s", o.OrderID, o.AmountCents, o.Currency), nil
 }
 func (pipeCodec) Unmarshal(data []byte, v any) error {
-	o := v.(*orderV3)
+	o := v.(*ordertest.V3)
 	_, err := fmt.Sscanf(strings.ReplaceAll(string(data), "|", " "), "%s %d %s", &o.OrderID, &o.AmountCents, &o.Currency)
 	return err
 }
 
 func TestCustomCodec(t *testing.T) {
 	r := schema.NewRegistry(schema.WithSource("/p"))
-	schema.Register[orderV3](r, orderCreated, 3, schema.WithTypeCodec(pipeCodec{}))
+	schema.Register[ordertest.V3](r, ordertest.Created, 3, schema.WithTypeCodec(pipeCodec{}))
 	if err := r.Check(); err != nil {
 		t.Fatal(err)
 	}
-	msg, err := r.NewMessage(context.Background(), orderV3{OrderID: "o", AmountCents: 3, Currency: "USD"})
+	msg, err := r.NewMessage(context.Background(), ordertest.V3{OrderID: "o", AmountCents: 3, Currency: "USD"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if string(msg.Payload) != "o|3|USD" || msg.Metadata[schema.KeyDataContentType] != "text/x-pipe" {
 		t.Errorf("message %s %v", msg.Payload, msg.Metadata)
 	}
-	v, _, err := schema.DecodeAs[orderV3](r, msg)
-	if err != nil || v != (orderV3{OrderID: "o", AmountCents: 3, Currency: "USD"}) {
+	v, _, err := schema.DecodeAs[ordertest.V3](r, msg)
+	if err != nil || v != (ordertest.V3{OrderID: "o", AmountCents: 3, Currency: "USD"}) {
 		t.Errorf("decoded %v, %v", v, err)
 	}
 	if info := r.Types(); len(info) != 1 || info[0].ContentType != "text/x-pipe" {
@@ -383,7 +384,7 @@ func TestTypesAndTypeOf(t *testing.T) {
 		fmt.Sprint(info[0].Readable) != "[1 2 3]" || info[0].DataSchema != "https://s.example/com.example.order.created/v3.json" {
 		t.Errorf("Types() = %+v", info)
 	}
-	if typ, v, ok := schema.TypeOf[orderV3](r); !ok || typ != orderCreated || v != 3 {
+	if typ, v, ok := schema.TypeOf[ordertest.V3](r); !ok || typ != ordertest.Created || v != 3 {
 		t.Errorf("TypeOf = %q %d %v", typ, v, ok)
 	}
 	if _, _, ok := schema.TypeOf[string](r); ok {
@@ -412,11 +413,11 @@ func TestRegistryConcurrentUse(t *testing.T) {
 	for i := range 8 {
 		wg.Go(func() {
 			for j := range 200 {
-				if _, _, err := schema.DecodeAs[orderV3](r, msg); err != nil {
+				if _, _, err := schema.DecodeAs[ordertest.V3](r, msg); err != nil {
 					t.Error(err)
 					return
 				}
-				if _, err := r.NewMessage(context.Background(), orderV3{OrderID: "x"}); err != nil {
+				if _, err := r.NewMessage(context.Background(), ordertest.V3{OrderID: "x"}); err != nil {
 					t.Error(err)
 					return
 				}

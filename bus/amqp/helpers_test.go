@@ -47,40 +47,18 @@ func newTopology(t testing.TB) *topology {
 	url := testserver.AMQPURL(t)
 	tp := &topology{topics: map[string]bool{}, groups: map[string]bool{}}
 	t.Cleanup(func() {
-		conn, err := amqp091.Dial(url)
-		if err != nil {
-			t.Logf("clean up topology: %v", err)
-			return
-		}
-		defer conn.Close()
 		tp.mu.Lock()
 		defer tp.mu.Unlock()
+		var queues, exchanges []string
 		for topic := range tp.topics {
 			for group := range tp.groups {
-				del(t, conn, func(ch *amqp091.Channel) error {
-					_, err := ch.QueueDelete(amqp.QueueName(topic, group), false, false, false)
-					return err
-				})
+				queues = append(queues, amqp.QueueName(topic, group))
 			}
-			del(t, conn, func(ch *amqp091.Channel) error {
-				return ch.ExchangeDelete(amqp.ExchangeName(topic), false, false)
-			})
+			exchanges = append(exchanges, amqp.ExchangeName(topic))
 		}
+		testserver.DeleteAMQP(t, url, queues, exchanges)
 	})
 	return tp
-}
-
-// del runs one deletion on its own channel: a failed one closes it.
-func del(t testing.TB, conn *amqp091.Connection, fn func(*amqp091.Channel) error) {
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Logf("clean up topology: %v", err)
-		return
-	}
-	defer ch.Close()
-	if err := fn(ch); err != nil {
-		t.Logf("clean up topology: %v", err)
-	}
 }
 
 // topic returns a new unique topic, and deletes it and its groups' queues

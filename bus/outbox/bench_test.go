@@ -11,7 +11,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/busline/busline/bus"
@@ -213,17 +212,7 @@ func amqpQueue(b *testing.B, cfg amqp.Config, topic string) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
-		conn, err := amqp091.Dial(cfg.URL)
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		ch, err := conn.Channel()
-		if err != nil {
-			return
-		}
-		_, _ = ch.QueueDelete(amqp.QueueName(topic, "bench"), false, false, false)
-		_ = ch.ExchangeDelete(amqp.ExchangeName(topic), false, false)
+		testserver.DeleteAMQP(b, cfg.URL, []string{amqp.QueueName(topic, "bench")}, []string{amqp.ExchangeName(topic)})
 	})
 }
 

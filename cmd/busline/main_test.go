@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/amqp"
@@ -254,26 +252,11 @@ func testCLI(t *testing.T, cleanup func(topic, group string)) {
 // deleteTopology deletes the RabbitMQ queue of group on topic ("" for
 // the dead-letter group) and the topic's exchange.
 func deleteTopology(t *testing.T, url, topic, group string) {
-	conn, err := amqp091.Dial(url)
-	if err != nil {
-		t.Errorf("clean-up: %v", err)
-		return
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Errorf("clean-up: %v", err)
-		return
-	}
-	defer ch.Close()
 	q := amqp.QueueName(topic, bus.DeadLetterGroup)
 	if group != "" {
 		q = amqp.QueueName(topic, group+".billing")
 	}
-	_, err = ch.QueueDelete(q, false, false, false)
-	if err := errors.Join(err, ch.ExchangeDelete(amqp.ExchangeName(topic), false, false)); err != nil {
-		t.Errorf("clean-up: %v", err)
-	}
+	testserver.DeleteAMQP(t, url, []string{q}, []string{amqp.ExchangeName(topic)})
 }
 
 // show keeps its layout for a multi-line error (an error that wraps

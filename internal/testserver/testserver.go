@@ -8,6 +8,7 @@
 package testserver
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rabbitmq/amqp091-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
@@ -100,4 +102,39 @@ func env(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// DeleteAMQP deletes queues and exchanges from the RabbitMQ at url: what a
+// test declared, when it ends. Each deletion runs on a channel of its own
+// (a failed one closes its channel); a queue or exchange that is already
+// gone is no error. Errors fail the test, except an unreachable server,
+// which only logs: the test itself already said what it needed.
+func DeleteAMQP(tb testing.TB, url string, queues, exchanges []string) {
+	tb.Helper()
+	conn, err := amqp091.Dial(url)
+	if err != nil {
+		tb.Logf("testserver: clean up RabbitMQ: %v", err)
+		return
+	}
+	defer conn.Close()
+	del := func(what, name string, fn func(*amqp091.Channel) error) {
+		ch, err := conn.Channel()
+		if err == nil {
+			err = fn(ch)
+			ch.Close()
+		}
+		var aerr *amqp091.Error
+		if err != nil && !(errors.As(err, &aerr) && aerr.Code == amqp091.NotFound) {
+			tb.Errorf("testserver: delete %s %s: %v", what, name, err)
+		}
+	}
+	for _, q := range queues {
+		del("queue", q, func(ch *amqp091.Channel) error {
+			_, err := ch.QueueDelete(q, false, false, false)
+			return err
+		})
+	}
+	for _, x := range exchanges {
+		del("exchange", x, func(ch *amqp091.Channel) error { return ch.ExchangeDelete(x, false, false) })
+	}
 }
