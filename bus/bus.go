@@ -16,6 +16,7 @@ import (
 
 	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/internal/drain"
+	"github.com/busline/busline/internal/workers"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
@@ -50,7 +51,7 @@ type Bus struct {
 	handlers  map[string]string    // name -> topic
 	subs      []message.Subscriber // handlers'
 	extraSubs []message.Subscriber // DeadLetters'
-	workers   workers              // AddWorker's (worker.go)
+	workers   workers.Group        // AddWorker's (worker.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -312,7 +313,7 @@ func (b *Bus) Run(ctx context.Context) error {
 	b.state = stateRunning
 	// Started under the lock, so that a Close that sees the bus running
 	// finds them started.
-	werrc := b.workers.start(ctx)
+	werrc := b.workers.Start(ctx)
 	b.mu.Unlock()
 	stopTelemetry := b.startTelemetry() // the broker poller, stopped by Close too
 	defer stopTelemetry()
@@ -345,7 +346,7 @@ func (b *Bus) Run(ctx context.Context) error {
 		defer cancel()
 		err := b.Close(sctx)
 		<-errc
-		return errors.Join(werr, err)
+		return errors.Join(fmt.Errorf("bus: %w", werr), err)
 	}
 }
 
@@ -371,7 +372,7 @@ func (b *Bus) Close(ctx context.Context) error {
 		if wasRunning {
 			// Workers first: they stop taking new work while the
 			// handlers drain, and may publish until they return.
-			b.workers.once.Do(func() { b.workers.cancel() })
+			b.workers.Cancel()
 			b.drain.StopFetching()
 			if err := b.drain.Drain(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("bus: shutdown interrupted handlers still running, their messages will be delivered again: %w", err))
@@ -400,8 +401,8 @@ func (b *Bus) Close(ctx context.Context) error {
 			}
 		}
 		if wasRunning {
-			if err := b.workers.stop(ctx); err != nil {
-				errs = append(errs, err)
+			if err := b.workers.Stop(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("bus: %w", err))
 			}
 		}
 		b.stopTelemetry()

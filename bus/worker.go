@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 )
 
 // Worker is a long-running task that the bus runs beside its handlers and
@@ -37,12 +36,9 @@ func (b *Bus) AddWorker(name string, w Worker) error {
 	if err := b.registrable(); err != nil {
 		return err
 	}
-	for _, nw := range b.workers.list {
-		if nw.name == name {
-			return fmt.Errorf("bus: worker %q is already registered", name)
-		}
+	if err := b.workers.Add(name, w.Run); err != nil {
+		return fmt.Errorf("bus: %w", err)
 	}
-	b.workers.list = append(b.workers.list, namedWorker{name, w})
 	return nil
 }
 
@@ -56,61 +52,4 @@ func (b *Bus) registrable() error {
 		return ErrClosed
 	}
 	return nil
-}
-
-type namedWorker struct {
-	name string
-	w    Worker
-}
-
-// workers runs the registered workers: each in a goroutine of its own
-// that start launches and stop waits for.
-type workers struct {
-	list []namedWorker // guarded by Bus.mu until Run
-
-	once   sync.Once
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	errc   chan error // the first error of a worker, buffered
-}
-
-// start launches every worker with a context that only stop cancels.
-func (ws *workers) start(ctx context.Context) <-chan error {
-	ws.errc = make(chan error, 1)
-	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	ws.cancel = cancel
-	for _, nw := range ws.list {
-		ws.wg.Add(1)
-		go func() {
-			defer ws.wg.Done()
-			err := nw.w.Run(wctx)
-			if err != nil && wctx.Err() == nil {
-				select {
-				case ws.errc <- fmt.Errorf("bus: worker %s: %w", nw.name, err):
-				default:
-				}
-			}
-		}()
-	}
-	return ws.errc
-}
-
-// stop cancels the workers' context and waits for them until ctx ends.
-// It does nothing when start was not called.
-func (ws *workers) stop(ctx context.Context) error {
-	if ws.cancel == nil {
-		return nil
-	}
-	ws.once.Do(ws.cancel)
-	done := make(chan struct{})
-	go func() {
-		ws.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("bus: workers still running at the end of the shutdown: %w", ctx.Err())
-	}
 }
