@@ -185,7 +185,7 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	wh.AddMiddleware(b.instrumentHandler(name, topic, group), middleware.Stack(stack))
 	wh.AddMiddleware(ho.extra...)
 	if t, ok := b.transactional(ho); ok {
-		wh.AddMiddleware(discardFailedOutputs(t))
+		wh.AddMiddleware(broker.DiscardFailedOutputs(t))
 	}
 	b.handlers[name] = topic
 	b.subs = append(b.subs, sub)
@@ -211,6 +211,22 @@ func (b *Bus) subscriber(group string, ho handlerOptions) (message.Subscriber, e
 		sub = b.gate.Subscriber(sub)
 	}
 	return sub, nil
+}
+
+// transactional returns b's broker as a broker.Transactional when a
+// handler with ho runs in its transactions.
+func (b *Bus) transactional(ho handlerOptions) (broker.Transactional, bool) {
+	t, ok := b.broker.(broker.Transactional)
+	return t, ok && ho.sub.Transactions
+}
+
+// transactionalStack adapts a transactional handler's stack: the dedup
+// step goes. The transaction is the dedup: a record whose transaction
+// committed is never delivered again, and one whose transaction aborted
+// must be handled again, which a dedup store that recorded its first
+// handling would swallow, losing its outputs.
+func transactionalStack(stack *middleware.StackConfig) {
+	stack.Disable |= middleware.StepDedup
 }
 
 // Publish publishes msgs to topic. It returns when the broker accepted every

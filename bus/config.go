@@ -4,13 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/bus/memory"
+	"github.com/busline/busline/internal/env"
 )
 
 // Broker names for [Config].Broker.
@@ -126,12 +126,12 @@ func ConfigFromEnv() (Config, error) {
 }
 
 func configFromLookup(lookup func(string) (string, bool)) (Config, error) {
-	e := envReader{lookup: lookup}
+	e := env.Reader{Lookup: lookup}
 	var c Config
 	for _, v := range envTable {
 		v.set(&c, &e, v.Name)
 	}
-	return c, errors.Join(e.errs...)
+	return c, e.Err()
 }
 
 // EnvVar is one environment variable [ConfigFromEnv] reads.
@@ -157,49 +157,49 @@ func EnvVars() []EnvVar {
 // envVar is a variable and where its value goes.
 type envVar struct {
 	EnvVar
-	set func(c *Config, e *envReader, name string)
+	set func(c *Config, e *env.Reader, name string)
 }
 
 // envTable is the one list of the BUSLINE_* variables.
 var envTable = []envVar{
-	{EnvVar{"BUSLINE_BROKER", "`memory`"}, func(c *Config, e *envReader, n string) { c.Broker = strings.ToLower(e.str(n)) }},
-	{EnvVar{"BUSLINE_GROUP", "`busline`"}, func(c *Config, e *envReader, n string) { c.Group = e.str(n) }},
-	{EnvVar{"BUSLINE_DEAD_LETTER_TOPIC", "`busline.deadletter`"}, func(c *Config, e *envReader, n string) { c.DeadLetterTopic = e.str(n) }},
-	{EnvVar{"BUSLINE_SHUTDOWN_TIMEOUT", "`30s`"}, func(c *Config, e *envReader, n string) { c.ShutdownTimeout = e.duration(n) }},
-	{EnvVar{"BUSLINE_MEMORY_BUFFER", "`1024`"}, func(c *Config, e *envReader, n string) { c.Memory.Buffer = e.integer(n) }},
-	{EnvVar{"BUSLINE_MEMORY_PUBLISH_TIMEOUT", "`10s`"}, func(c *Config, e *envReader, n string) { c.Memory.PublishTimeout = e.duration(n) }},
-	{EnvVar{"BUSLINE_MEMORY_NACK_DELAY", "`100ms`"}, func(c *Config, e *envReader, n string) { c.Memory.NackDelay = e.duration(n) }},
-	{EnvVar{"BUSLINE_KAFKA_BROKERS", "(required for kafka)"}, func(c *Config, e *envReader, n string) { c.Kafka.Brokers = e.list(n) }},
-	{EnvVar{"BUSLINE_KAFKA_CLIENT_ID", "`busline`"}, func(c *Config, e *envReader, n string) { c.Kafka.ClientID = e.str(n) }},
-	{EnvVar{"BUSLINE_KAFKA_INITIAL_OFFSET", "`oldest`"}, func(c *Config, e *envReader, n string) { c.Kafka.InitialOffset = e.str(n) }},
-	{EnvVar{"BUSLINE_KAFKA_PARTITIONS", "`1`"}, func(c *Config, e *envReader, n string) { c.Kafka.Partitions = int32(e.integer(n)) }},
-	{EnvVar{"BUSLINE_KAFKA_REPLICATION_FACTOR", "`1`"}, func(c *Config, e *envReader, n string) { c.Kafka.ReplicationFactor = int16(e.integer(n)) }},
-	{EnvVar{"BUSLINE_KAFKA_NACK_DELAY", "`1s`"}, func(c *Config, e *envReader, n string) { c.Kafka.NackDelay = e.duration(n) }},
-	{EnvVar{"BUSLINE_KAFKA_REBALANCE_TIMEOUT", "`60s`"}, func(c *Config, e *envReader, n string) { c.Kafka.RebalanceTimeout = e.duration(n) }},
-	{EnvVar{"BUSLINE_KAFKA_SESSION_TIMEOUT", "`10s`"}, func(c *Config, e *envReader, n string) { c.Kafka.SessionTimeout = e.duration(n) }},
-	{EnvVar{"BUSLINE_KAFKA_INSTANCE_ID", "(none)"}, func(c *Config, e *envReader, n string) { c.Kafka.InstanceID = e.str(n) }},
-	{EnvVar{"BUSLINE_KAFKA_ORDERING", "`partition`"}, func(c *Config, e *envReader, n string) { c.Kafka.Ordering = strings.ToLower(e.str(n)) }},
-	{EnvVar{"BUSLINE_KAFKA_MAX_IN_FLIGHT", "`1024`"}, func(c *Config, e *envReader, n string) { c.Kafka.MaxInFlight = e.integer(n) }},
-	{EnvVar{"BUSLINE_KAFKA_MAX_IN_FLIGHT_PER_PARTITION", "`256`"}, func(c *Config, e *envReader, n string) { c.Kafka.MaxInFlightPerPartition = e.integer(n) }},
-	{EnvVar{"BUSLINE_KAFKA_COMMIT_INTERVAL", "`1s`"}, func(c *Config, e *envReader, n string) { c.Kafka.CommitInterval = e.duration(n) }},
-	{EnvVar{"BUSLINE_KAFKA_TLS", "`false`"}, func(c *Config, e *envReader, n string) { c.Kafka.TLS = e.tls(n) }},
+	{EnvVar{"BUSLINE_BROKER", "`memory`"}, func(c *Config, e *env.Reader, n string) { c.Broker = strings.ToLower(e.Str(n)) }},
+	{EnvVar{"BUSLINE_GROUP", "`busline`"}, func(c *Config, e *env.Reader, n string) { c.Group = e.Str(n) }},
+	{EnvVar{"BUSLINE_DEAD_LETTER_TOPIC", "`busline.deadletter`"}, func(c *Config, e *env.Reader, n string) { c.DeadLetterTopic = e.Str(n) }},
+	{EnvVar{"BUSLINE_SHUTDOWN_TIMEOUT", "`30s`"}, func(c *Config, e *env.Reader, n string) { c.ShutdownTimeout = e.Duration(n) }},
+	{EnvVar{"BUSLINE_MEMORY_BUFFER", "`1024`"}, func(c *Config, e *env.Reader, n string) { c.Memory.Buffer = e.Int(n) }},
+	{EnvVar{"BUSLINE_MEMORY_PUBLISH_TIMEOUT", "`10s`"}, func(c *Config, e *env.Reader, n string) { c.Memory.PublishTimeout = e.Duration(n) }},
+	{EnvVar{"BUSLINE_MEMORY_NACK_DELAY", "`100ms`"}, func(c *Config, e *env.Reader, n string) { c.Memory.NackDelay = e.Duration(n) }},
+	{EnvVar{"BUSLINE_KAFKA_BROKERS", "(required for kafka)"}, func(c *Config, e *env.Reader, n string) { c.Kafka.Brokers = e.List(n) }},
+	{EnvVar{"BUSLINE_KAFKA_CLIENT_ID", "`busline`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.ClientID = e.Str(n) }},
+	{EnvVar{"BUSLINE_KAFKA_INITIAL_OFFSET", "`oldest`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.InitialOffset = e.Str(n) }},
+	{EnvVar{"BUSLINE_KAFKA_PARTITIONS", "`1`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.Partitions = int32(e.Int(n)) }},
+	{EnvVar{"BUSLINE_KAFKA_REPLICATION_FACTOR", "`1`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.ReplicationFactor = int16(e.Int(n)) }},
+	{EnvVar{"BUSLINE_KAFKA_NACK_DELAY", "`1s`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.NackDelay = e.Duration(n) }},
+	{EnvVar{"BUSLINE_KAFKA_REBALANCE_TIMEOUT", "`60s`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.RebalanceTimeout = e.Duration(n) }},
+	{EnvVar{"BUSLINE_KAFKA_SESSION_TIMEOUT", "`10s`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.SessionTimeout = e.Duration(n) }},
+	{EnvVar{"BUSLINE_KAFKA_INSTANCE_ID", "(none)"}, func(c *Config, e *env.Reader, n string) { c.Kafka.InstanceID = e.Str(n) }},
+	{EnvVar{"BUSLINE_KAFKA_ORDERING", "`partition`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.Ordering = strings.ToLower(e.Str(n)) }},
+	{EnvVar{"BUSLINE_KAFKA_MAX_IN_FLIGHT", "`1024`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.MaxInFlight = e.Int(n) }},
+	{EnvVar{"BUSLINE_KAFKA_MAX_IN_FLIGHT_PER_PARTITION", "`256`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.MaxInFlightPerPartition = e.Int(n) }},
+	{EnvVar{"BUSLINE_KAFKA_COMMIT_INTERVAL", "`1s`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.CommitInterval = e.Duration(n) }},
+	{EnvVar{"BUSLINE_KAFKA_TLS", "`false`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.TLS = e.TLS(n) }},
 	{EnvVar{"BUSLINE_KAFKA_TLS_CA_FILE", ""}, nop},
 	{EnvVar{"BUSLINE_KAFKA_TLS_CERT_FILE", ""}, nop},
 	{EnvVar{"BUSLINE_KAFKA_TLS_KEY_FILE", ""}, nop},
 	{EnvVar{"BUSLINE_KAFKA_TLS_SERVER_NAME", ""}, nop},
 	{EnvVar{"BUSLINE_KAFKA_TLS_INSECURE_SKIP_VERIFY", ""}, nop},
-	{EnvVar{"BUSLINE_KAFKA_SASL_MECHANISM", "(none)"}, func(c *Config, e *envReader, n string) { c.Kafka.SASL.Mechanism = e.str(n) }},
-	{EnvVar{"BUSLINE_KAFKA_SASL_USER", ""}, func(c *Config, e *envReader, n string) { c.Kafka.SASL.User = e.str(n) }},
-	{EnvVar{"BUSLINE_KAFKA_SASL_PASSWORD", ""}, func(c *Config, e *envReader, n string) { c.Kafka.SASL.Password = e.str(n) }},
-	{EnvVar{"BUSLINE_KAFKA_PARTITIONER", "`murmur2`"}, func(c *Config, e *envReader, n string) { c.Kafka.Partitioner = e.str(n) }},
-	{EnvVar{"BUSLINE_AMQP_URL", "(required for amqp)"}, func(c *Config, e *envReader, n string) { c.AMQP.URL = e.str(n) }},
-	{EnvVar{"BUSLINE_AMQP_PREFETCH", "`16` (at least the concurrency)"}, func(c *Config, e *envReader, n string) { c.AMQP.Prefetch = e.integer(n) }},
-	{EnvVar{"BUSLINE_AMQP_CONCURRENCY", "`1`"}, func(c *Config, e *envReader, n string) { c.AMQP.Concurrency = e.integer(n) }},
-	{EnvVar{"BUSLINE_AMQP_PUBLISH_WINDOW", "`512`"}, func(c *Config, e *envReader, n string) { c.AMQP.PublishWindow = e.integer(n) }},
-	{EnvVar{"BUSLINE_AMQP_ALLOW_UNROUTABLE", "`false`"}, func(c *Config, e *envReader, n string) { c.AMQP.AllowUnroutable = e.boolean(n) }},
-	{EnvVar{"BUSLINE_AMQP_CHANNEL_POOL_SIZE", "`4`"}, func(c *Config, e *envReader, n string) { c.AMQP.ChannelPoolSize = e.integer(n) }},
-	{EnvVar{"BUSLINE_AMQP_NACK_DELAY", "`1s`"}, func(c *Config, e *envReader, n string) { c.AMQP.NackDelay = e.duration(n) }},
-	{EnvVar{"BUSLINE_AMQP_TLS", "`false`"}, func(c *Config, e *envReader, n string) { c.AMQP.TLS = e.tls(n) }},
+	{EnvVar{"BUSLINE_KAFKA_SASL_MECHANISM", "(none)"}, func(c *Config, e *env.Reader, n string) { c.Kafka.SASL.Mechanism = e.Str(n) }},
+	{EnvVar{"BUSLINE_KAFKA_SASL_USER", ""}, func(c *Config, e *env.Reader, n string) { c.Kafka.SASL.User = e.Str(n) }},
+	{EnvVar{"BUSLINE_KAFKA_SASL_PASSWORD", ""}, func(c *Config, e *env.Reader, n string) { c.Kafka.SASL.Password = e.Str(n) }},
+	{EnvVar{"BUSLINE_KAFKA_PARTITIONER", "`murmur2`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.Partitioner = e.Str(n) }},
+	{EnvVar{"BUSLINE_AMQP_URL", "(required for amqp)"}, func(c *Config, e *env.Reader, n string) { c.AMQP.URL = e.Str(n) }},
+	{EnvVar{"BUSLINE_AMQP_PREFETCH", "`16` (at least the concurrency)"}, func(c *Config, e *env.Reader, n string) { c.AMQP.Prefetch = e.Int(n) }},
+	{EnvVar{"BUSLINE_AMQP_CONCURRENCY", "`1`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.Concurrency = e.Int(n) }},
+	{EnvVar{"BUSLINE_AMQP_PUBLISH_WINDOW", "`512`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.PublishWindow = e.Int(n) }},
+	{EnvVar{"BUSLINE_AMQP_ALLOW_UNROUTABLE", "`false`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.AllowUnroutable = e.Bool(n) }},
+	{EnvVar{"BUSLINE_AMQP_CHANNEL_POOL_SIZE", "`4`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.ChannelPoolSize = e.Int(n) }},
+	{EnvVar{"BUSLINE_AMQP_NACK_DELAY", "`1s`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.NackDelay = e.Duration(n) }},
+	{EnvVar{"BUSLINE_AMQP_TLS", "`false`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.TLS = e.TLS(n) }},
 	{EnvVar{"BUSLINE_AMQP_TLS_CA_FILE", ""}, nop},
 	{EnvVar{"BUSLINE_AMQP_TLS_CERT_FILE", ""}, nop},
 	{EnvVar{"BUSLINE_AMQP_TLS_KEY_FILE", ""}, nop},
@@ -209,71 +209,4 @@ var envTable = []envVar{
 
 // nop is the setter of a variable read with another (the TLS files and
 // options are read with BUSLINE_*_TLS).
-func nop(*Config, *envReader, string) {}
-
-type envReader struct {
-	lookup func(string) (string, bool)
-	errs   []error
-}
-
-func (e *envReader) str(key string) string {
-	v, _ := e.lookup(key)
-	return strings.TrimSpace(v)
-}
-
-func (e *envReader) list(key string) []string {
-	var out []string
-	for _, s := range strings.Split(e.str(key), ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-func (e *envReader) integer(key string) int {
-	v := e.str(key)
-	if v == "" {
-		return 0
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("bus: %s=%q is not an integer", key, v))
-	}
-	return n
-}
-
-func (e *envReader) duration(key string) time.Duration {
-	v := e.str(key)
-	if v == "" {
-		return 0
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("bus: %s=%q is not a duration like 10s or 500ms", key, v))
-	}
-	return d
-}
-
-func (e *envReader) boolean(key string) bool {
-	v := e.str(key)
-	if v == "" {
-		return false
-	}
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("bus: %s=%q is not a boolean (true or false)", key, v))
-	}
-	return b
-}
-
-func (e *envReader) tls(prefix string) kafka.TLSConfig {
-	return kafka.TLSConfig{
-		Enabled:            e.boolean(prefix),
-		CAFile:             e.str(prefix + "_CA_FILE"),
-		CertFile:           e.str(prefix + "_CERT_FILE"),
-		KeyFile:            e.str(prefix + "_KEY_FILE"),
-		ServerName:         e.str(prefix + "_SERVER_NAME"),
-		InsecureSkipVerify: e.boolean(prefix + "_INSECURE_SKIP_VERIFY"),
-	}
-}
+func nop(*Config, *env.Reader, string) {}

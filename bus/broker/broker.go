@@ -108,6 +108,30 @@ type Transactional interface {
 	DiscardOutputs(ctx context.Context)
 }
 
+// DiscardFailedOutputs is the innermost middleware of a handler that runs
+// in t's transactions: when an attempt fails (an error or a panic), what it
+// published into its message's transaction is dropped
+// ([Transactional.DiscardOutputs]), so that a retried attempt, or the dead
+// letter, does not publish next to it. A Kafka transaction has no
+// savepoint: the outputs are held back per message until its ack instead.
+// The bus adds it to every transactional handler; a router of one's own
+// must do the same.
+func DiscardFailedOutputs(t Transactional) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) (out []*message.Message, err error) {
+			ok := false
+			defer func() {
+				if !ok || err != nil {
+					t.DiscardOutputs(msg.Context())
+				}
+			}()
+			out, err = h(msg)
+			ok = true
+			return out, err
+		}
+	}
+}
+
 // Drainer is a broker that stops fetching and waits for the messages in
 // flight itself, for a graceful shutdown. The bus wraps the subscribers of
 // other brokers to do it.

@@ -183,9 +183,10 @@
 // ordering. What a handler publishes with its message's context goes
 // through the broker's publisher as usual, which finds the transaction in
 // the context: it only marshals the records and holds them per message; a
-// failed attempt's are dropped ([DiscardOutputs], called by the bus around
-// the handler), and an ack hands the message's records, dead letters
-// included, to the transaction's producer. When every record of the poll
+// failed attempt's are dropped ([Broker.DiscardOutputs], which
+// broker.DiscardFailedOutputs calls around the handler), and an ack hands
+// the message's records, dead letters included, to the transaction's
+// producer. When every record of the poll
 // was acked, the consumed offsets and every output commit atomically
 // (TxnOffsetCommit, EndTxn); a nack, a failed produce, a revoked or lost
 // partition or a close aborts the transaction, drops its outputs, rewinds

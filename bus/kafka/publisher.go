@@ -109,7 +109,7 @@ func newPublisher(opts []kgo.Opt, timeout time.Duration) (*publisher, error) {
 // transactional subscription delivered (broker.SubscriberOptions.Transactions),
 // or derives from it, go into that message's transaction instead: Publish
 // only marshals them and returns, they are produced when the message is
-// acked (dropped when the attempt fails, see [DiscardOutputs]), and they
+// acked (dropped when the attempt fails, see [Broker.DiscardOutputs]), and they
 // become visible to read_committed readers only if the transaction
 // commits.
 func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
