@@ -9,7 +9,8 @@
 // in-process broker (package bus/memory); "kafka" (package bus/kafka: a
 // franz-go producer, watermill-kafka's Sarama consumer); "amqp", RabbitMQ
 // (package bus/amqp, on amqp091-go, wire-compatible with watermill-amqp).
-// The same service code runs on each.
+// The same service code runs on each. Each is a package behind the boundary
+// of package bus/broker; [OpenBroker] opens one for tools.
 //
 // Each handler named h consumes its topic as the consumer group
 // "<Config.Group>.<h>": every handler gets every message of its topic, and

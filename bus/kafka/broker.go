@@ -358,8 +358,8 @@ func (b *Broker) isClosed() bool {
 
 // ClientOptions returns franz-go client options that connect the way the
 // broker does: seed brokers, client id, TLS and SASL from c, defaults
-// applied. Tools use them to read topics without joining a consumer group
-// (the dead-letter CLI's list and show).
+// applied, for clients of your own (a producer that must partition like the
+// bus, with [Config.PartitionerOptions], or a reader outside any group).
 func (c Config) ClientOptions() ([]kgo.Opt, error) { return c.withDefaults().kgoOptions() }
 
 // kgoOptions configures the connection of the franz-go clients: the
