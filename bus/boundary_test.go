@@ -40,9 +40,8 @@ var brokerPackages = []string{
 }
 
 // configTypes are the identifiers of a broker package that bus may use
-// outside the mapping: the types of Config's sections (and of their TLS
-// fields, which the environment table fills).
-var configTypes = []string{"Config", "TLSConfig"}
+// outside the mapping: the types of Config's sections.
+var configTypes = []string{"Config"}
 
 // brokerNames are the constants naming brokers, and their values.
 var brokerNames = map[string]string{"BrokerMemory": "memory", "BrokerKafka": "kafka", "BrokerAMQP": "amqp"}
