@@ -42,42 +42,32 @@ func (e *Reader) List(key string) []string {
 }
 
 // Int returns the integer in key (0 when unset).
-func (e *Reader) Int(key string) int {
-	v := e.Str(key)
-	if v == "" {
-		return 0
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("bus: %s=%q is not an integer", key, v))
-	}
-	return n
-}
+func (e *Reader) Int(key string) int { return parse(e, key, strconv.Atoi, "an integer") }
 
 // Duration returns the Go duration in key, like 10s (0 when unset).
 func (e *Reader) Duration(key string) time.Duration {
-	v := e.Str(key)
-	if v == "" {
-		return 0
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("bus: %s=%q is not a duration like 10s or 500ms", key, v))
-	}
-	return d
+	return parse(e, key, time.ParseDuration, "a duration like 10s or 500ms")
 }
 
 // Bool returns the boolean in key (false when unset).
 func (e *Reader) Bool(key string) bool {
+	return parse(e, key, strconv.ParseBool, "a boolean (true or false)")
+}
+
+// parse returns the value of key parsed with p: the zero value when key is
+// unset, or malformed (then recorded as not being what).
+func parse[T any](e *Reader, key string, p func(string) (T, error), what string) T {
+	var zero T
 	v := e.Str(key)
 	if v == "" {
-		return false
+		return zero
 	}
-	b, err := strconv.ParseBool(v)
+	x, err := p(v)
 	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("bus: %s=%q is not a boolean (true or false)", key, v))
+		e.errs = append(e.errs, fmt.Errorf("bus: %s=%q is not %s", key, v, what))
+		return zero
 	}
-	return b
+	return x
 }
 
 // TLS returns the TLS configuration of the variables prefix (enabled or
