@@ -192,6 +192,10 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	if b.transactional(ho) {
 		transactionalStack(&stack)
 	}
+	delays := b.redeliveryDelays(ho)
+	if err := b.delayedTier(&stack, topic, group, delays); err != nil {
+		return fmt.Errorf("bus: handler %q: %w", name, err)
+	}
 	// Telemetry wraps the hooks the options set, so both run.
 	b.instrumentStack(&stack, name, topic, group)
 	ctx, cancel := context.WithTimeout(context.Background(), prepareTimeout)
@@ -215,6 +219,45 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	}
 	b.handlers[name] = topic
 	b.subs = append(b.subs, sub)
+	return nil
+}
+
+// redeliverer is the capability of a broker to send a message back to one
+// group's subscription after a delay (the delayed redelivery tier).
+type redeliverer interface {
+	Redeliverer(topic, group string, delays []time.Duration) (interface {
+		Redeliver(ctx context.Context, msg *message.Message, delay time.Duration) error
+	}, error)
+}
+
+// redeliveryDelays returns the delays of a handler's delayed tier: none
+// for transactions and batches, which are retried whole.
+func (b *Bus) redeliveryDelays(ho handlerOptions) []time.Duration {
+	if b.transactional(ho) || ho.batch > 1 {
+		return nil
+	}
+	if ho.delays != nil {
+		return ho.delays
+	}
+	return b.cfg.RedeliveryDelays
+}
+
+// delayedTier gives the stack's dead-letter step the broker's delayed
+// tier for the handler's group, unless the handler's own stack options set
+// one.
+func (b *Bus) delayedTier(stack *middleware.StackConfig, topic, group string, delays []time.Duration) error {
+	if len(delays) == 0 || stack.DeadLetter.Redelivery.Redeliverer != nil {
+		return nil
+	}
+	rb, ok := b.broker.(redeliverer)
+	if !ok {
+		return nil
+	}
+	r, err := rb.Redeliverer(topic, group, delays)
+	if err != nil {
+		return fmt.Errorf("delayed redelivery for %s: %w", group, err)
+	}
+	stack.DeadLetter.Redelivery = middleware.RedeliveryConfig{Redeliverer: r, Delays: delays, MaxTotal: b.cfg.RedeliveryMaxTotal}
 	return nil
 }
 

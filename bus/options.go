@@ -98,6 +98,7 @@ type handlerOptions struct {
 	ordering     string
 	batch        int
 	transactions bool
+	delays       []time.Duration // nil: Config.RedeliveryDelays
 }
 
 // HandlerStack changes this handler's middleware stack: fn receives the
@@ -196,8 +197,25 @@ func WithKafkaTransactions() HandlerOption {
 	return func(o *handlerOptions) { o.transactions = true }
 }
 
+// WithRedeliveryDelays sets this handler's delayed redelivery tier,
+// overriding Config.RedeliveryDelays: after the in-process retries, a
+// message that failed with an error that is not permanent comes back to
+// this handler after delays[0], then delays[1], and so on, and is
+// dead-lettered after the last round. No delays switches the tier off for
+// this handler. With [WithKafkaTransactions] or [WithBatchDelivery] the tier
+// is off (a transaction or a batch is retried whole).
+func WithRedeliveryDelays(delays ...time.Duration) HandlerOption {
+	return func(o *handlerOptions) {
+		o.delays = delays
+		if o.delays == nil {
+			o.delays = NoRedelivery
+		}
+	}
+}
+
 func (o handlerOptions) validate() error {
 	var errs []error
+	errs = append(errs, validateDelays(o.delays))
 	switch o.ordering {
 	case "", OrderPartition, OrderKey, OrderUnordered:
 	default:

@@ -58,6 +58,7 @@ type queue struct {
 	mu       sync.Mutex
 	pending  []*message.Message // interrupted in flight; delivered first
 	npending atomic.Int32       // len(pending), read without the lock
+	delayed  atomic.Int32       // messages on a redelivery timer
 }
 
 // New returns an in-process broker.
@@ -190,7 +191,7 @@ func (b *Broker) Close() error {
 }
 
 // Depth returns the number of messages waiting in the queue of group on
-// topic, not counting the one in flight.
+// topic, delayed redeliveries included, not counting the one in flight.
 func (b *Broker) Depth(topic, group string) int {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
@@ -204,7 +205,7 @@ func (b *Broker) Depth(topic, group string) int {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.ch) + len(q.pending)
+	return len(q.ch) + len(q.pending) + int(q.delayed.Load())
 }
 
 func (b *Broker) topic(name string) *topic {

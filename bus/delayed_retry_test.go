@@ -1,0 +1,165 @@
+package bus_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/busline/busline/bus"
+	"github.com/busline/busline/middleware"
+)
+
+// oneAttempt makes the in-process tier a single attempt, so that every
+// failure goes straight to the delayed tier.
+func oneAttempt(c *middleware.StackConfig) {
+	c.Retry = middleware.RetryConfig{MaxAttempts: 1}
+}
+
+// A message that keeps failing comes back after each delay, no earlier and
+// no later than a second after it, then is dead-lettered with the totals of
+// every round (in-process broker, fake time).
+func TestDelayedRetryTimingMemory(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		delays := []time.Duration{time.Second, 10 * time.Second}
+		b, err := bus.New(bus.Config{RedeliveryDelays: delays}, bus.WithStack(oneAttempt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		var calls []time.Time
+		if err := b.Handle("h", "orders", func(ctx context.Context, m *message.Message) error {
+			mu.Lock()
+			calls = append(calls, time.Now())
+			mu.Unlock()
+			return errors.New("downstream down")
+		}); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		dls, err := b.DeadLetters(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		runErr := make(chan error, 1)
+		go func() { runErr <- b.Run(ctx) }()
+		<-b.Running()
+		if err := b.Publish(context.Background(), "orders", message.NewMessage("m1", []byte("x"))); err != nil {
+			t.Fatal(err)
+		}
+		dl := <-dls
+		dl.Ack()
+
+		mu.Lock()
+		got := calls
+		mu.Unlock()
+		if len(got) != 3 {
+			t.Fatalf("handler ran %d times, want 3 (1 + a round per delay)", len(got))
+		}
+		for i, d := range delays {
+			gap := got[i+1].Sub(got[i])
+			if gap < d || gap > d+time.Second {
+				t.Errorf("round %d came %v after round %d, want between %v and %v", i+2, gap, i+1, d, d+time.Second)
+			}
+		}
+		for k, want := range map[string]string{
+			middleware.KeyDLQAttempts:     "3",
+			middleware.KeyDLQRounds:       "3",
+			middleware.KeyDLQFirstFailure: got[0].UTC().Format(time.RFC3339Nano),
+		} {
+			if v := dl.Metadata.Get(k); v != want {
+				t.Errorf("dead letter %s = %q, want %q", k, v, want)
+			}
+		}
+		hist := middleware.RetryBudgetOf(dl.Metadata).History
+		if len(hist) != 3 || hist[0].Delay != "1s" || hist[1].Delay != "10s" || hist[2].Delay != "" || hist[2].Error != "downstream down" {
+			t.Errorf("dead letter history = %+v, want three rounds with delays 1s, 10s, none", hist)
+		}
+
+		// Replay resets the budget: the replayed message gets a full budget
+		// again.
+		if _, err := b.Replay(context.Background(), dl); err != nil {
+			t.Fatal(err)
+		}
+		dl2 := <-dls
+		dl2.Ack()
+		if n := dl2.Metadata.Get(middleware.KeyDLQAttempts); n != "3" {
+			t.Errorf("replayed message dead-lettered after %s attempts, want a fresh budget of 3", n)
+		}
+		if n := dl2.Metadata.Get(middleware.KeyReplayCount); n != "1" {
+			t.Errorf("replay count = %q, want 1", n)
+		}
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if err := b.Close(context.Background()); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+}
+
+// While a failed message waits for its delayed round, the consumer moves
+// on: every other message is handled before it comes back, and it is
+// handled once it does (in-process broker, fake time).
+func TestDelayedRetryFreesTheConsumerMemory(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 10000
+		b, err := bus.New(bus.Config{RedeliveryDelays: []time.Duration{5 * time.Second}}, bus.WithStack(oneAttempt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		var handled int
+		var failedAgainAt time.Time
+		othersDone := 0
+		done := make(chan struct{})
+		failed := false
+		if err := b.Handle("h", "orders", func(ctx context.Context, m *message.Message) error {
+			if m.UUID == "poison-once" {
+				if !failed {
+					failed = true
+					return errors.New("transient")
+				}
+				failedAgainAt = time.Now()
+				othersDone = handled
+			} else {
+				handled++
+			}
+			if handled == n-1 && !failedAgainAt.IsZero() {
+				close(done)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		runErr := make(chan error, 1)
+		go func() { runErr <- b.Run(ctx) }()
+		<-b.Running()
+		for i := range n {
+			id := "m" + strconv.Itoa(i)
+			if i == 0 {
+				id = "poison-once"
+			}
+			if err := b.Publish(context.Background(), "orders", message.NewMessage(id, nil)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		<-done
+		if othersDone != n-1 {
+			t.Errorf("%d of %d other messages were handled before the failed one came back, want all", othersDone, n-1)
+		}
+		if waited := failedAgainAt.Sub(start); waited < 5*time.Second {
+			t.Errorf("the failed message came back after %v, before its delay of 5s", waited)
+		}
+		cancel()
+		<-runErr
+		_ = b.Close(context.Background())
+	})
+}
