@@ -3,6 +3,7 @@ package bus_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -12,6 +13,9 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/busline/busline/bus"
+	"github.com/busline/busline/bus/amqp"
+	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/middleware"
 )
 
@@ -162,4 +166,126 @@ func TestDelayedRetryFreesTheConsumerMemory(t *testing.T) {
 		<-runErr
 		_ = b.Close(context.Background())
 	})
+}
+
+// freedBroker is a broker for TestDelayedRetryFreesTheConsumer: a fresh
+// configuration for each run.
+type freedBroker struct {
+	name string
+	cfg  func(t *testing.T, topic string) bus.Config
+}
+
+func freedBrokers(t *testing.T) []freedBroker {
+	return []freedBroker{
+		{"kafka", func(t *testing.T, topic string) bus.Config {
+			return bus.Config{Broker: bus.BrokerKafka, Group: topic, DeadLetterTopic: topic + ".dlq",
+				Kafka: kafka.Config{Brokers: bustest.Kafka(t, 1)}}
+		}},
+		{"amqp", func(t *testing.T, topic string) bus.Config {
+			// Prefetch 10, concurrency 1: one message at a time holds the
+			// whole subscription while it is in flight.
+			cfg := bus.Config{Broker: bus.BrokerAMQP, Group: topic, DeadLetterTopic: topic + ".dlq",
+				AMQP: amqp.Config{URL: bustest.AMQPURL(t), Prefetch: 10, Concurrency: 1}}
+			t.Cleanup(func() { deleteAMQP(t, cfg, map[string]string{topic: "h"}) })
+			return cfg
+		}},
+	}
+}
+
+// While a failed message waits 5s in the broker's delayed tier, the
+// consumer moves on: of 10,000 messages on one subscription (RabbitMQ:
+// prefetch 10, concurrency 1; Kafka: one partition), the other 9,999 are all
+// handled before the failed one comes back, and it comes back after its
+// delay. The test logs how long the 9,999 took next to a run without the
+// failure (docs/benchmarks.md records the ratio; no timed assertion).
+func TestDelayedRetryFreesTheConsumer(t *testing.T) {
+	const n = 10000
+	const delay = 5 * time.Second
+	for _, br := range freedBrokers(t) {
+		t.Run(br.name, func(t *testing.T) {
+			run := func(withFailure bool) (others time.Duration) {
+				topic := bustest.Name("freed")
+				cfg := br.cfg(t, topic)
+				cfg.RedeliveryDelays = []time.Duration{delay}
+				b, err := bus.New(cfg, bus.WithStack(oneAttempt))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer b.Close(context.Background())
+				var mu sync.Mutex
+				handled, failedOnce := 0, false
+				var failedAt, backAt time.Time
+				othersAtBack := -1
+				allOthers := make(chan time.Time, 1)
+				back := make(chan struct{})
+				if err := b.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
+					mu.Lock()
+					defer mu.Unlock()
+					if m.UUID == "fails-once" {
+						if !failedOnce {
+							failedOnce, failedAt = true, time.Now()
+							return errors.New("transient")
+						}
+						backAt, othersAtBack = time.Now(), handled
+						close(back)
+						return nil
+					}
+					handled++
+					if handled == n-1 {
+						allOthers <- time.Now()
+					}
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(bustest.Context(t, 2*time.Minute))
+				defer cancel()
+				runErr := make(chan error, 1)
+				go func() { runErr <- b.Run(ctx) }()
+				<-b.Running()
+				msgs := make([]*message.Message, 0, n)
+				for i := range n {
+					id := "m" + strconv.Itoa(i)
+					if i == 0 && withFailure {
+						id = "fails-once"
+					}
+					msgs = append(msgs, message.NewMessage(id, nil))
+				}
+				start := time.Now()
+				for chunk := range slices.Chunk(msgs, 500) {
+					if err := b.Publish(ctx, topic, chunk...); err != nil {
+						t.Fatal(err)
+					}
+				}
+				var end time.Time
+				select {
+				case end = <-allOthers:
+				case <-ctx.Done():
+					t.Fatalf("only %d of %d messages handled", handled, n-1)
+				}
+				if withFailure {
+					select {
+					case <-back:
+					case <-ctx.Done():
+						t.Fatal("the failed message never came back")
+					}
+					mu.Lock()
+					if othersAtBack != n-1 {
+						t.Errorf("%d of %d other messages handled when the failed one came back, want all", othersAtBack, n-1)
+					}
+					if d := backAt.Sub(failedAt); d < delay {
+						t.Errorf("the failed message came back after %v, before its delay of %v", d, delay)
+					}
+					mu.Unlock()
+				}
+				cancel()
+				<-runErr
+				return end.Sub(start)
+			}
+			without := run(false)
+			with := run(true)
+			t.Logf("%d messages, one subscription: the other %d in %v with a message in the %v delayed tier, %v without a failure: %.2fx",
+				n, n-1, with.Round(time.Millisecond), delay, without.Round(time.Millisecond), float64(with)/float64(without))
+		})
+	}
 }
