@@ -289,3 +289,92 @@ func TestDelayedRetryFreesTheConsumer(t *testing.T) {
 		})
 	}
 }
+
+// shutdownWatch counts what the delayed tier and the dead-letter step did.
+type shutdownWatch struct {
+	middleware.NopObserver
+	mu                        sync.Mutex
+	redelivered, deadLettered int
+}
+
+func (w *shutdownWatch) Redelivered(middleware.RedeliveryInfo) {
+	w.mu.Lock()
+	w.redelivered++
+	w.mu.Unlock()
+}
+
+// Closing a bus while a message waits between in-process retries requeues
+// the message: nothing goes to the delayed tier or the dead-letter topic
+// early, and the next consumer gets it with a fresh budget.
+func TestDelayedRetryShutdownNeverDeadLetters(t *testing.T) {
+	for _, tc := range shutdownBrokers(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := bustest.Name("delayed-shutdown")
+			cfg := tc.cfg(topic)
+			cfg.RedeliveryDelays = []time.Duration{time.Second}
+			watch := &shutdownWatch{}
+			b, err := bus.New(cfg, bus.WithStack(func(c *middleware.StackConfig) {
+				// The second attempt waits an hour: Close comes during it.
+				c.Retry = middleware.RetryConfig{MaxAttempts: 3, InitialInterval: time.Hour, RandomizationFactor: -1, MaxElapsedTime: 2 * time.Hour}
+				c.DeadLetter.Observer = watch
+				c.DeadLetter.OnDeadLetter = func(middleware.DeadLetterInfo) {
+					watch.mu.Lock()
+					watch.deadLettered++
+					watch.mu.Unlock()
+				}
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			failed := make(chan struct{}, 1)
+			if err := b.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
+				failed <- struct{}{}
+				return errors.New("downstream down")
+			}); err != nil {
+				t.Fatal(err)
+			}
+			go b.Run(context.Background())
+			<-b.Running()
+			if err := b.Publish(context.Background(), topic, message.NewMessage("waits", nil)); err != nil {
+				t.Fatal(err)
+			}
+			<-failed
+			// A drain that ends before the retry: the handler is
+			// interrupted, which Close reports.
+			cctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			if err := b.Close(cctx); !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("Close: %v, want the drain interrupted", err)
+			}
+			watch.mu.Lock()
+			if watch.redelivered != 0 || watch.deadLettered != 0 {
+				t.Errorf("closing during retries: %d handed to the delayed tier, %d dead-lettered; want 0 and 0", watch.redelivered, watch.deadLettered)
+			}
+			watch.mu.Unlock()
+			if tc.restart == nil {
+				return // the in-process broker keeps nothing across buses
+			}
+			// The next consumer of the queue gets the message, unspent.
+			b2 := mustNew(t, cfg)
+			got := make(chan *message.Message, 1)
+			if err := b2.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
+				select {
+				case got <- m:
+				default:
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			go b2.Run(context.Background())
+			select {
+			case m := <-got:
+				if r := m.Metadata.Get(middleware.KeyRetryRounds); r != "" {
+					t.Errorf("requeued message has %s = %q, want no delayed round spent", middleware.KeyRetryRounds, r)
+				}
+			case <-bustest.Context(t, 30*time.Second).Done():
+				t.Fatal("the message was not requeued")
+			}
+		})
+	}
+}
