@@ -35,8 +35,9 @@ import (
 // it: the error wraps [ErrNacked], [ErrUnroutable] (the wait queue is
 // gone), [ErrChannelClosed], [ErrNotConnected] or [ErrClosed] as for
 // Publish. ctx bounds sending, not the wait for the confirm, which ends
-// when RabbitMQ answers or the channel closes. After a reconnect, the
-// first Redeliver declares the queues again. The message comes back with
+// when RabbitMQ answers or the channel closes. After a reconnect, and
+// after a call that found its wait queue gone ([ErrUnroutable]), the next
+// Redeliver declares the queues again. The message comes back with
 // [KeyExchange] "" and [KeyRoutingKey] the group's queue name, and with
 // RabbitMQ's x-death headers. It is safe for concurrent use.
 //
@@ -126,6 +127,12 @@ func (r *redeliverer) Redeliver(ctx context.Context, msg *message.Message, delay
 		ctx = context.Background()
 	}
 	if err := r.b.pub.send(ctx, dst, []*message.Message{msg})[msg.UUID]; err != nil {
+		if errors.Is(err, ErrUnroutable) {
+			// The wait queue is gone (deleted by hand): the next call
+			// declares it again.
+			r.b.pub.forget(dst.name)
+			return fmt.Errorf("amqp: redeliver %s: wait queue %s is missing (the next call declares it again): %w", msg.UUID, dst.routingKey, err)
+		}
 		return fmt.Errorf("amqp: redeliver %s to %s: %w", msg.UUID, dst.routingKey, err)
 	}
 	return nil

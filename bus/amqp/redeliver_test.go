@@ -432,3 +432,56 @@ func TestDelayedRetryBrokerRestart(t *testing.T) {
 		}
 	}
 }
+
+// Redeliver survives what Publish survives: while the connection is down
+// it fails with ErrNotConnected or ErrChannelClosed, and after the
+// reconnect it declares its queues again (here the wait queue was deleted
+// meanwhile) and goes through. A wait queue deleted under a live
+// connection fails one call with ErrUnroutable, never silently, and the
+// next call declares it again.
+func TestDelayedRetryAfterReconnect(t *testing.T) {
+	t.Parallel()
+	tp := newTopology(t)
+	b, px := proxiedBroker(t, amqp.Config{})
+	ctx := bustest.Context(t, 3*wait)
+	topic, group := tp.topic("redeliver-reconnect"), tp.group("g")
+	const delay = 100 * time.Millisecond
+	r := newRedeliverer(t, tp, b, topic, group, delay)
+	_, msgs := subscribe(t, ctx, b, group, topic)
+	wq := amqp.WaitQueueName(topic, group, delay)
+	deleteWaitQueue := func() {
+		t.Helper()
+		if _, err := rawChannel(t).QueueDelete(wq, false, false, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	deleteWaitQueue()
+	px.cut()
+	sent := retryMessage("after reconnect")
+	eventually(t, "a Redeliver after the cut to go through", func() (bool, string) {
+		err := r.Redeliver(ctx, sent, delay)
+		if err == nil {
+			return true, ""
+		}
+		if !errors.Is(err, amqp.ErrNotConnected) && !errors.Is(err, amqp.ErrChannelClosed) {
+			t.Fatalf("Redeliver while reconnecting: %v, want ErrNotConnected or ErrChannelClosed", err)
+		}
+		return false, err.Error()
+	})
+	got := receive(t, msgs)
+	got.Ack()
+	sameMessage(t, got, sent)
+
+	deleteWaitQueue()
+	if err := r.Redeliver(ctx, retryMessage("lost"), delay); !errors.Is(err, amqp.ErrUnroutable) {
+		t.Fatalf("Redeliver to a deleted wait queue: %v, want ErrUnroutable", err)
+	}
+	again := retryMessage("declared again")
+	if err := r.Redeliver(ctx, again, delay); err != nil {
+		t.Fatalf("Redeliver after ErrUnroutable: %v", err)
+	}
+	got = receive(t, msgs)
+	got.Ack()
+	sameMessage(t, got, again)
+}
