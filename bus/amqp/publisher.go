@@ -47,7 +47,7 @@ type publisher struct {
 	next atomic.Uint64
 
 	declMu   sync.Mutex
-	declared map[string]uint64 // destination name -> connection generation its topology was declared on
+	declared map[declKey]uint64 // destination -> connection generation its topology was declared on
 
 	rejected atomic.Int64 // messages RabbitMQ nacked
 
@@ -66,7 +66,7 @@ func newPublisher(conn *connection, cfg Config, logger watermill.LoggerAdapter) 
 		mandatory: !cfg.AllowUnroutable,
 		window:    cfg.PublishWindow,
 		pool:      make([]*poolSlot, cfg.ChannelPoolSize),
-		declared:  make(map[string]uint64),
+		declared:  make(map[declKey]uint64),
 		closing:   make(chan struct{}),
 	}
 	for i := range p.pool {
@@ -96,29 +96,28 @@ type confirmChannel struct {
 }
 
 // destination is where a send goes: an exchange and routing key, and the
-// topology declared (once per connection, under the key name) before the
-// first message goes there.
+// topology declared (once per connection) before the first message goes
+// there.
 type destination struct {
-	name       string // key of the declared topology, in publisher.declared
+	key        declKey
 	exchange   string
 	routingKey string
 	mandatory  bool
-	declare    func(*amqp091.Channel) error
+	// declare declares the topology; nil: the exchange of topic key.name.
+	declare func(*amqp091.Channel) error
 }
 
-// topicDestination is the exchange of topic.
+// declKey names the topology of a destination in publisher.declared: a
+// topic's exchange (wait false) or a group's wait queues (wait true).
+type declKey struct {
+	wait bool
+	name string
+}
+
+// topicDestination is the exchange of topic. It allocates nothing: it is
+// on Publish's path.
 func (p *publisher) topicDestination(topic string) destination {
-	return destination{
-		name:      "exchange " + topic,
-		exchange:  ExchangeName(topic),
-		mandatory: p.mandatory,
-		declare: func(ch *amqp091.Channel) error {
-			if err := declareExchange(ch, topic); err != nil {
-				return fmt.Errorf("declare exchange %s: %w", ExchangeName(topic), err)
-			}
-			return nil
-		},
-	}
+	return destination{key: declKey{name: topic}, exchange: ExchangeName(topic), mandatory: p.mandatory}
 }
 
 // Publish publishes msgs to topic's exchange and returns when RabbitMQ has
@@ -233,7 +232,7 @@ send:
 		// closes a channel that publishes to a deleted exchange with 404):
 		// declare it again before the next send to it, rather than fail
 		// every one until the connection is replaced.
-		p.forget(dst.name)
+		p.forget(dst.key)
 		if reason := cc.reason(); reason != nil {
 			closedErr = fmt.Errorf("%w: %w", ErrChannelClosed, reason)
 		}
@@ -424,11 +423,11 @@ func (p *publisher) dispatchReturns(cc *confirmChannel, returns <-chan amqp091.R
 	}
 }
 
-// forget makes the next send to the destination name declare its
+// forget makes the next send to a destination of key declare its
 // topology again.
-func (p *publisher) forget(name string) {
+func (p *publisher) forget(key declKey) {
 	p.declMu.Lock()
-	delete(p.declared, name)
+	delete(p.declared, key)
 	p.declMu.Unlock()
 }
 
@@ -436,21 +435,30 @@ func (p *publisher) forget(name string) {
 func (p *publisher) declare(conn *amqp091.Connection, gen uint64, dst destination) error {
 	p.declMu.Lock()
 	defer p.declMu.Unlock()
-	if p.declared[dst.name] == gen {
+	if p.declared[dst.key] == gen {
 		return nil
+	}
+	declare := dst.declare
+	if declare == nil {
+		declare = func(ch *amqp091.Channel) error {
+			if err := declareExchange(ch, dst.key.name); err != nil {
+				return fmt.Errorf("declare exchange %s: %w", ExchangeName(dst.key.name), err)
+			}
+			return nil
+		}
 	}
 	ch, err := conn.Channel()
 	if err != nil {
-		return fmt.Errorf("amqp: declare %s: %w", dst.name, err)
+		return fmt.Errorf("amqp: declare %s: %w", dst.key.name, err)
 	}
-	err = dst.declare(ch)
+	err = declare(ch)
 	if cerr := ch.Close(); err == nil && cerr != nil && !errors.Is(cerr, amqp091.ErrClosed) {
 		err = cerr
 	}
 	if err != nil {
 		return fmt.Errorf("amqp: %w", err)
 	}
-	p.declared[dst.name] = gen
+	p.declared[dst.key] = gen
 	return nil
 }
 

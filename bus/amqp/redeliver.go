@@ -92,7 +92,7 @@ func (b *Broker) Redeliverer(topic, group string, delays []time.Duration) (inter
 	}
 	for _, d := range delays {
 		r.dsts[d] = destination{
-			name:       "wait queues " + r.queue + " " + strings.Join(names, ","),
+			key:        declKey{wait: true, name: r.queue + " " + strings.Join(names, ",")},
 			routingKey: WaitQueueName(topic, group, d),
 			mandatory:  true, // a wait queue deleted under us must not swallow the message
 			declare:    declare,
@@ -130,7 +130,7 @@ func (r *redeliverer) Redeliver(ctx context.Context, msg *message.Message, delay
 		if errors.Is(err, ErrUnroutable) {
 			// The wait queue is gone (deleted by hand): the next call
 			// declares it again.
-			r.b.pub.forget(dst.name)
+			r.b.pub.forget(dst.key)
 			return fmt.Errorf("amqp: redeliver %s: wait queue %s is missing (the next call declares it again): %w", msg.UUID, dst.routingKey, err)
 		}
 		return fmt.Errorf("amqp: redeliver %s to %s: %w", msg.UUID, dst.routingKey, err)
