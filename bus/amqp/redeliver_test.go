@@ -485,3 +485,39 @@ func TestDelayedRetryAfterReconnect(t *testing.T) {
 	got.Ack()
 	sameMessage(t, got, again)
 }
+
+// A message goes through several rounds: the message received back from a
+// wait queue (with the x-death headers RabbitMQ added, as string metadata)
+// is redelivered again, through the same and another delay, and comes
+// back each time with its UUID, payload and metadata. RabbitMQ (3.10.8)
+// replaces the string x-death with a new table each round (count 1), so
+// the round count lives in the bus's own headers, not in x-death.
+func TestDelayedRetryRounds(t *testing.T) {
+	t.Parallel()
+	for _, qt := range []string{amqp.QueueTypeClassic, amqp.QueueTypeQuorum} {
+		t.Run(qt, func(t *testing.T) {
+			t.Parallel()
+			tp := newTopology(t)
+			b := newBroker(t, amqp.Config{QueueType: qt})
+			ctx := bustest.Context(t, 3*wait)
+			topic, group := tp.topic("rounds"), tp.group("g")
+			const d1, d2 = 50 * time.Millisecond, 100 * time.Millisecond
+			r := newRedeliverer(t, tp, b, topic, group, d1, d2)
+			_, msgs := subscribe(t, ctx, b, group, topic)
+
+			sent := retryMessage("rounds")
+			m := sent
+			for i, d := range []time.Duration{d1, d1, d2} {
+				if err := r.Redeliver(ctx, m, d); err != nil {
+					t.Fatalf("round %d: Redeliver: %v", i+1, err)
+				}
+				m = receive(t, msgs)
+				m.Ack()
+				sameMessage(t, m, sent)
+				if q := amqp.WaitQueueName(topic, group, d); !strings.Contains(m.Metadata["x-death"], q) {
+					t.Errorf("round %d: x-death %s does not name the wait queue %s", i+1, m.Metadata["x-death"], q)
+				}
+			}
+		})
+	}
+}
