@@ -139,14 +139,20 @@ func rawChannel(t testing.TB) *amqp091.Channel {
 // receive returns the next message of ch, failing the test after wait.
 func receive(t testing.TB, ch <-chan *message.Message) *message.Message {
 	t.Helper()
+	return receiveWithin(t, ch, wait)
+}
+
+// receiveWithin returns the next message of ch, failing the test after d.
+func receiveWithin(t testing.TB, ch <-chan *message.Message, d time.Duration) *message.Message {
+	t.Helper()
 	select {
 	case m, ok := <-ch:
 		if !ok {
 			t.Fatal("messages channel closed")
 		}
 		return m
-	case <-time.After(wait):
-		t.Fatal("no message within", wait)
+	case <-time.After(d):
+		t.Fatal("no message within", d)
 	}
 	return nil
 }

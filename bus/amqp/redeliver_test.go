@@ -61,21 +61,6 @@ func retryMessage(payload string) *message.Message {
 	return m
 }
 
-// receiveWithin returns the next message of ch, failing the test after d.
-func receiveWithin(t *testing.T, ch <-chan *message.Message, d time.Duration) *message.Message {
-	t.Helper()
-	select {
-	case m, ok := <-ch:
-		if !ok {
-			t.Fatal("messages channel closed")
-		}
-		return m
-	case <-time.After(d):
-		t.Fatalf("no message within %v", d)
-	}
-	return nil
-}
-
 // sameMessage fails the test unless got carries want's UUID, payload and
 // every metadata entry of want.
 func sameMessage(t *testing.T, got, want *message.Message) {
