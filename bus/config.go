@@ -84,7 +84,8 @@ type Config struct {
 	// Env: BUSLINE_AMQP_URL, BUSLINE_AMQP_PREFETCH,
 	// BUSLINE_AMQP_CHANNEL_POOL_SIZE, BUSLINE_AMQP_NACK_DELAY,
 	// BUSLINE_AMQP_CONCURRENCY, BUSLINE_AMQP_PUBLISH_WINDOW,
-	// BUSLINE_AMQP_ALLOW_UNROUTABLE,
+	// BUSLINE_AMQP_ALLOW_UNROUTABLE, BUSLINE_AMQP_QUEUE_TYPE,
+	// BUSLINE_AMQP_MAX_QUEUE_LENGTH,
 	// BUSLINE_AMQP_TLS, BUSLINE_AMQP_TLS_CA_FILE, BUSLINE_AMQP_TLS_CERT_FILE,
 	// BUSLINE_AMQP_TLS_KEY_FILE, BUSLINE_AMQP_TLS_SERVER_NAME,
 	// BUSLINE_AMQP_TLS_INSECURE_SKIP_VERIFY.
@@ -247,6 +248,8 @@ var envTable = []envVar{
 	{EnvVar{"BUSLINE_AMQP_ALLOW_UNROUTABLE", "`false`"}, func(c *Config, e *envReader, n string) { c.AMQP.AllowUnroutable = e.boolean(n) }},
 	{EnvVar{"BUSLINE_AMQP_CHANNEL_POOL_SIZE", "`4`"}, func(c *Config, e *envReader, n string) { c.AMQP.ChannelPoolSize = e.integer(n) }},
 	{EnvVar{"BUSLINE_AMQP_NACK_DELAY", "`1s`"}, func(c *Config, e *envReader, n string) { c.AMQP.NackDelay = e.duration(n) }},
+	{EnvVar{"BUSLINE_AMQP_QUEUE_TYPE", "`classic`"}, func(c *Config, e *envReader, n string) { c.AMQP.QueueType = strings.ToLower(e.str(n)) }},
+	{EnvVar{"BUSLINE_AMQP_MAX_QUEUE_LENGTH", "`0` (unbounded)"}, func(c *Config, e *envReader, n string) { c.AMQP.MaxQueueLength = e.integer(n) }},
 	{EnvVar{"BUSLINE_AMQP_TLS", "`false`"}, func(c *Config, e *envReader, n string) { c.AMQP.TLS = e.tls(n) }},
 	{EnvVar{"BUSLINE_AMQP_TLS_CA_FILE", ""}, nop},
 	{EnvVar{"BUSLINE_AMQP_TLS_CERT_FILE", ""}, nop},

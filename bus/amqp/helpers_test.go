@@ -39,12 +39,13 @@ type topology struct {
 	mu     sync.Mutex
 	topics map[string]bool
 	groups map[string]bool
+	queues map[string]bool
 }
 
 func newTopology(t testing.TB) *topology {
 	t.Helper()
 	url := bustest.AMQPURL(t)
-	tp := &topology{topics: map[string]bool{}, groups: map[string]bool{}}
+	tp := &topology{topics: map[string]bool{}, groups: map[string]bool{}, queues: map[string]bool{}}
 	t.Cleanup(func() {
 		conn, err := amqp091.Dial(url)
 		if err != nil {
@@ -54,6 +55,12 @@ func newTopology(t testing.TB) *topology {
 		defer conn.Close()
 		tp.mu.Lock()
 		defer tp.mu.Unlock()
+		for q := range tp.queues {
+			del(t, conn, func(ch *amqp091.Channel) error {
+				_, err := ch.QueueDelete(q, false, false, false)
+				return err
+			})
+		}
 		for topic := range tp.topics {
 			for group := range tp.groups {
 				del(t, conn, func(ch *amqp091.Channel) error {
@@ -105,6 +112,15 @@ func (tp *topology) group(name string) string {
 	return name
 }
 
+// queue records one more queue to delete when the test ends, and returns
+// its name.
+func (tp *topology) queue(name string) string {
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	tp.queues[name] = true
+	return name
+}
+
 // rawChannel opens a plain amqp091-go channel, closed when the test ends.
 func rawChannel(t testing.TB) *amqp091.Channel {
 	t.Helper()
@@ -123,14 +139,20 @@ func rawChannel(t testing.TB) *amqp091.Channel {
 // receive returns the next message of ch, failing the test after wait.
 func receive(t testing.TB, ch <-chan *message.Message) *message.Message {
 	t.Helper()
+	return receiveWithin(t, ch, wait)
+}
+
+// receiveWithin returns the next message of ch, failing the test after d.
+func receiveWithin(t testing.TB, ch <-chan *message.Message, d time.Duration) *message.Message {
+	t.Helper()
 	select {
 	case m, ok := <-ch:
 		if !ok {
 			t.Fatal("messages channel closed")
 		}
 		return m
-	case <-time.After(wait):
-		t.Fatal("no message within", wait)
+	case <-time.After(d):
+		t.Fatal("no message within", d)
 	}
 	return nil
 }
