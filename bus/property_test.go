@@ -57,29 +57,60 @@ func TestPropertyMemory(t *testing.T) {
 
 func TestPropertyKafka(t *testing.T) {
 	t.Parallel()
+	runProperty(t, propKafkaConfig(t), propKafkaRun)
+}
+
+var propKafkaRun = propRun{publishers: 8, batch: 50}
+
+func propKafkaConfig(t *testing.T) bus.Config {
 	const partitions = 8
-	runProperty(t, bus.Config{
+	return bus.Config{
 		Broker: bus.BrokerKafka,
 		Kafka: kafka.Config{
 			Brokers:    bustest.Kafka(t, partitions),
 			Partitions: partitions,
 			NackDelay:  5 * time.Millisecond,
 		},
-	}, propRun{publishers: 8, batch: 50})
+	}
 }
 
 func TestPropertyAMQP(t *testing.T) {
 	t.Parallel()
-	url := bustest.AMQPURL(t)
-	cfg := bus.Config{
+	runProperty(t, propAMQPConfig(t), propAMQPRun(t, nil))
+}
+
+// TestDelayedRetryPropertyAMQP is TestDelayedRetryPropertyMemory on
+// RabbitMQ: the delayed rounds go through TTL wait queues.
+func TestDelayedRetryPropertyAMQP(t *testing.T) {
+	t.Parallel()
+	runProperty(t, propAMQPConfig(t), propAMQPRun(t, propDelays))
+}
+
+// TestDelayedRetryPropertyKafka is TestDelayedRetryPropertyMemory on
+// Kafka: the delayed rounds go through retry topics.
+func TestDelayedRetryPropertyKafka(t *testing.T) {
+	t.Parallel()
+	run := propKafkaRun
+	run.delays = propDelays
+	runProperty(t, propKafkaConfig(t), run)
+}
+
+func propAMQPConfig(t *testing.T) bus.Config {
+	return bus.Config{
 		Broker: bus.BrokerAMQP,
-		AMQP:   amqp.Config{URL: url, NackDelay: 5 * time.Millisecond},
+		AMQP:   amqp.Config{URL: bustest.AMQPURL(t), NackDelay: 5 * time.Millisecond},
 	}
-	runProperty(t, cfg, propRun{publishers: 8, batch: 50, cleanup: func(t *testing.T, c bus.Config, topic string) {
-		deleteAMQPTopology(t, url,
-			[]string{amqp.QueueName(topic, c.Group+"."+propHandler), amqp.QueueName(c.DeadLetterTopic, bus.DeadLetterGroup)},
-			[]string{amqp.ExchangeName(topic), amqp.ExchangeName(c.DeadLetterTopic)})
-	}})
+}
+
+func propAMQPRun(t *testing.T, delays []time.Duration) propRun {
+	return propRun{publishers: 8, batch: 50, delays: delays, cleanup: func(t *testing.T, c bus.Config, topic string) {
+		group := c.Group + "." + propHandler
+		queues := []string{amqp.QueueName(topic, group), amqp.QueueName(c.DeadLetterTopic, bus.DeadLetterGroup)}
+		for _, d := range delays {
+			queues = append(queues, amqp.WaitQueueName(topic, group, d))
+		}
+		deleteAMQPTopology(t, c.AMQP.URL, queues, []string{amqp.ExchangeName(topic), amqp.ExchangeName(c.DeadLetterTopic)})
+	}}
 }
 
 // TestDelayedRetryPropertyMemory is TestPropertyMemory with a delayed tier
