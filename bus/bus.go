@@ -169,6 +169,13 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	if _, ok := b.transactional(ho); ok {
 		transactionalStack(&stack)
 	}
+	delays := b.redeliveryDelays(ho)
+	if err := b.delayedTier(&stack, topic, group, delays); err != nil {
+		return fmt.Errorf("bus: handler %q: %w", name, err)
+	}
+	if stack.DeadLetter.Redelivery.Redeliverer != nil {
+		ho.sub.RetryDelays = stack.DeadLetter.Redelivery.Delays
+	}
 	// Telemetry wraps the hooks the options set, so both run.
 	b.instrumentStack(&stack, name, topic, group)
 	ctx, cancel := context.WithTimeout(context.Background(), prepareTimeout)
@@ -192,6 +199,37 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	return nil
 }
 
+// redeliveryDelays returns the delays of a handler's delayed tier: none
+// for transactions and batches, which are retried whole.
+func (b *Bus) redeliveryDelays(ho handlerOptions) []time.Duration {
+	if _, ok := b.transactional(ho); ok || ho.sub.BatchSize > 1 {
+		return nil
+	}
+	if ho.delays != nil {
+		return ho.delays
+	}
+	return b.cfg.RedeliveryDelays
+}
+
+// delayedTier gives the stack's dead-letter step the broker's delayed
+// tier for the handler's group, unless the handler's own stack options set
+// one.
+func (b *Bus) delayedTier(stack *middleware.StackConfig, topic, group string, delays []time.Duration) error {
+	if len(delays) == 0 || stack.DeadLetter.Redelivery.Redeliverer != nil {
+		return nil
+	}
+	rb, ok := b.broker.(broker.Redelivering)
+	if !ok {
+		return nil
+	}
+	r, err := rb.Redeliverer(topic, group, delays)
+	if err != nil {
+		return fmt.Errorf("delayed redelivery for %s: %w", group, err)
+	}
+	stack.DeadLetter.Redelivery = middleware.RedeliveryConfig{Redeliverer: r, Delays: delays, MaxTotal: b.cfg.RedeliveryMaxTotal}
+	return nil
+}
+
 // subscriber makes the subscriber of a handler's group: with the handler's
 // ordering, batch delivery and transactions where the broker offers them
 // (broker.Configurable), behind the drain gate when the broker does not
@@ -199,7 +237,7 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 func (b *Bus) subscriber(group string, ho handlerOptions) (message.Subscriber, error) {
 	var sub message.Subscriber
 	var err error
-	if c, ok := b.broker.(broker.Configurable); ok && ho.sub != (broker.SubscriberOptions{}) {
+	if c, ok := b.broker.(broker.Configurable); ok && !ho.sub.IsZero() {
 		sub, err = c.SubscriberWith(group, ho.sub)
 	} else {
 		sub, err = b.broker.Subscriber(group)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/bus/memory"
 	"github.com/busline/busline/internal/env"
+	"github.com/busline/busline/middleware"
 )
 
 // Broker names for [Config].Broker.
@@ -41,6 +43,22 @@ type Config struct {
 	// handlers get this long to finish. Zero: 30s.
 	// Env: BUSLINE_SHUTDOWN_TIMEOUT (a Go duration, e.g. 10s).
 	ShutdownTimeout time.Duration
+	// RedeliveryDelays are the waits of the delayed redelivery tier: when a
+	// handler's in-process retries are exhausted and the error is not
+	// permanent, the message goes back to the broker (RabbitMQ wait queue,
+	// Kafka retry topic, in-process timer) and comes back to the same
+	// handler after the next delay; the consumer moves on meanwhile. The
+	// number of delays is the number of delayed rounds; after the last the
+	// message is dead-lettered with the totals of every round. Nil: 1s,
+	// 10s, 1m, 10m, 1h ([middleware.DefaultRedeliveryDelays]); [NoRedelivery]
+	// (an empty list) dead-letters as soon as the in-process retries are
+	// exhausted. Per handler: [WithRedeliveryDelays].
+	// Env: BUSLINE_REDELIVERY_DELAYS (comma-separated durations, or "none").
+	RedeliveryDelays []time.Duration
+	// RedeliveryMaxTotal caps the whole retry budget: no delayed round
+	// starts later than this after the first failure. Zero: 2h. Negative:
+	// no cap. Env: BUSLINE_REDELIVERY_MAX_TOTAL.
+	RedeliveryMaxTotal time.Duration
 
 	// Memory configures the in-process broker.
 	// Env: BUSLINE_MEMORY_BUFFER, BUSLINE_MEMORY_PUBLISH_TIMEOUT,
@@ -66,7 +84,8 @@ type Config struct {
 	// Env: BUSLINE_AMQP_URL, BUSLINE_AMQP_PREFETCH,
 	// BUSLINE_AMQP_CHANNEL_POOL_SIZE, BUSLINE_AMQP_NACK_DELAY,
 	// BUSLINE_AMQP_CONCURRENCY, BUSLINE_AMQP_PUBLISH_WINDOW,
-	// BUSLINE_AMQP_ALLOW_UNROUTABLE,
+	// BUSLINE_AMQP_ALLOW_UNROUTABLE, BUSLINE_AMQP_QUEUE_TYPE,
+	// BUSLINE_AMQP_MAX_QUEUE_LENGTH,
 	// BUSLINE_AMQP_TLS, BUSLINE_AMQP_TLS_CA_FILE, BUSLINE_AMQP_TLS_CERT_FILE,
 	// BUSLINE_AMQP_TLS_KEY_FILE, BUSLINE_AMQP_TLS_SERVER_NAME,
 	// BUSLINE_AMQP_TLS_INSECURE_SKIP_VERIFY.
@@ -92,11 +111,28 @@ func (c Config) Validate() error {
 	if c.ShutdownTimeout < 0 {
 		errs = append(errs, fmt.Errorf("bus: shutdown timeout %v is negative", c.ShutdownTimeout))
 	}
+	errs = append(errs, validateDelays(c.RedeliveryDelays))
 	if strings.ContainsAny(c.Group, " \t\n") {
 		errs = append(errs, fmt.Errorf("bus: group %q contains white space", c.Group))
 	}
 	if strings.ContainsAny(c.DeadLetterTopic, " \t\n") {
 		errs = append(errs, fmt.Errorf("bus: dead-letter topic %q contains white space", c.DeadLetterTopic))
+	}
+	return errors.Join(errs...)
+}
+
+// NoRedelivery, as Config.RedeliveryDelays, switches the delayed
+// redelivery tier off.
+var NoRedelivery = []time.Duration{}
+
+func validateDelays(ds []time.Duration) error {
+	var errs []error
+	for i, d := range ds {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("bus: redelivery delay %d (%v) is not positive", i+1, d))
+		} else if slices.Contains(ds[:i], d) {
+			errs = append(errs, fmt.Errorf("bus: redelivery delay %v is listed twice", d))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -113,6 +149,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.RedeliveryDelays == nil {
+		c.RedeliveryDelays = middleware.DefaultRedeliveryDelays
+	}
+	if c.RedeliveryMaxTotal == 0 {
+		c.RedeliveryMaxTotal = middleware.DefaultRedeliveryMaxTotal
 	}
 	return c
 }
@@ -166,6 +208,8 @@ var envTable = []envVar{
 	{EnvVar{"BUSLINE_GROUP", "`busline`"}, func(c *Config, e *env.Reader, n string) { c.Group = e.Str(n) }},
 	{EnvVar{"BUSLINE_DEAD_LETTER_TOPIC", "`busline.deadletter`"}, func(c *Config, e *env.Reader, n string) { c.DeadLetterTopic = e.Str(n) }},
 	{EnvVar{"BUSLINE_SHUTDOWN_TIMEOUT", "`30s`"}, func(c *Config, e *env.Reader, n string) { c.ShutdownTimeout = e.Duration(n) }},
+	{EnvVar{"BUSLINE_REDELIVERY_DELAYS", "`1s,10s,1m,10m,1h`"}, func(c *Config, e *env.Reader, n string) { c.RedeliveryDelays = e.Durations(n) }},
+	{EnvVar{"BUSLINE_REDELIVERY_MAX_TOTAL", "`2h`"}, func(c *Config, e *env.Reader, n string) { c.RedeliveryMaxTotal = e.Duration(n) }},
 	{EnvVar{"BUSLINE_MEMORY_BUFFER", "`1024`"}, func(c *Config, e *env.Reader, n string) { c.Memory.Buffer = e.Int(n) }},
 	{EnvVar{"BUSLINE_MEMORY_PUBLISH_TIMEOUT", "`10s`"}, func(c *Config, e *env.Reader, n string) { c.Memory.PublishTimeout = e.Duration(n) }},
 	{EnvVar{"BUSLINE_MEMORY_NACK_DELAY", "`100ms`"}, func(c *Config, e *env.Reader, n string) { c.Memory.NackDelay = e.Duration(n) }},
@@ -199,6 +243,8 @@ var envTable = []envVar{
 	{EnvVar{"BUSLINE_AMQP_ALLOW_UNROUTABLE", "`false`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.AllowUnroutable = e.Bool(n) }},
 	{EnvVar{"BUSLINE_AMQP_CHANNEL_POOL_SIZE", "`4`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.ChannelPoolSize = e.Int(n) }},
 	{EnvVar{"BUSLINE_AMQP_NACK_DELAY", "`1s`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.NackDelay = e.Duration(n) }},
+	{EnvVar{"BUSLINE_AMQP_QUEUE_TYPE", "`classic`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.QueueType = strings.ToLower(e.Str(n)) }},
+	{EnvVar{"BUSLINE_AMQP_MAX_QUEUE_LENGTH", "`0` (unbounded)"}, func(c *Config, e *env.Reader, n string) { c.AMQP.MaxQueueLength = e.Int(n) }},
 	{EnvVar{"BUSLINE_AMQP_TLS", "`false`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.TLS = e.TLS(n) }},
 	{EnvVar{"BUSLINE_AMQP_TLS_CA_FILE", ""}, nop},
 	{EnvVar{"BUSLINE_AMQP_TLS_CERT_FILE", ""}, nop},

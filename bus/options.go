@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"errors"
 	"log/slog"
 	"time"
 
@@ -108,9 +109,10 @@ func WithNewRootOnProcess() Option {
 type HandlerOption func(*handlerOptions)
 
 type handlerOptions struct {
-	stack []func(*middleware.StackConfig)
-	extra []message.HandlerMiddleware
-	sub   broker.SubscriberOptions // ordering, batch delivery, transactions
+	stack  []func(*middleware.StackConfig)
+	extra  []message.HandlerMiddleware
+	sub    broker.SubscriberOptions // ordering, batch delivery, transactions
+	delays []time.Duration          // nil: Config.RedeliveryDelays
 }
 
 // HandlerStack changes this handler's middleware stack: fn receives the
@@ -209,4 +211,22 @@ func WithKafkaTransactions() HandlerOption {
 	return func(o *handlerOptions) { o.sub.Transactions = true }
 }
 
-func (o handlerOptions) validate() error { return o.sub.Validate() }
+// WithRedeliveryDelays sets this handler's delayed redelivery tier,
+// overriding Config.RedeliveryDelays: after the in-process retries, a
+// message that failed with an error that is not permanent comes back to
+// this handler after delays[0], then delays[1], and so on, and is
+// dead-lettered after the last round. No delays switches the tier off for
+// this handler. With [WithKafkaTransactions] or [WithBatchDelivery] the tier
+// is off (a transaction or a batch is retried whole).
+func WithRedeliveryDelays(delays ...time.Duration) HandlerOption {
+	return func(o *handlerOptions) {
+		o.delays = delays
+		if o.delays == nil {
+			o.delays = NoRedelivery
+		}
+	}
+}
+
+func (o handlerOptions) validate() error {
+	return errors.Join(validateDelays(o.delays), o.sub.Validate())
+}

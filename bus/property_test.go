@@ -57,30 +57,76 @@ func TestPropertyMemory(t *testing.T) {
 
 func TestPropertyKafka(t *testing.T) {
 	t.Parallel()
+	runProperty(t, propKafkaConfig(t), propKafkaRun)
+}
+
+var propKafkaRun = propRun{publishers: 8, batch: 50}
+
+func propKafkaConfig(t *testing.T) bus.Config {
 	const partitions = 8
-	runProperty(t, bus.Config{
+	return bus.Config{
 		Broker: bus.BrokerKafka,
 		Kafka: kafka.Config{
 			Brokers:    testserver.Kafka(t, partitions),
 			Partitions: partitions,
 			NackDelay:  5 * time.Millisecond,
 		},
-	}, propRun{publishers: 8, batch: 50})
+	}
 }
 
 func TestPropertyAMQP(t *testing.T) {
 	t.Parallel()
-	url := testserver.AMQPURL(t)
-	cfg := bus.Config{
-		Broker: bus.BrokerAMQP,
-		AMQP:   amqp.Config{URL: url, NackDelay: 5 * time.Millisecond},
-	}
-	runProperty(t, cfg, propRun{publishers: 8, batch: 50, cleanup: func(t *testing.T, c bus.Config, topic string) {
-		testserver.DeleteAMQP(t, url,
-			[]string{amqp.QueueName(topic, c.Group+"."+propHandler), amqp.QueueName(c.DeadLetterTopic, bus.DeadLetterGroup)},
-			[]string{amqp.ExchangeName(topic), amqp.ExchangeName(c.DeadLetterTopic)})
-	}})
+	runProperty(t, propAMQPConfig(t), propAMQPRun(t, nil))
 }
+
+// TestDelayedRetryPropertyAMQP is TestDelayedRetryPropertyMemory on
+// RabbitMQ: the delayed rounds go through TTL wait queues.
+func TestDelayedRetryPropertyAMQP(t *testing.T) {
+	t.Parallel()
+	runProperty(t, propAMQPConfig(t), propAMQPRun(t, propDelays))
+}
+
+// TestDelayedRetryPropertyKafka is TestDelayedRetryPropertyMemory on
+// Kafka: the delayed rounds go through retry topics.
+func TestDelayedRetryPropertyKafka(t *testing.T) {
+	t.Parallel()
+	run := propKafkaRun
+	run.delays = propDelays
+	runProperty(t, propKafkaConfig(t), run)
+}
+
+func propAMQPConfig(t *testing.T) bus.Config {
+	return bus.Config{
+		Broker: bus.BrokerAMQP,
+		AMQP:   amqp.Config{URL: testserver.AMQPURL(t), NackDelay: 5 * time.Millisecond},
+	}
+}
+
+func propAMQPRun(t *testing.T, delays []time.Duration) propRun {
+	return propRun{publishers: 8, batch: 50, delays: delays, cleanup: func(t *testing.T, c bus.Config, topic string) {
+		group := c.Group + "." + propHandler
+		queues := []string{amqp.QueueName(topic, group), amqp.QueueName(c.DeadLetterTopic, bus.DeadLetterGroup)}
+		for _, d := range delays {
+			queues = append(queues, amqp.WaitQueueName(topic, group, d))
+		}
+		testserver.DeleteAMQP(t, c.AMQP.URL, queues, []string{amqp.ExchangeName(topic), amqp.ExchangeName(c.DeadLetterTopic)})
+	}}
+}
+
+// TestDelayedRetryPropertyMemory is TestPropertyMemory with a delayed tier
+// of two rounds: random failure schedules over the whole budget (12
+// attempts in three rounds) end handled once or dead-lettered once with the
+// totals of every round.
+func TestDelayedRetryPropertyMemory(t *testing.T) {
+	t.Parallel()
+	runProperty(t, bus.Config{
+		Broker: bus.BrokerMemory,
+		Memory: memory.Config{NackDelay: 2 * time.Millisecond},
+	}, propRun{publishers: 2, batch: 100, delays: propDelays})
+}
+
+// propDelays is the delayed tier of the TestDelayedRetryProperty runs.
+var propDelays = []time.Duration{5 * time.Millisecond, 20 * time.Millisecond}
 
 // propRun tunes a property run to its broker.
 type propRun struct {
@@ -89,7 +135,14 @@ type propRun struct {
 	// cleanup, when set, removes what the run created on the broker; it
 	// runs after the bus closed.
 	cleanup func(t *testing.T, cfg bus.Config, topic string)
+	// delays are the delayed redelivery tier's; none: off, and a message
+	// has propMaxAttempts attempts in all.
+	delays []time.Duration
 }
+
+// budget is the number of attempts a message gets in all: propMaxAttempts
+// in process per round, a round per delay plus the first.
+func (r propRun) budget() int { return propMaxAttempts * (len(r.delays) + 1) }
 
 // propKind is what the handler does with a message.
 type propKind int
@@ -110,9 +163,10 @@ type propPlan struct {
 	id      string
 	payload []byte
 	kind    propKind
-	fail    int   // attempts 1..fail fail transiently
-	panics  uint8 // bit a-1 set: attempt a panics instead of returning an error
-	copies  int   // how many times it is published (2: a duplicate delivery)
+	fail    int    // attempts 1..fail fail transiently (counted over every round)
+	panics  uint32 // bit a-1 set: attempt a panics instead of returning an error
+	copies  int    // how many times it is published (2: a duplicate delivery)
+	budget  int    // attempts in all (propRun.budget)
 }
 
 func (p *propPlan) poison() bool { return p.kind == propPermanent || p.kind == propExhaust }
@@ -122,7 +176,7 @@ func (p *propPlan) wantReason() string {
 	if p.kind == propPermanent {
 		return middleware.ReasonPermanent
 	}
-	if p.panics&(1<<(propMaxAttempts-1)) != 0 {
+	if p.panics&(1<<(p.budget-1)) != 0 {
 		return middleware.ReasonPanic
 	}
 	return middleware.ReasonRetriesExhausted
@@ -132,18 +186,22 @@ func (p *propPlan) wantAttempts() int {
 	if p.kind == propPermanent {
 		return p.fail + 1
 	}
-	return propMaxAttempts
+	return p.budget
 }
+
+// wantRounds is the number of rounds a poison message went through: the
+// round of its last attempt.
+func (p *propPlan) wantRounds() int { return (p.wantAttempts()-1)/propMaxAttempts + 1 }
 
 func (p *propPlan) String() string {
 	return fmt.Sprintf("%s{%s fail=%d panics=%04b copies=%d}", p.id, p.kind, p.fail, p.panics, p.copies)
 }
 
 // newPropPlans draws the plan of n messages from rng.
-func newPropPlans(rng *rand.Rand, prefix string, n int) []*propPlan {
+func newPropPlans(rng *rand.Rand, prefix string, n, budget int) []*propPlan {
 	plans := make([]*propPlan, n)
 	for i := range plans {
-		p := &propPlan{id: fmt.Sprintf("%s-%05d", prefix, i), copies: 1}
+		p := &propPlan{id: fmt.Sprintf("%s-%05d", prefix, i), copies: 1, budget: budget}
 		p.payload = make([]byte, 1+rng.IntN(96))
 		for j := range p.payload {
 			p.payload[j] = byte(rng.Uint32()) // binary, NULs and invalid UTF-8 included
@@ -153,18 +211,18 @@ func newPropPlans(rng *rand.Rand, prefix string, n int) []*propPlan {
 			p.kind = propGood
 		case r < 84:
 			p.kind = propTransient
-			p.fail = 1 + rng.IntN(propMaxAttempts-1)
+			p.fail = 1 + rng.IntN(budget-1)
 		case r < 94:
 			p.kind = propPermanent
 			if rng.IntN(3) == 0 {
-				p.fail = 1 + rng.IntN(propMaxAttempts-1)
+				p.fail = 1 + rng.IntN(budget-1)
 			}
 		default:
 			p.kind = propExhaust
-			p.fail = propMaxAttempts
+			p.fail = budget
 		}
 		if p.fail > 0 {
-			p.panics = uint8(rng.IntN(1 << propMaxAttempts))
+			p.panics = uint32(rng.IntN(1 << budget))
 		}
 		if rng.IntN(10) == 0 {
 			p.copies = 2
@@ -236,7 +294,9 @@ func (s *propState) handle(ctx context.Context, m *message.Message) error {
 	if !bytes.Equal(m.Payload, p.payload) {
 		s.problem("%v: handled payload %x, published %x", p, m.Payload, p.payload)
 	}
-	attempt := middleware.AttemptFromContext(ctx)
+	// The attempt over every round: the earlier rounds' count travels in
+	// the message's budget headers.
+	attempt := middleware.RetryBudgetOf(m.Metadata).Attempts + middleware.AttemptFromContext(ctx)
 	if attempt <= p.fail {
 		if p.panics&(1<<(attempt-1)) != 0 {
 			panic(fmt.Sprintf("planned panic, attempt %d", attempt))
@@ -316,6 +376,7 @@ func (s *propState) deadLetter(m *message.Message, topic string) {
 		middleware.KeyDLQTopic:    topic,
 		middleware.KeyDLQHandler:  propHandler,
 		middleware.KeyDLQAttempts: strconv.Itoa(p.wantAttempts()),
+		middleware.KeyDLQRounds:   strconv.Itoa(p.wantRounds()),
 	} {
 		if got := m.Metadata.Get(key); got != want {
 			s.problem("%v: dead letter %s = %q, want %q", p, key, got, want)
@@ -375,7 +436,12 @@ func runProperty(t *testing.T, cfg bus.Config, run propRun) {
 	cfg.Group = bustest.Name("prop-group")
 	cfg.DeadLetterTopic = bustest.Name("prop-dlq")
 	cfg.ShutdownTimeout = 20 * time.Second
-	plans := newPropPlans(rng, topic, n)
+	if run.delays == nil {
+		cfg.RedeliveryDelays = bus.NoRedelivery
+	} else {
+		cfg.RedeliveryDelays = run.delays
+	}
+	plans := newPropPlans(rng, topic, n, run.budget())
 	s := newPropState(plans)
 
 	logs := &propLog{}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -31,6 +32,10 @@ const (
 	KeyDLQFirstFailure = schema.PrivatePrefix + "dlq_first_failure"
 	// KeyDLQLastFailure is when the last attempt failed (RFC 3339, nanoseconds, UTC).
 	KeyDLQLastFailure = schema.PrivatePrefix + "dlq_last_failure"
+	// KeyDLQRounds is the number of rounds (the first delivery and each
+	// delayed redelivery) the message went through, in decimal; the rounds
+	// themselves are in busline_retry_history.
+	KeyDLQRounds = schema.PrivatePrefix + "dlq_rounds"
 	// KeyReplayCount counts how often a message was replayed from the
 	// dead-letter destination; [Replay] sets it.
 	KeyReplayCount = schema.PrivatePrefix + "replay_count"
@@ -66,6 +71,11 @@ type DeadLetterConfig struct {
 	// (telemetry counts dead letters with it). It runs on the handler
 	// goroutine and must not block.
 	OnDeadLetter func(DeadLetterInfo)
+	// Redelivery configures the delayed tier between the in-process retries
+	// and the dead-letter topic; its zero value has none.
+	Redelivery RedeliveryConfig
+	// Observer, when set, is told of delayed redeliveries.
+	Observer Observer
 }
 
 // DeadLetterInfo describes a dead-lettered message for
@@ -96,6 +106,18 @@ const DefaultDeadLetterNackDelay = time.Second
 // busline_dlq_last_failure (from a [*RetryError] when the error is one, else
 // 1 attempt at the time of failure). Messages the failing handler returned
 // are dropped, never published.
+//
+// With a delayed tier (DeadLetterConfig.Redelivery with a Redeliverer), a
+// message whose error is not permanent and whose budget is not spent is not
+// dead-lettered: a copy with updated budget headers (busline_retry_rounds,
+// busline_retry_attempts, busline_retry_first_failure,
+// busline_retry_history) is handed to the Redeliverer for the next round
+// after Delays[round-1], and the message is acked. The budget is the number
+// of delays and RedeliveryConfig.MaxTotal from the first failure; when it is
+// spent, the dead letter reports the totals of every round
+// (busline_dlq_attempts, busline_dlq_first_failure, busline_dlq_rounds) and
+// the rounds in busline_retry_history. When the Redeliverer fails, the
+// message is nacked as for a failed dead-letter publish.
 //
 // Not dead-lettered, but returned so that the router nacks the message for a
 // later redelivery: errors for which [IsRedelivery] holds (context
@@ -130,6 +152,9 @@ func (cfg DeadLetterConfig) withDefaults() DeadLetterConfig {
 	if cfg.NackDelay == 0 {
 		cfg.NackDelay = DefaultDeadLetterNackDelay
 	}
+	if cfg.Redelivery.Redeliverer != nil {
+		cfg.Redelivery = cfg.Redelivery.withDefaults()
+	}
 	return cfg
 }
 
@@ -149,16 +174,17 @@ func deadLetterFailed(cfg *DeadLetterConfig, msg *message.Message, orig context.
 		// dead-lettered on its own if it fails.
 		return err
 	}
+	if handled, rerr := redeliverLater(&cfg.Redelivery, msg, orig, err, cfg.Observer); handled {
+		if rerr != nil && cfg.NackDelay > 0 {
+			sleep(orig, cfg.NackDelay)
+		}
+		return rerr
+	}
 	return deadLetter(cfg, msg, orig, err)
 }
 
 func deadLetter(cfg *DeadLetterConfig, msg *message.Message, ctx context.Context, err error) error {
-	now := time.Now()
-	attempts, first, last := 1, now, now
-	var re *RetryError
-	if errors.As(err, &re) {
-		attempts, first, last = re.Attempts, re.FirstFailure, re.LastFailure
-	}
+	o := outcomeOf(msg, err)
 	srcTopic := message.SubscribeTopicFromCtx(ctx)
 	topic := cfg.Topic
 	switch {
@@ -170,9 +196,13 @@ func deadLetter(cfg *DeadLetterConfig, msg *message.Message, ctx context.Context
 		topic = "busline.dlq"
 	}
 	reason := ErrorType(err)
+	if reason == ReasonHandlerError && o.total() > 1 {
+		// Each round was one attempt, but there were several rounds.
+		reason = ReasonRetriesExhausted
+	}
 
 	dl := message.NewMessageWithContext(ctx, msg.UUID, msg.Payload)
-	dl.Metadata = make(message.Metadata, len(msg.Metadata)+7)
+	dl.Metadata = make(message.Metadata, len(msg.Metadata)+9)
 	for k, v := range msg.Metadata {
 		dl.Metadata[k] = v
 	}
@@ -190,9 +220,13 @@ func deadLetter(cfg *DeadLetterConfig, msg *message.Message, ctx context.Context
 	}
 	dl.Metadata[KeyDLQHandler] = message.HandlerNameFromCtx(ctx)
 	dl.Metadata[KeyDLQTopic] = srcTopic
-	dl.Metadata[KeyDLQAttempts] = strconv.Itoa(attempts)
-	dl.Metadata[KeyDLQFirstFailure] = first.UTC().Format(time.RFC3339Nano)
-	dl.Metadata[KeyDLQLastFailure] = last.UTC().Format(time.RFC3339Nano)
+	dl.Metadata[KeyDLQAttempts] = strconv.Itoa(o.total())
+	dl.Metadata[KeyDLQFirstFailure] = o.first.UTC().Format(time.RFC3339Nano)
+	dl.Metadata[KeyDLQLastFailure] = o.last.UTC().Format(time.RFC3339Nano)
+	dl.Metadata[KeyDLQRounds] = strconv.Itoa(o.budget.Rounds + 1)
+	if o.budget.Rounds > 0 {
+		dl.Metadata[KeyRetryHistory] = o.history(err, 0)
+	}
 
 	if perr := cfg.Publisher.Publish(topic, dl); perr != nil {
 		if cfg.NackDelay > 0 {
@@ -247,7 +281,8 @@ func sleep(ctx context.Context, d time.Duration) {
 
 // Replay turns a dead letter back into a message for its original topic. It
 // returns that topic (busline_dlq_topic) and a copy with the same UUID,
-// payload and metadata minus the busline_dlq_* keys, and with
+// payload and metadata minus the busline_dlq_* keys and the delayed tier's
+// busline_retry_* budget (a replay starts a fresh budget), and with
 // busline_replay_count incremented. The UUID (and so ce_id and the
 // correlation) is kept: the failed handling released its dedup claim, so
 // [Dedup] processes the replay instead of treating it as a duplicate.
@@ -264,7 +299,7 @@ func Replay(msg *message.Message) (topic string, out *message.Message, err error
 	}
 	out = message.NewMessage(msg.UUID, append(message.Payload(nil), msg.Payload...))
 	for k, v := range msg.Metadata {
-		if len(k) >= len(dlqPrefix) && k[:len(dlqPrefix)] == dlqPrefix {
+		if strings.HasPrefix(k, dlqPrefix) || strings.HasPrefix(k, retryPrefix) {
 			continue
 		}
 		out.Metadata[k] = v

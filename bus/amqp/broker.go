@@ -27,6 +27,7 @@ var (
 	_ broker.Broker       = (*Broker)(nil)
 	_ broker.QueueDepther = (*Broker)(nil)
 	_ broker.Browser      = (*Broker)(nil)
+	_ broker.Redelivering = (*Broker)(nil)
 )
 
 // Broker is the RabbitMQ adapter of the bus: one AMQP connection for its
@@ -144,7 +145,7 @@ func (b *Broker) Prepare(ctx context.Context, topic, group string) error {
 
 func (b *Broker) prepare(ctx context.Context, topic, group string) error {
 	return b.withChannel(ctx, b.sub, func(ch *amqp091.Channel) error {
-		return declareTopology(ch, topic, group)
+		return b.cfg.declareTopology(ch, topic, group)
 	})
 }
 
@@ -185,6 +186,12 @@ func (b *Broker) QueueDepth(ctx context.Context, topic, group string) (int, erro
 	}
 	return n, nil
 }
+
+// RejectedPublishes returns how many messages RabbitMQ refused with a
+// negative publisher confirm since [New], each of which Publish (or
+// Redeliver) reported as [ErrNacked]: with Config.MaxQueueLength, the
+// messages a full queue rejected. It never decreases.
+func (b *Broker) RejectedPublishes() int64 { return b.pub.rejected.Load() }
 
 // withChannel runs fn on a short-lived channel of connection c.
 // amqp091-go takes no context, so fn runs in a goroutine owned by the

@@ -16,6 +16,16 @@ const (
 	DefaultNackDelay       = time.Second
 	DefaultConcurrency     = 1
 	DefaultPublishWindow   = 512
+	DefaultQueueType       = QueueTypeClassic
+)
+
+// Queue types of [Config.QueueType].
+const (
+	// QueueTypeClassic is RabbitMQ's classic queue: one copy, on one node.
+	QueueTypeClassic = "classic"
+	// QueueTypeQuorum is RabbitMQ's quorum queue: replicated with Raft
+	// across the cluster's nodes, always durable.
+	QueueTypeQuorum = "quorum"
 )
 
 // TLSConfig holds TLS settings; the zero value means no TLS (unless the URL
@@ -55,6 +65,40 @@ type Config struct {
 	// Zero: 1s. RabbitMQ requeues a nack at once, so a zero delay would be a
 	// hot loop.
 	NackDelay time.Duration
+	// QueueType is the type of every queue the broker declares: the
+	// groups' queues ([QueueName]) and the wait queues of delayed
+	// redelivery ([WaitQueueName]). "classic" or "quorum"; zero: "classic".
+	//
+	// Classic is the default because it is what queues declared by earlier
+	// versions of Busline (and by watermill-amqp) are: RabbitMQ cannot
+	// change the type of an existing queue, and declaring one with another
+	// type fails with [ErrQueueMismatch], so a new default would stop every
+	// existing deployment at start-up; and on a single node (as in
+	// development and CI) a quorum queue replicates nothing and costs more
+	// memory and disk per queue. Choose quorum on a cluster: its queues
+	// survive the loss of a minority of nodes, and its wait queues
+	// dead-letter at least once (x-dead-letter-strategy at-least-once,
+	// with x-overflow reject-publish, RabbitMQ 3.10 or later with the
+	// stream_queue feature flag), where a classic queue dead-letters at
+	// most once: a classic wait queue drops a message whose wait ends
+	// while its group's queue is full or gone.
+	QueueType string
+	// MaxQueueLength bounds the ready messages of every group's queue
+	// (x-max-length, with x-overflow reject-publish): when the queue is
+	// full, RabbitMQ refuses further messages routed to it and Publish fails
+	// for exactly those with [ErrNacked]; nothing already accepted is
+	// dropped. [Broker.RejectedPublishes] counts them. It applies to the
+	// queue of the dead-letter topic too: a full one makes dead-lettering
+	// fail, and the message is nacked and comes back. Zero: unbounded.
+	// Like the type, RabbitMQ cannot change it on an existing queue
+	// ([ErrQueueMismatch]).
+	//
+	// A classic queue holds at most MaxQueueLength. A quorum queue's bound
+	// is soft: RabbitMQ (3.10.8) tells the publishing channel only once the
+	// queue went over it, so it accepts what is in flight until then
+	// (measured: one more when publishing one message at a time, all 50 of
+	// one pipelined Publish call into a queue bounded at 5), then rejects.
+	MaxQueueLength int
 	// TLS configures TLS. Zero: plaintext, or the system defaults for amqps.
 	// When TLS.Enabled is set and the URL scheme is amqp, the broker dials
 	// amqps instead (default port 5671 unless the URL names one).
@@ -89,6 +133,14 @@ func (c Config) Validate() error {
 	if c.NackDelay < 0 {
 		errs = append(errs, fmt.Errorf("amqp: nack delay %v is negative", c.NackDelay))
 	}
+	switch c.QueueType {
+	case "", QueueTypeClassic, QueueTypeQuorum:
+	default:
+		errs = append(errs, fmt.Errorf("amqp: queue type %q is neither %s nor %s", c.QueueType, QueueTypeClassic, QueueTypeQuorum))
+	}
+	if c.MaxQueueLength < 0 {
+		errs = append(errs, fmt.Errorf("amqp: max queue length %d is negative", c.MaxQueueLength))
+	}
 	if err := c.TLS.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("amqp: %w", err))
 	}
@@ -111,6 +163,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.NackDelay == 0 {
 		c.NackDelay = DefaultNackDelay
+	}
+	if c.QueueType == "" {
+		c.QueueType = DefaultQueueType
 	}
 	return c
 }

@@ -1,6 +1,7 @@
 package amqp
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -22,7 +23,7 @@ func TestMarshalPersistent(t *testing.T) {
 
 func TestDefaults(t *testing.T) {
 	c := Config{}.withDefaults()
-	want := Config{Prefetch: 16, Concurrency: 1, ChannelPoolSize: 4, PublishWindow: 512, NackDelay: time.Second}
+	want := Config{Prefetch: 16, Concurrency: 1, ChannelPoolSize: 4, PublishWindow: 512, NackDelay: time.Second, QueueType: QueueTypeClassic}
 	if c != want {
 		t.Errorf("defaults %+v, want %+v", c, want)
 	}
@@ -33,6 +34,20 @@ func TestDefaults(t *testing.T) {
 	// The prefetch follows a concurrency above the default prefetch.
 	if c := (Config{Concurrency: 64}).withDefaults(); c.Prefetch != 64 {
 		t.Errorf("prefetch %d with concurrency 64, want 64", c.Prefetch)
+	}
+}
+
+func TestValidateQueueOptions(t *testing.T) {
+	err := Config{URL: "amqp://x/", QueueType: "stream", MaxQueueLength: -1}.Validate()
+	for _, want := range []string{`queue type "stream"`, "max queue length -1"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate: %v, want it to mention %s", err, want)
+		}
+	}
+	for _, qt := range []string{"", QueueTypeClassic, QueueTypeQuorum} {
+		if err := (Config{URL: "amqp://x/", QueueType: qt, MaxQueueLength: 10}).Validate(); err != nil {
+			t.Errorf("queue type %q: %v", qt, err)
+		}
 	}
 }
 

@@ -20,6 +20,29 @@
 // group) before publishing, and messages published before the group
 // subscribes wait in its queue.
 //
+// Queues are classic unless Config.QueueType is "quorum", and unbounded
+// unless Config.MaxQueueLength bounds them (x-max-length with x-overflow
+// reject-publish: a full queue makes Publish fail with [ErrNacked], counted
+// by [Broker.RejectedPublishes]). RabbitMQ cannot change either on an
+// existing queue: declaring it with other arguments fails with
+// [ErrQueueMismatch].
+//
+// # Delayed redelivery
+//
+// [Broker.Redeliverer] gives a group's queue one durable wait queue per
+// delay ([WaitQueueName]), bound to no exchange, with x-message-ttl the
+// delay and x-dead-letter-exchange "" plus x-dead-letter-routing-key the
+// group's queue: a message redelivered there waits without holding a
+// consumer, then returns to that group's queue alone. This needs no
+// plugin (RabbitMQ 3.10 or later); the delayed-message-exchange plugin is
+// unmaintained, keeps delayed messages on one node and is gone in 4.3.
+// One queue per delay, because RabbitMQ expires messages only at a
+// queue's head. Quorum wait queues dead-letter at least once
+// (x-dead-letter-strategy at-least-once, which needs x-overflow
+// reject-publish); classic ones at most once, which RabbitMQ 3.10.8
+// refuses to change (x-dead-letter-strategy on a classic queue is
+// PRECONDITION_FAILED).
+//
 // The broker holds two AMQP connections: "busline-publish" for its
 // publisher and "busline-consume" for every subscriber and for Prepare,
 // Ping and QueueDepth (RabbitMQ blocks a publishing connection under flow

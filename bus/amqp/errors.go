@@ -7,6 +7,11 @@ var (
 	// ErrQueueNotFound is returned by [Broker.QueueDepth] for a queue that
 	// does not exist (nobody prepared or subscribed the group yet).
 	ErrQueueNotFound = errors.New("amqp: queue not found")
+	// ErrQueueMismatch is returned when a queue to declare already exists
+	// with other arguments (another queue type, another maximum length):
+	// RabbitMQ refuses the declaration with PRECONDITION_FAILED, and cannot
+	// change the arguments of an existing queue.
+	ErrQueueMismatch = errors.New("amqp: queue exists with other arguments")
 	// ErrNotConnected is returned while the connection to RabbitMQ is down
 	// and being re-established in the background.
 	ErrNotConnected = errors.New("amqp: not connected to RabbitMQ")

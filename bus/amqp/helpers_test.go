@@ -40,16 +40,20 @@ type topology struct {
 	mu     sync.Mutex
 	topics map[string]bool
 	groups map[string]bool
+	queues map[string]bool
 }
 
 func newTopology(t testing.TB) *topology {
 	t.Helper()
 	url := testserver.AMQPURL(t)
-	tp := &topology{topics: map[string]bool{}, groups: map[string]bool{}}
+	tp := &topology{topics: map[string]bool{}, groups: map[string]bool{}, queues: map[string]bool{}}
 	t.Cleanup(func() {
 		tp.mu.Lock()
 		defer tp.mu.Unlock()
 		var queues, exchanges []string
+		for q := range tp.queues {
+			queues = append(queues, q)
+		}
 		for topic := range tp.topics {
 			for group := range tp.groups {
 				queues = append(queues, amqp.QueueName(topic, group))
@@ -84,6 +88,15 @@ func (tp *topology) group(name string) string {
 	return name
 }
 
+// queue records one more queue to delete when the test ends, and returns
+// its name.
+func (tp *topology) queue(name string) string {
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	tp.queues[name] = true
+	return name
+}
+
 // rawChannel opens a plain amqp091-go channel, closed when the test ends.
 func rawChannel(t testing.TB) *amqp091.Channel {
 	t.Helper()
@@ -102,14 +115,20 @@ func rawChannel(t testing.TB) *amqp091.Channel {
 // receive returns the next message of ch, failing the test after wait.
 func receive(t testing.TB, ch <-chan *message.Message) *message.Message {
 	t.Helper()
+	return receiveWithin(t, ch, wait)
+}
+
+// receiveWithin returns the next message of ch, failing the test after d.
+func receiveWithin(t testing.TB, ch <-chan *message.Message, d time.Duration) *message.Message {
+	t.Helper()
 	select {
 	case m, ok := <-ch:
 		if !ok {
 			t.Fatal("messages channel closed")
 		}
 		return m
-	case <-time.After(wait):
-		t.Fatal("no message within", wait)
+	case <-time.After(d):
+		t.Fatal("no message within", d)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package amqp
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // maxNameLen is RabbitMQ's limit on exchange and queue names, in bytes.
@@ -18,6 +19,14 @@ func ExchangeName(topic string) string { return topic }
 // topic "a" with group "b.c" share a queue; keep the split unambiguous
 // (for example, no dots in group names).
 func QueueName(topic, group string) string { return topic + "." + group }
+
+// WaitQueueName is the durable queue in which a message of the group's
+// queue of topic waits delay before it returns to that queue
+// ([Broker.Redeliverer]): "<topic>.<group>.wait.<delay>", the delay as
+// [time.Duration.String] writes it (1s, 1m0s, 1h0m0s).
+func WaitQueueName(topic, group string, delay time.Duration) string {
+	return QueueName(topic, group) + ".wait." + delay.String()
+}
 
 func checkTopic(topic string) error {
 	if topic == "" {

@@ -50,7 +50,9 @@ type publisher struct {
 	next atomic.Uint64
 
 	declMu   sync.Mutex
-	declared map[string]uint64 // topic -> connection generation it was declared on
+	declared map[declKey]uint64 // destination -> connection generation its topology was declared on
+
+	rejected atomic.Int64 // messages RabbitMQ nacked
 
 	closed    atomic.Bool
 	closing   chan struct{}
@@ -67,7 +69,7 @@ func newPublisher(conn *connection, cfg Config, logger watermill.LoggerAdapter) 
 		mandatory: !cfg.AllowUnroutable,
 		window:    cfg.PublishWindow,
 		pool:      make([]*poolSlot, cfg.ChannelPoolSize),
-		declared:  make(map[string]uint64),
+		declared:  make(map[declKey]uint64),
 		closing:   make(chan struct{}),
 	}
 	for i := range p.pool {
@@ -96,6 +98,31 @@ type confirmChannel struct {
 	closeErr *amqp091.Error // why the channel closed, when it did with an error
 }
 
+// destination is where a send goes: an exchange and routing key, and the
+// topology declared (once per connection) before the first message goes
+// there.
+type destination struct {
+	key        declKey
+	exchange   string
+	routingKey string
+	mandatory  bool
+	// declare declares the topology; nil: the exchange of topic key.name.
+	declare func(*amqp091.Channel) error
+}
+
+// declKey names the topology of a destination in publisher.declared: a
+// topic's exchange (wait false) or a group's wait queues (wait true).
+type declKey struct {
+	wait bool
+	name string
+}
+
+// topicDestination is the exchange of topic. It allocates nothing: it is
+// on Publish's path.
+func (p *publisher) topicDestination(topic string) destination {
+	return destination{key: declKey{name: topic}, exchange: ExchangeName(topic), mandatory: p.mandatory}
+}
+
 // Publish publishes msgs to topic's exchange and returns when RabbitMQ has
 // confirmed every one of them. Unless all were confirmed it returns a
 // *[broker.PublishError] naming each failed message. It is safe for concurrent
@@ -104,30 +131,50 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
+	if err := checkTopic(topic); err != nil {
+		return result(topic, len(msgs), failEach(nil, msgs, 0, err))
+	}
+	return result(topic, len(msgs), p.send(nil, p.topicDestination(topic), msgs))
+}
+
+// failEach appends a failure with err for each of msgs[from:].
+func failEach(failed []broker.FailedMessage, msgs []*message.Message, from int, err error) []broker.FailedMessage {
+	for i := from; i < len(msgs); i++ {
+		failed = append(failed, broker.FailedMessage{Index: i, UUID: msgs[i].UUID, Err: err})
+	}
+	return failed
+}
+
+// result is the error of a Publish call of total messages to topic in
+// which failed were not confirmed: nil when none failed, else a
+// *broker.PublishError listing them in the call's order.
+func result(topic string, total int, failed []broker.FailedMessage) error {
+	if len(failed) == 0 {
+		return nil
+	}
+	slices.SortFunc(failed, func(a, b broker.FailedMessage) int { return a.Index - b.Index })
+	return &broker.PublishError{Topic: topic, Total: total, Failed: failed}
+}
+
+// send publishes msgs to dst on one channel of the pool, in order, and
+// returns when RabbitMQ has confirmed every one of them: the messages that
+// failed, with their causes, or nil. Each message is sent with ctx, or
+// its own context when ctx is nil.
+func (p *publisher) send(ctx context.Context, dst destination, msgs []*message.Message) []broker.FailedMessage {
 	var failed []broker.FailedMessage
 	fail := func(i int, err error) {
 		failed = append(failed, broker.FailedMessage{Index: i, UUID: msgs[i].UUID, Err: err})
 	}
-	failAll := func(from int, err error) error {
-		for i := from; i < len(msgs); i++ {
-			fail(i, err)
-		}
-		return result(topic, len(msgs), failed)
-	}
-	if err := checkTopic(topic); err != nil {
-		return failAll(0, err)
-	}
 	if p.closed.Load() {
-		return failAll(0, broker.ErrClosed)
+		return failEach(nil, msgs, 0, broker.ErrClosed)
 	}
 	slot := p.take()
 	defer slot.users.Add(-1)
-	cc, err := p.channel(slot, topic)
+	cc, err := p.channel(slot, dst)
 	if err != nil {
-		return failAll(0, err)
+		return failEach(nil, msgs, 0, err)
 	}
 
-	exchange := ExchangeName(topic)
 	dcs := make([]*amqp091.DeferredConfirmation, 0, len(msgs))
 	released := 0 // dcs[:released] gave their slot back
 	var sendErr error
@@ -150,18 +197,21 @@ send:
 			}
 		}
 		pub, _ := marshaler{}.Marshal(m) // never fails
-		ctx := m.Context()
-		if ctx == nil {
-			ctx = context.Background()
+		mctx := ctx
+		if mctx == nil {
+			mctx = m.Context()
 		}
-		dc, err := cc.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, "", p.mandatory, false, pub)
+		if mctx == nil {
+			mctx = context.Background()
+		}
+		dc, err := cc.ch.PublishWithDeferredConfirmWithContext(mctx, dst.exchange, dst.routingKey, dst.mandatory, false, pub)
 		if err == nil && dc == nil {
 			err = errors.New("channel not in confirm mode")
 		}
 		if err != nil {
 			<-cc.slots
 			sendErr = err
-			if ctx.Err() == nil {
+			if mctx.Err() == nil {
 				sendErr = fmt.Errorf("%w: %w", ErrChannelClosed, err)
 			}
 			break
@@ -174,19 +224,17 @@ send:
 			<-cc.slots
 		}
 	}
-	for i := len(dcs); i < len(msgs); i++ {
-		fail(i, sendErr)
-	}
+	failed = failEach(failed, msgs, len(dcs), sendErr)
 
-	returned := p.mandatory && cc.flushReturns()
+	returned := dst.mandatory && cc.flushReturns()
 	closed := cc.ch.IsClosed()
 	closedErr := ErrChannelClosed
 	if closed {
-		// The channel may have closed because of topic's exchange (RabbitMQ
+		// The channel may have closed because of dst's topology (RabbitMQ
 		// closes a channel that publishes to a deleted exchange with 404):
-		// declare it again before the next Publish to it, rather than fail
+		// declare it again before the next send to it, rather than fail
 		// every one until the connection is replaced.
-		p.forget(topic)
+		p.forget(dst.key)
 		if reason := cc.reason(); reason != nil {
 			closedErr = fmt.Errorf("%w: %w", ErrChannelClosed, reason)
 		}
@@ -200,21 +248,11 @@ send:
 		case closed:
 			fail(i, closedErr)
 		default:
+			p.rejected.Add(1)
 			fail(i, ErrNacked)
 		}
 	}
-	return result(topic, len(msgs), failed)
-}
-
-// result is the error of a Publish call of total messages to topic in
-// which failed were not confirmed: nil when none failed, else a
-// *broker.PublishError listing them in the call's order.
-func result(topic string, total int, failed []broker.FailedMessage) error {
-	if len(failed) == 0 {
-		return nil
-	}
-	slices.SortFunc(failed, func(a, b broker.FailedMessage) int { return a.Index - b.Index })
-	return &broker.PublishError{Topic: topic, Total: total, Failed: failed}
+	return failed
 }
 
 // reason returns why cc's channel closed, once it has: the error RabbitMQ
@@ -281,14 +319,14 @@ func (p *publisher) take() *poolSlot {
 	return best
 }
 
-// channel returns the live channel of slot for a Publish to topic,
-// opening one if needed, and makes sure topic's exchange is declared.
-func (p *publisher) channel(slot *poolSlot, topic string) (*confirmChannel, error) {
+// channel returns the live channel of slot for a send to dst, opening one
+// if needed, and makes sure dst's topology is declared.
+func (p *publisher) channel(slot *poolSlot, dst destination) (*confirmChannel, error) {
 	conn, gen, err := p.conn.current()
 	if err != nil {
 		return nil, err
 	}
-	if err := p.declare(conn, gen, topic); err != nil {
+	if err := p.declare(conn, gen, dst); err != nil {
 		return nil, downErr(conn, err)
 	}
 	slot.mu.Lock()
@@ -387,38 +425,48 @@ func (p *publisher) dispatchReturns(cc *confirmChannel, returns <-chan amqp091.R
 	}
 }
 
-// forget makes the next Publish to topic declare its exchange again.
-func (p *publisher) forget(topic string) {
+// forget makes the next send to a destination of key declare its
+// topology again.
+func (p *publisher) forget(key declKey) {
 	p.declMu.Lock()
-	delete(p.declared, topic)
+	delete(p.declared, key)
 	p.declMu.Unlock()
 }
 
-// declare declares topic's durable fanout exchange once per connection.
-func (p *publisher) declare(conn *amqp091.Connection, gen uint64, topic string) error {
+// declare declares dst's topology once per connection.
+func (p *publisher) declare(conn *amqp091.Connection, gen uint64, dst destination) error {
 	p.declMu.Lock()
 	defer p.declMu.Unlock()
-	if p.declared[topic] == gen {
+	if p.declared[dst.key] == gen {
 		return nil
+	}
+	declare := dst.declare
+	if declare == nil {
+		declare = func(ch *amqp091.Channel) error {
+			if err := declareExchange(ch, dst.key.name); err != nil {
+				return fmt.Errorf("declare exchange %s: %w", ExchangeName(dst.key.name), err)
+			}
+			return nil
+		}
 	}
 	ch, err := conn.Channel()
 	if err != nil {
-		return fmt.Errorf("amqp: declare exchange %s: %w", ExchangeName(topic), err)
+		return fmt.Errorf("amqp: declare %s: %w", dst.key.name, err)
 	}
-	err = declareExchange(ch, topic)
+	err = declare(ch)
 	if cerr := ch.Close(); err == nil && cerr != nil && !errors.Is(cerr, amqp091.ErrClosed) {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("amqp: declare exchange %s: %w", ExchangeName(topic), err)
+		return fmt.Errorf("amqp: %w", err)
 	}
-	p.declared[topic] = gen
+	p.declared[dst.key] = gen
 	return nil
 }
 
 // Close fails the messages still waiting for a confirm with
 // [ErrChannelClosed] (they may have been stored), closes the pool's channels and makes later Publish
-// calls fail with [broker.ErrClosed]. It is idempotent.
+// calls fail with [ErrClosed]. It is idempotent.
 func (p *publisher) Close() error {
 	p.closeOnce.Do(func() {
 		p.closed.Store(true)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 )
@@ -62,6 +63,15 @@ type SubscriberOptions struct {
 	// broker's transactions (see [Transactional]). It needs partition
 	// ordering and no batches.
 	Transactions bool
+	// RetryDelays are the delays of the handler's delayed redelivery tier
+	// ([Redelivering]) when the broker keeps it where the subscriber must
+	// also read (Kafka's retry topics). Nil: no tier.
+	RetryDelays []time.Duration
+}
+
+// IsZero reports whether o asks for nothing.
+func (o SubscriberOptions) IsZero() bool {
+	return o.Ordering == "" && o.BatchSize == 0 && !o.Transactions && len(o.RetryDelays) == 0
 }
 
 // Validate reports every problem of o at once, joined with errors.Join.
@@ -130,6 +140,24 @@ func DiscardFailedOutputs(t Transactional) message.HandlerMiddleware {
 			return out, err
 		}
 	}
+}
+
+// Redeliverer sends a message back, after a delay, to the subscription of
+// one group: middleware.Redeliverer, which a [Redelivering] broker returns.
+// It is an alias of the literal interface type so that a broker package
+// can implement [Redelivering] without importing this one.
+type Redeliverer = interface {
+	Redeliver(ctx context.Context, msg *message.Message, delay time.Duration) error
+}
+
+// Redelivering is a broker with a durable delayed redelivery tier: it
+// sends a message back to one group's subscription on topic after one of
+// delays (RabbitMQ: a TTL wait queue per delay that dead-letters into the
+// group's queue; Kafka: a retry topic per delay that the group's subscriber
+// also reads, handing a record out when it is due; in-process: a timer).
+// Redeliverer declares what it needs, idempotently.
+type Redelivering interface {
+	Redeliverer(topic, group string, delays []time.Duration) (Redeliverer, error)
 }
 
 // Drainer is a broker that stops fetching and waits for the messages in

@@ -22,8 +22,9 @@ var (
 
 // The capabilities of the in-process broker.
 var (
-	_ broker.Broker  = (*Broker)(nil)
-	_ broker.Drainer = (*Broker)(nil)
+	_ broker.Broker       = (*Broker)(nil)
+	_ broker.Drainer      = (*Broker)(nil)
+	_ broker.Redelivering = (*Broker)(nil)
 )
 
 // Broker is Busline's in-process broker: a bounded, ordered Watermill
@@ -63,6 +64,7 @@ type queue struct {
 	mu       sync.Mutex
 	pending  []*message.Message // interrupted in flight; delivered first
 	npending atomic.Int32       // len(pending), read without the lock
+	delayed  atomic.Int32       // messages on a redelivery timer
 }
 
 // New returns an in-process broker.
@@ -195,7 +197,7 @@ func (b *Broker) Close() error {
 }
 
 // Depth returns the number of messages waiting in the queue of group on
-// topic, not counting the one in flight.
+// topic, delayed redeliveries included, not counting the one in flight.
 func (b *Broker) Depth(topic, group string) int {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
@@ -209,7 +211,7 @@ func (b *Broker) Depth(topic, group string) int {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.ch) + len(q.pending)
+	return len(q.ch) + len(q.pending) + int(q.delayed.Load())
 }
 
 func (b *Broker) topic(name string) *topic {

@@ -245,6 +245,14 @@ func printDeadLetter(w io.Writer, m *message.Message) {
 	field("attempts", md.Get(middleware.KeyDLQAttempts))
 	field("first failure", md.Get(middleware.KeyDLQFirstFailure))
 	field("last failure", md.Get(middleware.KeyDLQLastFailure))
+	field("rounds", md.Get(middleware.KeyDLQRounds))
+	for i, r := range middleware.RetryBudgetOf(md).History {
+		line := fmt.Sprintf("%d attempt(s), failed %s: %s (%s)", r.Attempts, r.FailedAt.Format(time.RFC3339), r.Error, r.Reason)
+		if r.Delay != "" {
+			line += ", then waited " + r.Delay
+		}
+		field(fmt.Sprintf("  round %d", i+1), line)
+	}
 	fmt.Fprintln(w, "headers:")
 	for _, k := range slices.Sorted(maps.Keys(md)) {
 		fmt.Fprintf(w, "  %s: %s\n", k, indented(md[k], 4))

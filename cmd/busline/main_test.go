@@ -284,3 +284,26 @@ func TestInteropShowIndentsMultiLineValues(t *testing.T) {
 		}
 	}
 }
+
+// show lists every round a dead letter went through: its attempts, its
+// error and the delay that followed it.
+func TestDelayedRetryShowListsRounds(t *testing.T) {
+	m := message.NewMessage("dl-2", []byte("{}"))
+	m.Metadata.Set(middleware.KeyDLQReason, middleware.ReasonRetriesExhausted)
+	m.Metadata.Set(middleware.KeyDLQAttempts, "7")
+	m.Metadata.Set(middleware.KeyDLQRounds, "2")
+	m.Metadata.Set(middleware.KeyRetryHistory,
+		`[{"attempts":5,"error":"db down","reason":"handler_error","failed_at":"2026-12-08T01:00:00Z","delay":"1s"},`+
+			`{"attempts":2,"error":"db still down","reason":"timeout","failed_at":"2026-12-08T01:00:03Z"}]`)
+	var out bytes.Buffer
+	printDeadLetter(&out, m)
+	for _, want := range []string{
+		"rounds:        2\n",
+		"  round 1:     5 attempt(s), failed 2026-12-08T01:00:00Z: db down (handler_error), then waited 1s\n",
+		"  round 2:     2 attempt(s), failed 2026-12-08T01:00:03Z: db still down (timeout)\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("show output:\n%s\nwant it to contain %q", out.String(), want)
+		}
+	}
+}

@@ -42,6 +42,9 @@ func TestMain(m *testing.M) {
 	if raw := os.Getenv(childEnv); raw != "" {
 		os.Exit(runChild(raw))
 	}
+	if raw := os.Getenv(delayedChildEnv); raw != "" {
+		os.Exit(runDelayedChild(raw))
+	}
 	if raw := os.Getenv(committerEnv); raw != "" {
 		os.Exit(runCommitter(raw))
 	}

@@ -83,3 +83,25 @@ func (e *Reader) TLS(prefix string) tlsconfig.Config {
 		InsecureSkipVerify: e.Bool(prefix + "_INSECURE_SKIP_VERIFY"),
 	}
 }
+
+// Durations returns the comma-separated Go durations in key: nil when
+// unset, an empty (non-nil) list for "none".
+func (e *Reader) Durations(key string) []time.Duration {
+	v := e.Str(key)
+	switch {
+	case v == "":
+		return nil
+	case strings.EqualFold(v, "none"):
+		return []time.Duration{}
+	}
+	var out []time.Duration
+	for _, s := range strings.Split(v, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil {
+			e.errs = append(e.errs, fmt.Errorf("bus: %s=%q is not a list of durations like 1s,10s,1m or none", key, v))
+			return nil
+		}
+		out = append(out, d)
+	}
+	return out
+}
