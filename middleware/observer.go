@@ -1,0 +1,38 @@
+package middleware
+
+// Observer is told what the steps of a stack did; Busline's telemetry implements it.
+// Methods run on the handler goroutine (BreakerChanged: where the state changed), must be
+// safe for concurrent use and must not block. Embed NopObserver to implement only some.
+type Observer interface {
+	Retried(RetryInfo)           // before each in-process retry wait
+	DeadLettered(DeadLetterInfo) // after a dead letter was published
+	Duplicate(DedupInfo)         // a message was skipped as already processed
+	DedupWaited(DedupInfo)       // a message waited for a concurrent claim of its key
+	DedupStoreFailed(DedupInfo)  // a store operation failed (Op, Err)
+	Throttled(ThrottleInfo)      // an attempt waited for the throttle
+	BreakerChanged(BreakerInfo)  // the breaker changed state
+}
+
+// NopObserver implements Observer and observes nothing.
+type NopObserver struct{}
+
+// Retried implements Observer.
+func (NopObserver) Retried(RetryInfo) {}
+
+// DeadLettered implements Observer.
+func (NopObserver) DeadLettered(DeadLetterInfo) {}
+
+// Duplicate implements Observer.
+func (NopObserver) Duplicate(DedupInfo) {}
+
+// DedupWaited implements Observer.
+func (NopObserver) DedupWaited(DedupInfo) {}
+
+// DedupStoreFailed implements Observer.
+func (NopObserver) DedupStoreFailed(DedupInfo) {}
+
+// Throttled implements Observer.
+func (NopObserver) Throttled(ThrottleInfo) {}
+
+// BreakerChanged implements Observer.
+func (NopObserver) BreakerChanged(BreakerInfo) {}
