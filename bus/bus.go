@@ -11,12 +11,11 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/bus/memory"
+	"github.com/busline/busline/bus/telemetry"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
@@ -42,7 +41,7 @@ type Bus struct {
 	drain  drainer
 	gate   *gate // nil when the broker drains itself
 	stack  middleware.StackConfig
-	tel    *telemetry // set by instrumentPublisher in New (telemetry.go)
+	tel    *telemetry.Telemetry
 
 	mu        sync.Mutex
 	state     state
@@ -116,7 +115,8 @@ func New(cfg Config, opts ...Option) (*Bus, error) {
 		b.gate = newGate()
 		b.drain = b.gate
 	}
-	b.pub = b.instrumentPublisher(b.broker.Publisher())
+	b.tel = b.newTelemetry()
+	b.pub = b.tel.Publisher(b.broker.Publisher())
 
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.ShutdownTimeout}, wlog)
 	if err != nil {
@@ -192,8 +192,9 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	if b.transactional(ho) {
 		transactionalStack(&stack)
 	}
-	// Telemetry wraps the hooks the options set, so both run.
-	b.instrumentStack(&stack, name, topic, group)
+	// Telemetry observes the stack; hooks the options set run too.
+	tel := b.tel.Handler(name, topic, group)
+	observe(&stack, tel)
 	ctx, cancel := context.WithTimeout(context.Background(), prepareTimeout)
 	defer cancel()
 	if err := b.broker.Prepare(ctx, topic, group); err != nil {
@@ -208,7 +209,7 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	}
 	fn := func(msg *message.Message) error { return h(msg.Context(), msg) }
 	wh := b.router.AddConsumerHandler(name, topic, sub, fn)
-	wh.AddMiddleware(b.instrumentHandler(name, topic, group), middleware.Stack(stack))
+	wh.AddMiddleware(tel.Middleware(), middleware.Stack(stack))
 	wh.AddMiddleware(ho.extra...)
 	if b.transactional(ho) {
 		wh.AddMiddleware(discardFailedOutputs)
@@ -283,15 +284,7 @@ func stamp(ctx context.Context, msgs []*message.Message) {
 // then linked to the creation context.
 func (b *Bus) Stamp(ctx context.Context, msgs ...*message.Message) {
 	stamp(ctx, msgs)
-	t := b.tel
-	if t.tracer == nil || !trace.SpanContextFromContext(ctx).IsValid() {
-		return
-	}
-	for _, m := range msgs {
-		if m != nil && !t.hasCreationContext(m.Metadata) {
-			t.prop.Inject(ctx, propagation.MapCarrier(m.Metadata))
-		}
-	}
+	b.tel.Stamp(ctx, msgs)
 }
 
 // Publisher returns a Watermill publisher that publishes through the bus
@@ -331,8 +324,8 @@ func (b *Bus) Run(ctx context.Context) error {
 	// finds them started.
 	werrc := b.workers.start(ctx)
 	b.mu.Unlock()
-	stopTelemetry := b.startTelemetry() // the broker poller, stopped by Close too
-	defer stopTelemetry()
+	stopPoller := b.tel.Start() // the broker poller, stopped by Close too
+	defer stopPoller()
 
 	// The router gets a context of its own: cancelling it cancels the
 	// handlers at once, so only Close does, after the drain.
@@ -421,7 +414,7 @@ func (b *Bus) Close(ctx context.Context) error {
 				errs = append(errs, err)
 			}
 		}
-		b.stopTelemetry()
+		b.tel.Close()
 		b.pubClosed.Store(true)
 		if err := b.pub.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("bus: close publisher: %w", err))
