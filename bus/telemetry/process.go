@@ -218,11 +218,21 @@ func (h *Handler) end(pc *procCtx, msg *message.Message, err error) {
 	}
 }
 
-// startProcess starts the process span of msg. Its parent is the
-// producer's span extracted from the metadata (unless an ambient span is
-// in ctx or NewRootOnProcess was set) and it always links to it. Every
-// attribute is given at start, so samplers see them.
+// startProcess starts the process span of msg. The options are built by
+// processOptions, whose large frame (attribute values) is gone by the time
+// the SDK runs.
 func (h *Handler) startProcess(ctx context.Context, msg *message.Message) (context.Context, trace.Span) {
+	parent, opts := h.processOptions(ctx, msg)
+	return h.t.tracer.Start(parent, h.processName, opts...)
+}
+
+// processOptions returns the process span's parent and start options. Its
+// parent is the producer's span extracted from the metadata (unless an
+// ambient span is in ctx or NewRootOnProcess was set) and it always links
+// to it. Every attribute is given at start, so samplers see them.
+//
+//go:noinline
+func (h *Handler) processOptions(ctx context.Context, msg *message.Message) (context.Context, []trace.SpanStartOption) {
 	t := h.t
 	opts := make([]trace.SpanStartOption, 0, 4)
 	opts = append(opts, consumerKind)
@@ -258,8 +268,7 @@ func (h *Handler) startProcess(ctx context.Context, msg *message.Message) (conte
 	if f.HasDeliveryTag {
 		attrs = append(attrs, semconv.MessagingRabbitMQMessageDeliveryTag(int(f.DeliveryTag)))
 	}
-	opts = append(opts, trace.WithAttributes(attrs...))
-	return t.tracer.Start(parent, h.processName, opts...)
+	return parent, append(opts, trace.WithAttributes(attrs...))
 }
 
 // messageAge is how long ago the message was created (ce_time) or
