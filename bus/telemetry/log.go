@@ -52,3 +52,14 @@ func messageLogAttrs(ctx context.Context, msg *message.Message) []slog.Attr {
 	attrs = append(attrs, slog.String("correlation_id", corr))
 	return appendTraceAttrs(ctx, attrs)
 }
+
+// log logs a line about msg at level, when the logger takes it: the
+// message's attributes, the handler's name, then attrs.
+func (h *Handler) log(ctx context.Context, level slog.Level, text string, msg *message.Message, attrs ...slog.Attr) {
+	l := h.t.logger
+	if !l.Enabled(ctx, level) {
+		return
+	}
+	all := append(messageLogAttrs(ctx, msg), slog.String("handler", h.name))
+	l.LogAttrs(ctx, level, text, append(all, attrs...)...)
+}

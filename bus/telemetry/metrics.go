@@ -3,9 +3,11 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"sync"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/semconv/v1.43.0/messagingconv"
 )
 
@@ -167,4 +169,40 @@ func (t *Telemetry) observe(h *Handler) {
 	t.breakers.Lock()
 	t.breakerHandlers = append(t.breakerHandlers, h)
 	t.breakers.Unlock()
+}
+
+// errCache holds the measurement options of each error.type of one set
+// of attributes: base plus error.type (plus record on histograms). It
+// keeps at most 64 error types; others are built on each use.
+type errCache struct {
+	base, record []attribute.KeyValue
+
+	mu sync.Mutex
+	m  map[string]*errOpts
+}
+
+type errOpts struct {
+	add    []metric.AddOption
+	record []metric.RecordOption
+}
+
+func (c *errCache) get(et string) *errOpts {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.m[et]; e != nil {
+		return e
+	}
+	a := append(c.base[:len(c.base):len(c.base)], semconv.ErrorTypeKey.String(et))
+	set := metric.WithAttributeSet(attribute.NewSet(a...))
+	e := &errOpts{add: []metric.AddOption{set}, record: []metric.RecordOption{set}}
+	if len(c.record) > 0 {
+		e.record = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(append(a, c.record...)...))}
+	}
+	if c.m == nil {
+		c.m = make(map[string]*errOpts)
+	}
+	if len(c.m) < 64 {
+		c.m[et] = e
+	}
+	return e
 }

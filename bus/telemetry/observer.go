@@ -40,16 +40,12 @@ func (h *Handler) DeadLettered(info middleware.DeadLetterInfo) {
 		}
 		t.m.deadLettered.Add(ctx, 1, h.withAttrs(attrs...))
 	}
-	if t.logger.Enabled(ctx, slog.LevelWarn) {
-		t.logger.LogAttrs(ctx, slog.LevelWarn, "bus: message dead-lettered",
-			append(messageLogAttrs(ctx, info.Message),
-				slog.String("handler", h.name),
-				slog.String("topic", h.topic),
-				slog.String("dead_letter_topic", info.Topic),
-				slog.String("reason", info.Reason),
-				slog.Int("attempts", attemptsOf(info)),
-				slog.Any("error", info.Err))...)
-	}
+	h.log(ctx, slog.LevelWarn, "bus: message dead-lettered", info.Message,
+		slog.String("topic", h.topic),
+		slog.String("dead_letter_topic", info.Topic),
+		slog.String("reason", info.Reason),
+		slog.Int("attempts", attemptsOf(info)),
+		slog.Any("error", info.Err))
 }
 
 // Retried implements [middleware.Observer]: a span event, busline.retries
@@ -71,14 +67,10 @@ func (h *Handler) Retried(info middleware.RetryInfo) {
 	if t.m != nil {
 		t.m.retries.Add(ctx, 1, h.withAttrs(semconv.ErrorTypeKey.String(et)))
 	}
-	if t.logger.Enabled(ctx, slog.LevelDebug) {
-		t.logger.LogAttrs(ctx, slog.LevelDebug, "bus: handler attempt failed, retrying",
-			append(messageLogAttrs(ctx, info.Message),
-				slog.String("handler", h.name),
-				slog.Int("attempt", info.Attempt),
-				slog.Duration("delay", info.Delay),
-				slog.Any("error", info.Err))...)
-	}
+	h.log(ctx, slog.LevelDebug, "bus: handler attempt failed, retrying", info.Message,
+		slog.Int("attempt", info.Attempt),
+		slog.Duration("delay", info.Delay),
+		slog.Any("error", info.Err))
 }
 
 // Duplicate implements [middleware.Observer]: busline.dedup.state on the
@@ -107,26 +99,17 @@ func (h *Handler) DedupWaited(info middleware.DedupInfo) {
 	if t.m != nil {
 		t.m.dedupWaits.Add(ctx, 1, h.withAttrs())
 	}
-	if t.logger.Enabled(ctx, slog.LevelInfo) {
-		t.logger.LogAttrs(ctx, slog.LevelInfo, "bus: message is in progress elsewhere, waiting for its dedup claim to end",
-			append(messageLogAttrs(ctx, info.Message),
-				slog.String("handler", h.name),
-				slog.String("topic", h.topic),
-				slog.String("dedup_key", info.Key))...)
-	}
+	h.log(ctx, slog.LevelInfo, "bus: message is in progress elsewhere, waiting for its dedup claim to end", info.Message,
+		slog.String("topic", h.topic),
+		slog.String("dedup_key", info.Key))
 }
 
 // DedupStoreFailed implements [middleware.Observer]: a warning.
 func (h *Handler) DedupStoreFailed(info middleware.DedupInfo) {
-	l := h.t.logger
 	ctx := info.Message.Context()
-	if l.Enabled(ctx, slog.LevelWarn) {
-		l.LogAttrs(ctx, slog.LevelWarn, "bus: dedup store "+info.Op+" failed",
-			append(messageLogAttrs(ctx, info.Message),
-				slog.String("handler", h.name),
-				slog.String("dedup_key", info.Key),
-				slog.Any("error", info.Err))...)
-	}
+	h.log(ctx, slog.LevelWarn, "bus: dedup store "+info.Op+" failed", info.Message,
+		slog.String("dedup_key", info.Key),
+		slog.Any("error", info.Err))
 }
 
 // Throttled implements [middleware.Observer]: a span event and

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,9 +39,7 @@ type Handler struct {
 	breakerOpt   metric.ObserveOption
 
 	breaker atomic.Int64
-
-	mu   sync.Mutex
-	errs map[string]*errOpts
+	errs    errCache // of attrs
 }
 
 var _ middleware.Observer = (*Handler)(nil)
@@ -51,13 +48,14 @@ var _ middleware.Observer = (*Handler)(nil)
 // group, and adds it to what is polled and observed. Call it once per
 // handler.
 func (t *Telemetry) Handler(name, topic, group string) *Handler {
-	h := &Handler{t: t, name: name, topic: topic, group: group, errs: make(map[string]*errOpts)}
+	h := &Handler{t: t, name: name, topic: topic, group: group}
 	d := t.desc.ConsumeDestination(topic, group)
 	attrs := []attribute.KeyValue{t.system, semconv.MessagingOperationName("process"), semconv.MessagingDestinationName(d.Name)}
 	if d.Group != "" {
 		attrs = append(attrs, semconv.MessagingConsumerGroupName(d.Group))
 	}
 	h.attrs = attrs
+	h.errs.base = attrs
 	h.processName = "process " + d.Name
 	start := append(attrs[:len(attrs):len(attrs)], semconv.MessagingOperationTypeProcess, AttrHandlerName.String(name))
 	h.startAttrs = append(start, t.processServer...)
@@ -70,21 +68,6 @@ func (t *Telemetry) Handler(name, topic, group string) *Handler {
 	h.breakerOpt = bset
 	t.observe(h)
 	return h
-}
-
-func (h *Handler) errOpts(et string) *errOpts {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if e := h.errs[et]; e != nil {
-		return e
-	}
-	a := append(h.attrs[:len(h.attrs):len(h.attrs)], semconv.ErrorTypeKey.String(et))
-	set := metric.WithAttributeSet(attribute.NewSet(a...))
-	e := &errOpts{add: []metric.AddOption{set}, record: []metric.RecordOption{set}}
-	if len(h.errs) < 64 {
-		h.errs[et] = e
-	}
-	return e
 }
 
 // withAttrs returns options for a busline.* metric of this handler with
@@ -207,7 +190,7 @@ func (h *Handler) end(pc *procCtx, msg *message.Message, err error) {
 		if et == "" {
 			t.m.processDuration.Inst().Record(ctx, d, h.processOK...)
 		} else {
-			t.m.processDuration.Inst().Record(ctx, d, h.errOpts(et).record...)
+			t.m.processDuration.Inst().Record(ctx, d, h.errs.get(et).record...)
 		}
 		if age, ok := messageAge(msg.Metadata, now); ok {
 			t.m.endToEnd.Record(ctx, age.Seconds(), h.busRecordSet...)
@@ -222,39 +205,41 @@ func (h *Handler) end(pc *procCtx, msg *message.Message, err error) {
 // processOptions, whose large frame (attribute values) is gone by the time
 // the SDK runs.
 func (h *Handler) startProcess(ctx context.Context, msg *message.Message) (context.Context, trace.Span) {
-	parent, opts := h.processOptions(ctx, msg)
-	return h.t.tracer.Start(parent, h.processName, opts...)
+	a := getSpanArgs()
+	parent := h.processOptions(ctx, msg, a)
+	pctx, sp := h.t.tracer.Start(parent, h.processName, a.opts...)
+	a.release()
+	return pctx, sp
 }
 
-// processOptions returns the process span's parent and start options. Its
-// parent is the producer's span extracted from the metadata (unless an
-// ambient span is in ctx or NewRootOnProcess was set) and it always links
-// to it. Every attribute is given at start, so samplers see them.
+// processOptions fills a with the process span's start options and
+// returns its parent. Its parent is the producer's span extracted from
+// the metadata (unless an ambient span is in ctx or NewRootOnProcess was
+// set) and it always links to it. Every attribute is given at start, so
+// samplers see them.
 //
 //go:noinline
-func (h *Handler) processOptions(ctx context.Context, msg *message.Message) (context.Context, []trace.SpanStartOption) {
+func (h *Handler) processOptions(ctx context.Context, msg *message.Message, a *spanArgs) context.Context {
 	t := h.t
-	opts := make([]trace.SpanStartOption, 0, 4)
-	opts = append(opts, consumerKind)
+	a.opts = append(a.opts, consumerKind)
 	parent := ctx
 	if t.hasCreationContext(msg.Metadata) || msg.Metadata["baggage"] != "" {
 		ectx := t.prop.Extract(ctx, propagation.MapCarrier(msg.Metadata))
 		if sc := trace.SpanContextFromContext(ectx); sc.IsValid() {
-			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
+			a.opts = append(a.opts, trace.WithLinks(trace.Link{SpanContext: sc}))
 		}
 		switch {
 		case trace.SpanContextFromContext(ctx).IsValid(): // an ambient span: stay its child
 			parent = baggage.ContextWithBaggage(ctx, baggage.FromContext(ectx))
 		case t.processRoot:
 			parent = ectx
-			opts = append(opts, newRoot)
+			a.opts = append(a.opts, newRoot)
 		default:
 			parent = ectx
 		}
 	}
 	f := t.desc.MessageFacts(ctx, msg)
-	attrs := make([]attribute.KeyValue, 0, len(h.startAttrs)+maxMessageAttrs)
-	attrs = appendMessageAttrs(append(attrs, h.startAttrs...), msg, f.Key)
+	attrs := appendMessageAttrs(append(a.attrs, h.startAttrs...), msg, f.Key)
 	if mem := delivery.MemberFromContext(ctx); mem != nil && mem.Batch.Carried() != nil {
 		attrs = append(attrs, semconv.MessagingBatchMessageCount(mem.Batch.Size()))
 	}
@@ -268,7 +253,9 @@ func (h *Handler) processOptions(ctx context.Context, msg *message.Message) (con
 	if f.HasDeliveryTag {
 		attrs = append(attrs, semconv.MessagingRabbitMQMessageDeliveryTag(int(f.DeliveryTag)))
 	}
-	return parent, append(opts, trace.WithAttributes(attrs...))
+	a.attrs = attrs
+	a.opts = append(a.opts, trace.WithAttributes(attrs...))
+	return parent
 }
 
 // messageAge is how long ago the message was created (ce_time) or
@@ -295,19 +282,13 @@ func messageAge(md message.Metadata, now time.Time) (time.Duration, bool) {
 // logFailure logs an error that escapes the stack: the message is nacked
 // and delivered again.
 func (h *Handler) logFailure(msg *message.Message, err error) {
-	l := h.t.logger
 	ctx := msg.Context()
 	level := slog.LevelWarn
 	if ctx.Err() != nil {
 		level = slog.LevelDebug // shutdown: redelivered later, expected
 	}
-	if !l.Enabled(ctx, level) {
-		return
-	}
-	l.LogAttrs(ctx, level, "bus: handling failed, the message will be delivered again",
-		append(messageLogAttrs(ctx, msg),
-			slog.String("handler", h.name),
-			slog.String("topic", h.topic),
-			slog.String("error_type", errorType(err)),
-			slog.Any("error", err))...)
+	h.log(ctx, level, "bus: handling failed, the message will be delivered again", msg,
+		slog.String("topic", h.topic),
+		slog.String("error_type", errorType(err)),
+		slog.Any("error", err))
 }

@@ -28,15 +28,7 @@ type topicTel struct {
 	spanAttrs []attribute.KeyValue // system, operation, destination, operation type, server and client
 	sentOK    []metric.AddOption
 	durOK     []metric.RecordOption
-	attrs     []attribute.KeyValue // system, operation name, destination
-
-	mu   sync.Mutex
-	errs map[string]*errOpts
-}
-
-type errOpts struct {
-	add    []metric.AddOption
-	record []metric.RecordOption
+	errs      errCache // of system, operation name, destination; recorded with the operation type
 }
 
 func (t *Telemetry) topic(name string) *topicTel {
@@ -55,8 +47,7 @@ func (t *Telemetry) topic(name string) *topicTel {
 		spanAttrs: append(startAttrs[:len(startAttrs):len(startAttrs)], t.sendServer...),
 		sentOK:    []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attrs...))},
 		durOK:     []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(startAttrs...))},
-		attrs:     attrs,
-		errs:      make(map[string]*errOpts),
+		errs:      errCache{base: attrs, record: []attribute.KeyValue{semconv.MessagingOperationTypeSend}},
 	}
 	if t.topicCount.Load() < maxTopicCache {
 		if v, loaded := t.topics.LoadOrStore(name, tt); loaded {
@@ -65,24 +56,6 @@ func (t *Telemetry) topic(name string) *topicTel {
 		t.topicCount.Add(1)
 	}
 	return tt
-}
-
-func (tt *topicTel) errOpts(et string) *errOpts {
-	tt.mu.Lock()
-	defer tt.mu.Unlock()
-	if e := tt.errs[et]; e != nil {
-		return e
-	}
-	a := append(tt.attrs[:len(tt.attrs):len(tt.attrs)], semconv.ErrorTypeKey.String(et))
-	d := append(a[:len(a):len(a)], semconv.MessagingOperationTypeSend)
-	e := &errOpts{
-		add:    []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(a...))},
-		record: []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(d...))},
-	}
-	if len(tt.errs) < 64 {
-		tt.errs[et] = e
-	}
-	return e
 }
 
 // Publisher wraps p with tracing and metrics: a send span per message,
@@ -140,7 +113,7 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 			t.m.sent.Inst().Add(ctx, int64(len(msgs)), tt.sentOK...)
 			t.m.opDuration.Inst().Record(ctx, d, tt.durOK...)
 		} else {
-			e := tt.errOpts(et)
+			e := tt.errs.get(et)
 			t.m.sent.Inst().Add(ctx, int64(len(msgs)), e.add...)
 			t.m.opDuration.Inst().Record(ctx, d, e.record...)
 		}
@@ -159,19 +132,45 @@ func (p *publisher) Close() error { return p.next.Close() }
 func (t *Telemetry) startSend(m *message.Message, tt *topicTel) trace.Span {
 	ctx := m.Context()
 	carrier := propagation.MapCarrier(m.Metadata)
-	attrs := make([]attribute.KeyValue, 0, len(tt.spanAttrs)+maxMessageAttrs)
-	attrs = appendMessageAttrs(append(attrs, tt.spanAttrs...), m, t.desc.MessageFacts(ctx, m).Key)
+	a := getSpanArgs()
+	defer a.release()
+	a.attrs = appendMessageAttrs(append(a.attrs, tt.spanAttrs...), m, t.desc.MessageFacts(ctx, m).Key)
 	if t.hasCreationContext(m.Metadata) {
-		opts := []trace.SpanStartOption{clientKind, trace.WithAttributes(attrs...)}
+		a.opts = append(a.opts, clientKind, trace.WithAttributes(a.attrs...))
 		if sc := trace.SpanContextFromContext(t.prop.Extract(context.Background(), carrier)); sc.IsValid() {
-			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
+			a.opts = append(a.opts, trace.WithLinks(trace.Link{SpanContext: sc}))
 		}
-		_, sp := t.tracer.Start(ctx, tt.sendName, opts...)
+		_, sp := t.tracer.Start(ctx, tt.sendName, a.opts...)
 		return sp
 	}
-	sctx, sp := t.tracer.Start(ctx, tt.sendName, producerKind, trace.WithAttributes(attrs...))
+	a.opts = append(a.opts, producerKind, trace.WithAttributes(a.attrs...))
+	sctx, sp := t.tracer.Start(ctx, tt.sendName, a.opts...)
 	t.prop.Inject(sctx, carrier)
 	return sp
+}
+
+// spanArgs are a span's start options and attributes, reused across
+// spans: trace.WithAttributes appends the attributes to the span's
+// configuration (trace.NewSpanStartConfig), so no tracer keeps the slice
+// past Start.
+type spanArgs struct {
+	attrs []attribute.KeyValue
+	opts  []trace.SpanStartOption
+}
+
+var spanArgsPool = sync.Pool{New: func() any {
+	return &spanArgs{attrs: make([]attribute.KeyValue, 0, 24), opts: make([]trace.SpanStartOption, 0, 4)}
+}}
+
+func getSpanArgs() *spanArgs { return spanArgsPool.Get().(*spanArgs) }
+
+// release clears a (the pool keeps no attribute value alive) and puts it
+// back.
+func (a *spanArgs) release() {
+	clear(a.attrs)
+	clear(a.opts)
+	a.attrs, a.opts = a.attrs[:0], a.opts[:0]
+	spanArgsPool.Put(a)
 }
 
 var (
@@ -180,10 +179,6 @@ var (
 	consumerKind = trace.WithSpanKind(trace.SpanKindConsumer)
 	newRoot      = trace.WithNewRoot()
 )
-
-// maxMessageAttrs is the most attributes appendMessageAttrs and the
-// broker's facts add to a span.
-const maxMessageAttrs = 11
 
 // appendMessageAttrs appends the attributes of one message, for send and
 // process spans; key is the broker's partitioning key of it.
