@@ -29,6 +29,8 @@ type Describer interface {
 	// PublishErrorType returns the error.type of an error of the broker's
 	// publisher when the broker recognises it ("closed", "queue_full"),
 	// else "" (the telemetry classifies it then).
+	// MERGE: with the one broker.ErrClosed, the telemetry maps it to
+	// "closed" itself and brokers answer only for their own errors.
 	PublishErrorType(err error) string
 }
 
