@@ -11,6 +11,8 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
+	"github.com/busline/busline/bus/memory"
+	"github.com/busline/busline/bus/telemetry"
 	"github.com/busline/busline/middleware"
 )
 
@@ -33,8 +35,7 @@ import (
 func BenchmarkStackOTel(b *testing.B) {
 	b.Run("default_otel_publish", func(b *testing.B) { benchDefaultOTel(b, true) })
 	b.Run("default_noop", func(b *testing.B) {
-		tel := newTelemetry(options{}, Config{Broker: BrokerMemory}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		benchRouterWith(b, nil, benchTelemetryStack(b, tel)...)
+		benchRouterWith(b, nil, benchTelemetryStack(b, benchTelemetry(b, telemetry.Config{}))...)
 	})
 }
 
@@ -48,28 +49,40 @@ func benchDefaultOTel(b *testing.B, publish bool) {
 	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 	b.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
-	tel := newTelemetry(options{tracerProvider: tp, meterProvider: mp, pollInterval: -1},
-		Config{Broker: BrokerMemory}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if tel.tracer == nil || tel.m == nil {
+	tel := benchTelemetry(b, telemetry.Config{TracerProvider: tp, MeterProvider: mp, PollInterval: -1})
+	if !tel.Tracing() || !tel.Metrics() {
 		b.Fatal("telemetry is off")
 	}
 	var wrap func(message.Publisher) message.Publisher
 	if publish {
-		wrap = func(p message.Publisher) message.Publisher { return &instrumentedPublisher{next: p, t: tel} }
+		wrap = tel.Publisher
 	}
 	benchRouterWith(b, wrap, benchTelemetryStack(b, tel)...)
 }
 
+// benchTelemetry is the bus's telemetry as New builds it on the
+// in-process broker (which describes the messages), with cfg's providers.
+func benchTelemetry(b *testing.B, cfg telemetry.Config) *telemetry.Telemetry {
+	br, err := memory.New(memory.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = br.Close() })
+	cfg.Broker = br
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	return telemetry.New(cfg)
+}
+
 // benchTelemetryStack is the default stack with the bus's telemetry
-// around it, hooks set, as Bus.Handle builds it.
-func benchTelemetryStack(b *testing.B, tel *telemetry) []message.HandlerMiddleware {
+// around it, observing it, as Bus.Handle builds it.
+func benchTelemetryStack(b *testing.B, tel *telemetry.Telemetry) []message.HandlerMiddleware {
 	cfg := middleware.StackConfig{
 		Name:       "bench",
 		DeadLetter: middleware.DeadLetterConfig{Publisher: benchDeadLetters(b), Topic: benchDeadLetterTopic},
 	}
-	ht := tel.handler("bench", benchTopic, "bench")
-	tel.hooks(&cfg, ht)
-	return []message.HandlerMiddleware{tel.handlerMiddleware(ht), middleware.Stack(cfg)}
+	h := tel.Handler("bench", benchTopic, "bench")
+	observe(&cfg, h)
+	return []message.HandlerMiddleware{h.Middleware(), middleware.Stack(cfg)}
 }
 
 // BenchmarkTelemetryMiddleware measures the handler side without a router
@@ -98,16 +111,13 @@ func BenchmarkTelemetryMiddleware(b *testing.B) {
 		})})
 	})
 	b.Run("default_noop", func(b *testing.B) {
-		tel := newTelemetry(options{}, Config{Broker: BrokerMemory}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		run(b, benchTelemetryStack(b, tel))
+		run(b, benchTelemetryStack(b, benchTelemetry(b, telemetry.Config{})))
 	})
 	b.Run("default_otel", func(b *testing.B) {
 		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}), sdktrace.WithSampler(sdktrace.AlwaysSample()))
 		b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 		b.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
-		tel := newTelemetry(options{tracerProvider: tp, meterProvider: mp, pollInterval: -1},
-			Config{Broker: BrokerMemory}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		run(b, benchTelemetryStack(b, tel))
+		run(b, benchTelemetryStack(b, benchTelemetry(b, telemetry.Config{TracerProvider: tp, MeterProvider: mp, PollInterval: -1})))
 	})
 }

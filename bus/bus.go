@@ -11,10 +11,9 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/busline/busline/bus/broker"
+	"github.com/busline/busline/bus/telemetry"
 	"github.com/busline/busline/internal/drain"
 	"github.com/busline/busline/internal/workers"
 	"github.com/busline/busline/middleware"
@@ -42,7 +41,7 @@ type Bus struct {
 	drain  broker.Drainer
 	gate   *drain.Gate // nil when the broker drains itself
 	stack  middleware.StackConfig
-	tel    *telemetry // set by instrumentPublisher in New (telemetry.go)
+	tel    *telemetry.Telemetry
 
 	mu        sync.Mutex
 	state     state
@@ -93,7 +92,8 @@ func New(cfg Config, opts ...Option) (*Bus, error) {
 		b.gate = drain.NewGate()
 		b.drain = b.gate
 	}
-	b.pub = b.instrumentPublisher(br.Publisher())
+	b.tel = b.newTelemetry()
+	b.pub = b.tel.Publisher(b.broker.Publisher())
 
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.ShutdownTimeout}, o.watermillLogger())
 	if err != nil {
@@ -176,8 +176,9 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	if stack.DeadLetter.Redelivery.Redeliverer != nil {
 		ho.sub.RetryDelays = stack.DeadLetter.Redelivery.Delays
 	}
-	// Telemetry wraps the hooks the options set, so both run.
-	b.instrumentStack(&stack, name, topic, group)
+	// Telemetry observes the stack; hooks the options set run too.
+	tel := b.tel.Handler(name, topic, group)
+	observe(&stack, tel)
 	ctx, cancel := context.WithTimeout(context.Background(), prepareTimeout)
 	defer cancel()
 	if err := b.broker.Prepare(ctx, topic, group); err != nil {
@@ -189,7 +190,7 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	}
 	fn := func(msg *message.Message) error { return h(msg.Context(), msg) }
 	wh := b.router.AddConsumerHandler(name, topic, sub, fn)
-	wh.AddMiddleware(b.instrumentHandler(name, topic, group), middleware.Stack(stack))
+	wh.AddMiddleware(tel.Middleware(), middleware.Stack(stack))
 	wh.AddMiddleware(ho.extra...)
 	if t, ok := b.transactional(ho); ok {
 		wh.AddMiddleware(broker.DiscardFailedOutputs(t))
@@ -321,15 +322,7 @@ func stamp(ctx context.Context, msgs []*message.Message) {
 // then linked to the creation context.
 func (b *Bus) Stamp(ctx context.Context, msgs ...*message.Message) {
 	stamp(ctx, msgs)
-	t := b.tel
-	if t.tracer == nil || !trace.SpanContextFromContext(ctx).IsValid() {
-		return
-	}
-	for _, m := range msgs {
-		if m != nil && !t.hasCreationContext(m.Metadata) {
-			t.prop.Inject(ctx, propagation.MapCarrier(m.Metadata))
-		}
-	}
+	b.tel.Stamp(ctx, msgs)
 }
 
 // Publisher returns a Watermill publisher that publishes through the bus
@@ -369,8 +362,8 @@ func (b *Bus) Run(ctx context.Context) error {
 	// finds them started.
 	werrc := b.workers.Start(ctx)
 	b.mu.Unlock()
-	stopTelemetry := b.startTelemetry() // the broker poller, stopped by Close too
-	defer stopTelemetry()
+	stopPoller := b.tel.Start() // the broker poller, stopped by Close too
+	defer stopPoller()
 
 	// The router gets a context of its own: cancelling it cancels the
 	// handlers at once, so only Close does, after the drain.
@@ -459,7 +452,7 @@ func (b *Bus) Close(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("bus: %w", err))
 			}
 		}
-		b.stopTelemetry()
+		b.tel.Close()
 		b.pubClosed.Store(true)
 		if err := b.pub.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("bus: close publisher: %w", err))

@@ -12,6 +12,7 @@ import (
 
 	"github.com/busline/busline/bus"
 	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/bus/telemetry"
 	"github.com/busline/busline/middleware"
 )
 
@@ -74,7 +75,7 @@ func TestCrashRecoveryWaitIsLoggedOnceAndCounted(t *testing.T) {
 	if waits != 1 || bad != 0 {
 		t.Errorf("%d wait log lines and %d ERROR or WARN lines, want 1 and 0", waits, bad)
 	}
-	if n := sumOf(t, metricsOf(t, reader), bus.MetricDedupWaits, "{message}", map[string]any{"busline.handler.name": "h"}); n != 1 {
-		t.Errorf("%s = %d, want 1", bus.MetricDedupWaits, n)
+	if n := sumOf(t, metricsOf(t, reader), telemetry.MetricDedupWaits, "{message}", map[string]any{"busline.handler.name": "h"}); n != 1 {
+		t.Errorf("%s = %d, want 1", telemetry.MetricDedupWaits, n)
 	}
 }

@@ -23,7 +23,8 @@
 // Every handler runs inside the default stack of package middleware
 // (correlation, nack delay, dead letter, dedup, circuit breaker, retry,
 // throttle, timeout, panic recovery; see that package for the order and
-// why), preceded by the bus's tracing and metrics. [WithStack] changes it for
+// why), preceded by the bus's tracing and metrics (package bus/telemetry,
+// which names the spans, metrics and attributes). [WithStack] changes it for
 // every handler, [HandlerStack] for one.
 //
 // # Errors

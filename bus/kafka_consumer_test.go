@@ -34,6 +34,7 @@ import (
 	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/bus/telemetry"
 	"github.com/busline/busline/handlers"
 	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
@@ -796,14 +797,14 @@ func TestKafkaConsumerInFlightBound(t *testing.T) {
 		if _, ok := ms[name]; !ok {
 			return 0
 		}
-		return sumOf(t, ms, name, map[string]string{bus.MetricKafkaInFlight: "{record}", bus.MetricKafkaPausedPartitions: "{partition}"}[name], nil)
+		return sumOf(t, ms, name, map[string]string{telemetry.MetricKafkaInFlight: "{record}", telemetry.MetricKafkaPausedPartitions: "{partition}"}[name], nil)
 	}
 	paused := false
 	waitFor(t, 60*time.Second, "the free partition handled while the other is stuck and paused", func() bool {
-		if f := gauge(bus.MetricKafkaInFlight); f > maxInFlight {
+		if f := gauge(telemetry.MetricKafkaInFlight); f > maxInFlight {
 			t.Fatalf("%d records in flight, bound %d", f, maxInFlight)
 		}
-		paused = paused || gauge(bus.MetricKafkaPausedPartitions) == 1
+		paused = paused || gauge(telemetry.MetricKafkaPausedPartitions) == 1
 		return paused && handled[1].Load() == n/2
 	})
 	if handled[0].Load() != 0 {
@@ -813,7 +814,7 @@ func TestKafkaConsumerInFlightBound(t *testing.T) {
 	waitFor(t, 60*time.Second, "every record handled after the release", func() bool {
 		return handled[0].Load() == n/2
 	})
-	if p := gauge(bus.MetricKafkaPausedPartitions); p != 0 {
+	if p := gauge(telemetry.MetricKafkaPausedPartitions); p != 0 {
 		t.Errorf("%d partitions still paused", p)
 	}
 }
@@ -1058,7 +1059,7 @@ func TestKafkaConsumerLostPartitions(t *testing.T) {
 	if !fired.Load() {
 		t.Fatal("the heartbeat never failed")
 	}
-	if lost := sumOf(t, metricsOf(t, reader), bus.MetricKafkaLostPartitions, "{partition}", nil); lost < 1 {
+	if lost := sumOf(t, metricsOf(t, reader), telemetry.MetricKafkaLostPartitions, "{partition}", nil); lost < 1 {
 		t.Errorf("busline.kafka.lost_partitions = %d, want >= 1", lost)
 	}
 	t.Logf("%d records handled twice after the loss", len(seen.twice()))

@@ -61,7 +61,7 @@ func WithStack(fn func(*middleware.StackConfig)) Option {
 }
 
 // WithTracerProvider sets the provider of the bus's tracer (scope
-// [ScopeName]). Default: the global provider (otel.GetTracerProvider) as it
+// [github.com/busline/busline/bus/telemetry.ScopeName]). Default: the global provider (otel.GetTracerProvider) as it
 // is when [New] runs. When that is a no-op provider (the global one before
 // otel.SetTracerProvider, or a noop.TracerProvider), the bus creates no
 // spans at all and adds no cost; set the global provider before calling
@@ -71,7 +71,7 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 }
 
 // WithMeterProvider sets the provider of the bus's meter (scope
-// [ScopeName]). Default: the global provider (otel.GetMeterProvider) as it
+// [github.com/busline/busline/bus/telemetry.ScopeName]). Default: the global provider (otel.GetMeterProvider) as it
 // is when [New] runs; with a no-op provider the bus records no metrics and
 // runs no broker poller.
 func WithMeterProvider(mp metric.MeterProvider) Option {
@@ -91,7 +91,7 @@ func WithPropagators(p propagation.TextMapPropagator) Option {
 // queue depths (in-process broker, RabbitMQ) or consumer lag (Kafka) and
 // whether it answers, for the busline.queue.depth, busline.consumer.lag and
 // busline.broker.up gauges. The poller runs while [Bus.Run] runs, only
-// when metrics are on. Zero: [DefaultTelemetryPollInterval]; negative: no
+// when metrics are on. Zero: [github.com/busline/busline/bus/telemetry.DefaultPollInterval]; negative: no
 // polling.
 func WithTelemetryPollInterval(d time.Duration) Option {
 	return func(o *options) { o.pollInterval = d }

@@ -13,7 +13,16 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/busline/busline/bus/telemetry"
 	"github.com/busline/busline/middleware"
+)
+
+// floorConsumerKind and floorBuckets are the span kind and the histogram
+// buckets (the conventions' advisory ones) of the bus's process span and
+// durations.
+var (
+	floorConsumerKind = trace.WithSpanKind(trace.SpanKindConsumer)
+	floorBuckets      = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}
 )
 
 // BenchmarkTelemetryFloor measures what the OpenTelemetry SDK itself costs
@@ -29,12 +38,12 @@ import (
 func BenchmarkTelemetryFloor(b *testing.B) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}), sdktrace.WithSampler(sdktrace.AlwaysSample()))
 	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
-	tr := tp.Tracer(ScopeName)
+	tr := tp.Tracer(telemetry.ScopeName)
 	ctx := context.Background()
 	b.Run("span", func(b *testing.B) {
 		b.ReportAllocs()
 		for range b.N {
-			_, sp := tr.Start(ctx, "process bench", consumerKind)
+			_, sp := tr.Start(ctx, "process bench", floorConsumerKind)
 			sp.End()
 		}
 	})
@@ -45,7 +54,7 @@ func BenchmarkTelemetryFloor(b *testing.B) {
 		}
 		b.ReportAllocs()
 		for range b.N {
-			_, sp := tr.Start(ctx, "process bench", consumerKind, trace.WithAttributes(attrs...))
+			_, sp := tr.Start(ctx, "process bench", floorConsumerKind, trace.WithAttributes(attrs...))
 			sp.End()
 		}
 	})
@@ -56,7 +65,7 @@ func BenchmarkTelemetryFloor(b *testing.B) {
 		}
 		b.ReportAllocs()
 		for range b.N {
-			_, sp := tr.Start(ctx, "process bench", consumerKind)
+			_, sp := tr.Start(ctx, "process bench", floorConsumerKind)
 			sp.SetAttributes(attrs...)
 			sp.End()
 		}
@@ -64,9 +73,9 @@ func BenchmarkTelemetryFloor(b *testing.B) {
 	b.Run("metrics", func(b *testing.B) {
 		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 		b.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
-		m := mp.Meter(ScopeName)
+		m := mp.Meter(telemetry.ScopeName)
 		c, _ := m.Int64Counter("c")
-		h, _ := m.Float64Histogram("h", metric.WithExplicitBucketBoundaries(durationBuckets...))
+		h, _ := m.Float64Histogram("h", metric.WithExplicitBucketBoundaries(floorBuckets...))
 		set := metric.WithAttributeSet(attribute.NewSet(attribute.String("a", "b"), attribute.String("c", "d")))
 		b.ReportAllocs()
 		for range b.N {
@@ -89,15 +98,15 @@ func BenchmarkStackOTelFloor(b *testing.B) {
 		b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 		b.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
-		tr := tp.Tracer(ScopeName)
-		m := mp.Meter(ScopeName)
+		tr := tp.Tracer(telemetry.ScopeName)
+		m := mp.Meter(telemetry.ScopeName)
 		c, _ := m.Int64Counter("c")
-		h, _ := m.Float64Histogram("h", metric.WithExplicitBucketBoundaries(durationBuckets...))
+		h, _ := m.Float64Histogram("h", metric.WithExplicitBucketBoundaries(floorBuckets...))
 		set := metric.WithAttributeSet(attribute.NewSet(attribute.String("a", "b"), attribute.String("c", "d")))
 		floor := func(next message.HandlerFunc) message.HandlerFunc {
 			return func(msg *message.Message) ([]*message.Message, error) {
 				start := time.Now()
-				ctx, sp := tr.Start(msg.Context(), "process bench", consumerKind)
+				ctx, sp := tr.Start(msg.Context(), "process bench", floorConsumerKind)
 				msg.SetContext(ctx)
 				if metrics {
 					c.Add(context.Background(), 1, set)

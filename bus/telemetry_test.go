@@ -23,6 +23,8 @@ import (
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/bus/memory"
+	"github.com/busline/busline/bus/telemetry"
 	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/middleware"
 )
@@ -40,7 +42,7 @@ type telBroker struct {
 
 var telBrokers = []telBroker{
 	{
-		name: "memory", system: bus.SystemMemory, send: "send",
+		name: "memory", system: memory.System, send: "send",
 		config: func(*testing.T) bus.Config { return bus.Config{} },
 		dest:   func(topic, _ string) string { return topic },
 	},
@@ -250,7 +252,7 @@ func TestTrace(t *testing.T) {
 					t.Errorf("%s: status %v", c.proc.Name, c.proc.Status)
 				}
 			}
-			if send1.InstrumentationScope.Name != bus.ScopeName || send1.InstrumentationScope.SchemaURL == "" {
+			if send1.InstrumentationScope.Name != telemetry.ScopeName || send1.InstrumentationScope.SchemaURL == "" {
 				t.Errorf("scope %+v", send1.InstrumentationScope)
 			}
 
@@ -355,8 +357,8 @@ func TestTraceRetryAndDeadLetter(t *testing.T) {
 	if flaky.Status.Code != codes.Unset {
 		t.Errorf("retried-then-succeeded span: status %v, want unset", flaky.Status)
 	}
-	if len(flaky.Events) != 1 || flaky.Events[0].Name != bus.EventRetry {
-		t.Fatalf("flaky events %v, want one %s", flaky.Events, bus.EventRetry)
+	if len(flaky.Events) != 1 || flaky.Events[0].Name != telemetry.EventRetry {
+		t.Fatalf("flaky events %v, want one %s", flaky.Events, telemetry.EventRetry)
 	}
 	wantAttrs(t, "retry event", flaky.Events[0].Attributes, map[string]any{"busline.attempt": 1, "error.type": "handler_error"})
 	wantAttrs(t, "flaky", flaky.Attributes, map[string]any{"busline.attempts": 2})
@@ -365,8 +367,8 @@ func TestTraceRetryAndDeadLetter(t *testing.T) {
 		t.Errorf("dead-lettered span: status %v, want error", poison.Status)
 	}
 	wantAttrs(t, "poison", poison.Attributes, map[string]any{"error.type": "permanent", "busline.dlq.reason": "permanent"})
-	if !slices.ContainsFunc(poison.Events, func(e sdktrace.Event) bool { return e.Name == bus.EventDeadLetter }) {
-		t.Errorf("poison events %v, want %s", poison.Events, bus.EventDeadLetter)
+	if !slices.ContainsFunc(poison.Events, func(e sdktrace.Event) bool { return e.Name == telemetry.EventDeadLetter }) {
+		t.Errorf("poison events %v, want %s", poison.Events, telemetry.EventDeadLetter)
 	}
 	if dlSend.SpanKind != trace.SpanKindClient {
 		t.Errorf("dead-letter send span %q: kind %v, want client", dlSend.Name, dlSend.SpanKind)
@@ -391,7 +393,7 @@ func TestTelemetryOffByDefault(t *testing.T) {
 	if err := b.Publish(context.Background(), "t", m); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"traceparent", bus.KeySentAt} {
+	for _, k := range []string{"traceparent", telemetry.KeySentAt} {
 		if v := m.Metadata.Get(k); v != "" {
 			t.Errorf("%s = %q with no-op providers", k, v)
 		}
@@ -407,7 +409,7 @@ func metricsOf(t *testing.T, r sdkmetric.Reader) map[string]metricdata.Metrics {
 	}
 	out := map[string]metricdata.Metrics{}
 	for _, sm := range rm.ScopeMetrics {
-		if sm.Scope.Name != bus.ScopeName {
+		if sm.Scope.Name != telemetry.ScopeName {
 			continue
 		}
 		for _, m := range sm.Metrics {
@@ -458,7 +460,7 @@ func sumOf(t *testing.T, ms map[string]metricdata.Metrics, name, unit string, wa
 		for _, p := range d.DataPoints {
 			if matches(p.Attributes, want) {
 				n += int64(p.Count)
-				if name != bus.MetricEndToEnd && !slices.Equal(p.Bounds, []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}) {
+				if name != telemetry.MetricEndToEnd && !slices.Equal(p.Bounds, []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}) {
 					t.Errorf("%s: bounds %v", name, p.Bounds)
 				}
 			}
@@ -510,14 +512,14 @@ func TestMetrics(t *testing.T) {
 	// Before Run: the three messages wait in the group's queue.
 	b.PollTelemetry(context.Background())
 	ms := metricsOf(t, reader)
-	group := map[string]any{"messaging.system": bus.SystemMemory, "messaging.destination.name": topic, "messaging.consumer.group.name": "svc.h"}
-	if n := sumOf(t, ms, bus.MetricQueueDepth, "{message}", group); n != 3 {
+	group := map[string]any{"messaging.system": memory.System, "messaging.destination.name": topic, "messaging.consumer.group.name": "svc.h"}
+	if n := sumOf(t, ms, telemetry.MetricQueueDepth, "{message}", group); n != 3 {
 		t.Errorf("queue depth %d, want 3", n)
 	}
-	if n := sumOf(t, ms, bus.MetricQueueDepth, "{message}", map[string]any{"messaging.destination.name": dlq, "messaging.consumer.group.name": bus.DeadLetterGroup}); n != 0 {
+	if n := sumOf(t, ms, telemetry.MetricQueueDepth, "{message}", map[string]any{"messaging.destination.name": dlq, "messaging.consumer.group.name": bus.DeadLetterGroup}); n != 0 {
 		t.Errorf("dead-letter queue depth %d, want 0", n)
 	}
-	if n := sumOf(t, ms, bus.MetricBrokerUp, "1", nil); n != 1 {
+	if n := sumOf(t, ms, telemetry.MetricBrokerUp, "1", nil); n != 1 {
 		t.Errorf("broker up %d, want 1", n)
 	}
 
@@ -538,20 +540,20 @@ func TestMetrics(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		ms = metricsOf(t, reader)
-		if _, ok := ms[bus.MetricDedupHits]; ok || time.Now().After(deadline) {
+		if _, ok := ms[telemetry.MetricDedupHits]; ok || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	b.PollTelemetry(context.Background())
 	ms = metricsOf(t, reader)
-	if n := sumOf(t, ms, bus.MetricQueueDepth, "{message}", map[string]any{"messaging.destination.name": dlq, "messaging.consumer.group.name": bus.DeadLetterGroup}); n != 1 {
+	if n := sumOf(t, ms, telemetry.MetricQueueDepth, "{message}", map[string]any{"messaging.destination.name": dlq, "messaging.consumer.group.name": bus.DeadLetterGroup}); n != 1 {
 		t.Errorf("dead-letter queue depth %d, want 1", n)
 	}
 	stop()
 
 	ms = metricsOf(t, reader)
-	sent := map[string]any{"messaging.system": bus.SystemMemory, "messaging.operation.name": "send", "messaging.destination.name": topic}
+	sent := map[string]any{"messaging.system": memory.System, "messaging.operation.name": "send", "messaging.destination.name": topic}
 	for _, c := range []struct {
 		name, unit string
 		attrs      map[string]any
@@ -563,16 +565,16 @@ func TestMetrics(t *testing.T) {
 		{"messaging.client.consumed.messages", "{message}", group, 4},
 		{"messaging.process.duration", "s", group, 4},
 		{"messaging.process.duration", "s", map[string]any{"messaging.consumer.group.name": "svc.h", "error.type": "permanent"}, 1},
-		{bus.MetricRetries, "{retry}", map[string]any{"busline.handler.name": "h", "error.type": "handler_error"}, 1},
-		{bus.MetricDeadLettered, "{message}", map[string]any{"busline.handler.name": "h", "busline.dlq.reason": "permanent", "messaging.destination.name": topic}, 1},
-		{bus.MetricDedupHits, "{message}", map[string]any{"busline.handler.name": "h", "busline.dedup.state": "already-done"}, 1},
-		{bus.MetricEndToEnd, "s", map[string]any{"busline.handler.name": "h"}, 4},
+		{telemetry.MetricRetries, "{retry}", map[string]any{"busline.handler.name": "h", "error.type": "handler_error"}, 1},
+		{telemetry.MetricDeadLettered, "{message}", map[string]any{"busline.handler.name": "h", "busline.dlq.reason": "permanent", "messaging.destination.name": topic}, 1},
+		{telemetry.MetricDedupHits, "{message}", map[string]any{"busline.handler.name": "h", "busline.dedup.state": "already-done"}, 1},
+		{telemetry.MetricEndToEnd, "s", map[string]any{"busline.handler.name": "h"}, 4},
 	} {
 		if n := sumOf(t, ms, c.name, c.unit, c.attrs); n != c.want {
 			t.Errorf("%s %v = %d, want %d", c.name, c.attrs, n, c.want)
 		}
 	}
-	if _, ok := ms[bus.MetricBreakerState]; ok {
+	if _, ok := ms[telemetry.MetricBreakerState]; ok {
 		t.Errorf("gauges still observed after Close")
 	}
 }
@@ -616,7 +618,7 @@ func TestMetricConsumerLag(t *testing.T) {
 	ms := metricsOf(t, reader)
 	want := map[string]any{"messaging.system": "kafka", "messaging.destination.name": topic,
 		"messaging.consumer.group.name": "svc.h", "messaging.destination.partition.id": "0"}
-	if n := sumOf(t, ms, bus.MetricConsumerLag, "{message}", want); n != 5 {
+	if n := sumOf(t, ms, telemetry.MetricConsumerLag, "{message}", want); n != 5 {
 		t.Errorf("consumer lag %d, want 5", n)
 	}
 	if n := sumOf(t, ms, "messaging.client.sent.messages", "{message}", map[string]any{"messaging.system": "kafka", "messaging.destination.name": topic}); n != 5 {
@@ -663,7 +665,7 @@ func TestMetricQueueDepth(t *testing.T) {
 	var n int64
 	for {
 		b.PollTelemetry(bustest.Context(t, 5*time.Second))
-		if n = sumOf(t, metricsOf(t, reader), bus.MetricQueueDepth, "{message}", want); n == 3 || time.Now().After(deadline) {
+		if n = sumOf(t, metricsOf(t, reader), telemetry.MetricQueueDepth, "{message}", want); n == 3 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -41,6 +41,7 @@ import (
 	"time"
 
 	"github.com/busline/busline/bus"
+	bustel "github.com/busline/busline/bus/telemetry"
 	"github.com/busline/busline/middleware"
 )
 
@@ -224,11 +225,11 @@ func run(ctx context.Context, cfg config, out io.Writer) (err error) {
 	}
 	s.out.step("telemetry", "%d spans; metrics: sent=%d consumed=%d retries=%d dead-lettered=%d dedup-hits=%d throttle-waits=%d",
 		nspans, m["messaging.client.sent.messages"], m["messaging.client.consumed.messages"],
-		m[bus.MetricRetries], m[bus.MetricDeadLettered], m[bus.MetricDedupHits], m[bus.MetricThrottleWaits])
+		m[bustel.MetricRetries], m[bustel.MetricDeadLettered], m[bustel.MetricDedupHits], m[bustel.MetricThrottleWaits])
 	// consumed is not sent: it counts deliveries to handlers. The
 	// dead-letter copies are sent to the dead-letter topic, which no
 	// handler reads, and a nacked message is delivered (consumed) again.
-	sent, consumed, dl := m["messaging.client.sent.messages"], m["messaging.client.consumed.messages"], m[bus.MetricDeadLettered]
+	sent, consumed, dl := m["messaging.client.sent.messages"], m["messaging.client.consumed.messages"], m[bustel.MetricDeadLettered]
 	s.out.step("telemetry", "consumed = sent - %d dead-letter copies (read by the dead-letter reader, not a handler) + %d redeliveries (the nacked warehouse calls)",
 		dl, consumed-(sent-dl))
 	if cfg.OTLPEndpoint != "" {

@@ -1,8 +1,9 @@
 package middleware
 
-// Observer is told what the steps of a stack did; Busline's telemetry implements it.
-// Methods run on the handler goroutine (BreakerChanged: where the state changed), must be
-// safe for concurrent use and must not block. Embed NopObserver to implement only some.
+// Observer is told what the steps of a stack did; Busline's telemetry
+// implements it. Methods run on the handler goroutine (BreakerChanged:
+// where the state changed), must be safe for concurrent use and must not
+// block. Embed [NopObserver] to implement only some.
 type Observer interface {
 	Retried(RetryInfo)           // before each in-process retry wait
 	DeadLettered(DeadLetterInfo) // after a dead letter was published
@@ -14,7 +15,7 @@ type Observer interface {
 	Redelivered(RedeliveryInfo)  // a message was handed to the delayed tier
 }
 
-// NopObserver implements Observer and observes nothing.
+// NopObserver implements [Observer] and observes nothing.
 type NopObserver struct{}
 
 // Retried does nothing.

@@ -117,22 +117,9 @@ func (s *subscriber) stats() []ConsumerStats {
 	return out
 }
 
-// ConsumerStats describes one subscription at one moment.
-type ConsumerStats struct {
-	Group, Topic string
-	// InFlight is the number of records fetched and not yet finished.
-	InFlight int
-	// PausedPartitions is the number of partitions paused because they
-	// hold MaxInFlightPerPartition records.
-	PausedPartitions int
-	// OldestInFlight is how long ago the oldest record not yet finished
-	// was fetched; zero when none is.
-	OldestInFlight time.Duration
-	// LostPartitions counts the partitions lost since the subscription
-	// started (the member's session expired: nothing was committed for
-	// them and their in-flight results were dropped).
-	LostPartitions int64
-}
+// ConsumerStats describes one subscription at one moment: the
+// broker-neutral [broker.ConsumerStats], which the telemetry reads.
+type ConsumerStats = broker.ConsumerStats
 
 // consumer is one subscription: a group member consuming one topic.
 //

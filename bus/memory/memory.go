@@ -25,6 +25,7 @@ var (
 	_ broker.Broker       = (*Broker)(nil)
 	_ broker.Drainer      = (*Broker)(nil)
 	_ broker.Redelivering = (*Broker)(nil)
+	_ broker.QueueDepther = (*Broker)(nil)
 )
 
 // Broker is Busline's in-process broker: a bounded, ordered Watermill
@@ -212,6 +213,12 @@ func (b *Broker) Depth(topic, group string) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return len(q.ch) + len(q.pending) + int(q.delayed.Load())
+}
+
+// QueueDepth implements [broker.QueueDepther]: [Broker.Depth], which
+// cannot fail.
+func (b *Broker) QueueDepth(_ context.Context, topic, group string) (int, error) {
+	return b.Depth(topic, group), nil
 }
 
 func (b *Broker) topic(name string) *topic {

@@ -1,4 +1,4 @@
-package bus
+package telemetry
 
 import (
 	"context"
@@ -10,7 +10,6 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/busline/busline/bus/broker"
-	"github.com/busline/busline/bus/kafka"
 )
 
 // Metric names of the Kafka consumer's gauges, observed from the
@@ -32,19 +31,9 @@ const (
 	MetricKafkaLostPartitions = "busline.kafka.lost_partitions"
 )
 
-// consumerStatser is a broker whose subscriptions report their state.
-type consumerStatser interface {
-	ConsumerStats() []kafka.ConsumerStats
-}
-
-// registerConsumerStats registers the consumer gauges when metrics are on
-// and br reports consumer stats.
-func (t *telemetry) registerConsumerStats(br broker.Broker) {
-	cs, ok := br.(consumerStatser)
-	if !ok || t.meter == nil {
-		return
-	}
-	m := t.meter
+// registerConsumerStats registers the consumer gauges of a broker that
+// reports consumer stats (Kafka; the metric names say so).
+func (t *Telemetry) registerConsumerStats(m metric.Meter, cs broker.ConsumerStatser) {
 	var errs []error
 	inFlight, err := m.Int64ObservableGauge(MetricKafkaInFlight, metric.WithUnit("{record}"),
 		metric.WithDescription("Records a subscription fetched and has not finished."))
@@ -66,7 +55,7 @@ func (t *telemetry) registerConsumerStats(br broker.Broker) {
 		// group and topic (several Subscribe calls) add up, the oldest
 		// record is the oldest of them all.
 		type gt struct{ group, topic string }
-		sums := map[gt]kafka.ConsumerStats{}
+		sums := map[gt]broker.ConsumerStats{}
 		var order []gt
 		for _, st := range cs.ConsumerStats() {
 			k := gt{st.Group, st.Topic}

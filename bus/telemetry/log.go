@@ -1,4 +1,4 @@
-package bus
+package telemetry
 
 import (
 	"context"
@@ -11,25 +11,11 @@ import (
 	"github.com/busline/busline/schema"
 )
 
-// Logger returns the bus's logger (see [WithLogger]) with the attributes
-// that tie a log line to the message being handled in ctx: correlation_id,
-// message_id (the handled message, the causation parent of what it
-// publishes), trace_id and span_id. Attributes ctx does not carry are left
-// out, so outside a handler it is the bus's logger as is. The bus logs
-// dead letters, retries and failed handlings with the same attributes.
-func (b *Bus) Logger(ctx context.Context) *slog.Logger {
-	attrs := contextLogAttrs(ctx)
-	if len(attrs) == 0 {
-		return b.logger
-	}
-	args := make([]any, len(attrs))
-	for i, a := range attrs {
-		args[i] = a
-	}
-	return b.logger.With(args...)
-}
-
-func contextLogAttrs(ctx context.Context) []slog.Attr {
+// LogAttrs returns the attributes that tie a log line to the message
+// being handled in ctx: correlation_id, message_id (the handled message,
+// the causation parent of what it publishes), trace_id and span_id.
+// Attributes ctx does not carry are left out. The bus's Logger adds them.
+func LogAttrs(ctx context.Context) []slog.Attr {
 	var attrs []slog.Attr
 	if v := middleware.CorrelationIDFromContext(ctx); v != "" {
 		attrs = append(attrs, slog.String("correlation_id", v))
@@ -65,4 +51,15 @@ func messageLogAttrs(ctx context.Context, msg *message.Message) []slog.Attr {
 	}
 	attrs = append(attrs, slog.String("correlation_id", corr))
 	return appendTraceAttrs(ctx, attrs)
+}
+
+// log logs a line about msg at level, when the logger takes it: the
+// message's attributes, the handler's name, then attrs.
+func (h *Handler) log(ctx context.Context, level slog.Level, text string, msg *message.Message, attrs ...slog.Attr) {
+	l := h.t.logger
+	if !l.Enabled(ctx, level) {
+		return
+	}
+	all := append(messageLogAttrs(ctx, msg), slog.String("handler", h.name))
+	l.LogAttrs(ctx, level, text, append(all, attrs...)...)
 }
