@@ -143,6 +143,7 @@ func (b *Broker) SubscriberWith(group string, cfg SubscriberConfig) (message.Sub
 		commitInterval:   b.cfg.CommitInterval,
 		rebalanceTimeout: b.cfg.RebalanceTimeout,
 		transactions:     cfg.Transactions,
+		retryDelays:      slices.Clone(cfg.RetryDelays),
 	}
 	if cc.transactions {
 		cc.ordering = OrderPartition

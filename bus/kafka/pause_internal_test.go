@@ -23,11 +23,11 @@ func TestPauseSlowCannotLeaveAPauseBehind(t *testing.T) {
 	hits := 0
 	for iter := 0; iter < 20000 && hits == 0; iter++ {
 		cl.ResumeFetchPartitions(map[string][]int32{"t": {0, 1}})
-		c := &consumer{topic: "t", cl: cl, room: make(chan struct{}, 1), parts: map[int32]*partition{},
+		c := &consumer{topic: "t", cl: cl, room: make(chan struct{}, 1), parts: map[topicPartition]*partition{},
 			cfg: consumerConfig{maxPerPartition: 2, maxInFlight: 100}}
 		c.assigned.Store(2)
-		p := &partition{id: 0, stop: make(chan struct{}), settled: make(chan struct{}), lanes: map[string]*lane{}}
-		c.parts[0] = p
+		p := &partition{id: 0, topic: "t", stop: make(chan struct{}), settled: make(chan struct{}), lanes: map[string]*lane{}}
+		c.parts[topicPartition{"t", 0}] = p
 		old := time.Now().Add(-time.Second)
 		var items []item
 		for i := range 4 {
