@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"runtime"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -62,5 +63,57 @@ func TestPauseSlowCannotLeaveAPauseBehind(t *testing.T) {
 			hits++
 			t.Errorf("iteration %d: partition paused in the client, p.paused false: nothing will resume it", iter)
 		}
+	}
+}
+
+// A retry partition paused while it holds a record not yet due, and also
+// by pauseSlow, stays paused in the client until both let go: finish
+// (pauseSlow's resume) leaves it paused while it holds; a revoke (stopParts)
+// resumes it and drops the held record, so that the partition fetches
+// again when it is assigned back (spring-kafka #2525: a paused retry
+// partition was never resumed after re-assignment).
+func TestDelayedRetryStoppedPartitionIsResumed(t *testing.T) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers("127.0.0.1:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	c := &consumer{topic: "t", cl: cl, room: make(chan struct{}, 1), wake: make(chan struct{}, 1),
+		parts: map[topicPartition]*partition{}, retry: map[string]bool{"t.g.retry.1s": true},
+		cfg: consumerConfig{maxPerPartition: 2, maxInFlight: 100}}
+	p := &partition{id: 3, topic: "t.g.retry.1s", retry: true, stop: make(chan struct{}),
+		settled: make(chan struct{}), drainc: make(chan struct{}), lanes: map[string]*lane{}}
+	p.maxOut.Store(-1)
+	c.parts[topicPartition{p.topic, p.id}] = p
+	now := time.Now()
+	due := kgo.RecordHeader{Key: retryDueHeader, Value: []byte(strconv.FormatInt(now.Add(time.Hour).UnixMilli(), 10))}
+	ready := &kgo.Record{Topic: p.topic, Partition: 3, Offset: 0}
+	waiting := &kgo.Record{Topic: p.topic, Partition: 3, Offset: 1, Headers: []kgo.RecordHeader{due}}
+	later := &kgo.Record{Topic: p.topic, Partition: 3, Offset: 2}
+
+	p.mu.Lock()
+	n := p.due([]*kgo.Record{ready, waiting, later}, now)
+	if n != 1 {
+		t.Fatalf("due = %d, want 1 (up to the first record not yet due)", n)
+	}
+	it := item{rec: ready, seq: p.trk.add(ready, now)}
+	p.pending = 1
+	c.hold(p, []*kgo.Record{waiting, later}, now)
+	p.paused = true // as if pauseSlow paused it too
+	p.mu.Unlock()
+	paused := func() bool { return len(cl.PauseFetchPartitions(nil)[p.topic]) > 0 }
+	if !paused() || len(p.held) != 2 {
+		t.Fatalf("holding: paused in client %v, held %d", paused(), len(p.held))
+	}
+	if _, ok := c.releaseDue(now); !ok || len(p.held) != 2 {
+		t.Fatalf("released records not yet due: held %d", len(p.held))
+	}
+	c.finish(p, it)
+	if !paused() {
+		t.Fatal("finish resumed a partition that holds a record not yet due")
+	}
+	c.stopParts([]*partition{p})
+	if paused() || len(p.held) != 0 || p.delayed || p.paused {
+		t.Fatalf("after stopParts: paused in client %v, held %d, delayed %v, paused %v", paused(), len(p.held), p.delayed, p.paused)
 	}
 }

@@ -144,7 +144,9 @@ func (r *redeliverer) Redeliver(ctx context.Context, msg *message.Message, delay
 	// A copy with a context of its own: the publisher would take msg's
 	// context for a transaction's, and msg stays as the handler saw it.
 	m := msg.Copy()
-	m.Metadata.Set(retryDueHeader, strconv.FormatInt(time.Now().Add(delay).UnixMilli(), 10))
+	// Rounded up to the millisecond: never due before now+delay.
+	due := (time.Now().Add(delay).UnixNano() + int64(time.Millisecond) - 1) / int64(time.Millisecond)
+	m.Metadata.Set(retryDueHeader, strconv.FormatInt(due, 10))
 	if err := r.pub.Publish(rt, m); err != nil {
 		return fmt.Errorf("kafka: redeliver to %s: %w", rt, err)
 	}

@@ -191,11 +191,20 @@ func (s *subscriber) stats() []ConsumerStats {
 // ConsumerStats describes one subscription at one moment.
 type ConsumerStats struct {
 	Group, Topic string
-	// InFlight is the number of records fetched and not yet finished.
+	// InFlight is the number of records fetched and not yet finished,
+	// those held in retry topics until due (Held) aside.
 	InFlight int
 	// PausedPartitions is the number of partitions paused because they
-	// hold MaxInFlightPerPartition records.
+	// hold MaxInFlightPerPartition records, or because they are
+	// partitions of retry topics holding records not yet due.
 	PausedPartitions int
+	// AssignedPartitions is the number of partitions the member is
+	// assigned, its retry topics' included (zero for a transactional
+	// subscription).
+	AssignedPartitions int
+	// Held is the number of records of retry topics fetched and held
+	// until due (SubscriberConfig.RetryDelays).
+	Held int
 	// OldestInFlight is how long ago the oldest record not yet finished
 	// was fetched; zero when none is.
 	OldestInFlight time.Duration
@@ -1285,7 +1294,8 @@ func (c *consumer) close() {
 }
 
 func (c *consumer) stats() ConsumerStats {
-	st := ConsumerStats{Group: c.group, Topic: c.topic, InFlight: int(c.total.Load()), LostPartitions: c.lost.Load()}
+	st := ConsumerStats{Group: c.group, Topic: c.topic, InFlight: int(c.total.Load()), LostPartitions: c.lost.Load(),
+		AssignedPartitions: int(c.assigned.Load())}
 	parts := c.snapshot()
 	now := time.Now()
 	for _, p := range parts {
@@ -1293,6 +1303,7 @@ func (c *consumer) stats() ConsumerStats {
 		if p.paused || p.delayed {
 			st.PausedPartitions++
 		}
+		st.Held += len(p.held)
 		if at, ok := p.trk.oldest(); ok {
 			st.OldestInFlight = max(st.OldestInFlight, now.Sub(at))
 		}
