@@ -41,15 +41,35 @@ func retrySetup(t *testing.T, parts int32, group string, delays ...time.Duration
 // topics for delays.
 func subscribeRetry(t *testing.T, ctx context.Context, b *kafka.Broker, group, topic string, delays ...time.Duration) (message.Subscriber, <-chan *message.Message) {
 	t.Helper()
-	sub, err := b.SubscriberWith(group, kafka.SubscriberConfig{RetryDelays: delays})
-	if err != nil {
+	return subscribeWith(t, ctx, b, group, topic, kafka.SubscriberConfig{RetryDelays: delays})
+}
+
+// waiting is a record waiting in a retry topic, held by a subscription.
+type waiting struct {
+	sub  message.Subscriber
+	ch   <-chan *message.Message
+	orig *message.Message
+	due  time.Time // no earlier than this may it come back
+}
+
+// holdOne publishes a keyed message on topic, subscribes a member of
+// group with a retry tier of delay, receives the message, redelivers it
+// with delay and acks it, and waits until the member holds it.
+func holdOne(t *testing.T, ctx context.Context, b *kafka.Broker, r redeliverer, group, topic string, delay time.Duration) waiting {
+	t.Helper()
+	orig := message.NewMessage(watermill.NewUUID(), []byte("x"))
+	orig.Metadata.Set("ce_partitionkey", "key-7")
+	if err := b.Publisher().Publish(topic, orig); err != nil {
 		t.Fatal(err)
 	}
-	ch, err := sub.Subscribe(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
+	sub, ch := subscribeRetry(t, ctx, b, group, topic, delay)
+	m := next(t, ch, 30*time.Second)
+	if m.UUID != orig.UUID {
+		t.Fatalf("received %s, want %s", m.UUID, orig.UUID)
 	}
-	return sub, ch
+	called, _ := redeliver(t, r, m, delay)
+	waitStats(t, b, "the record is held", func(st kafka.ConsumerStats) bool { return st.Held == 1 })
+	return waiting{sub: sub, ch: ch, orig: orig, due: called.Add(delay)}
 }
 
 // next returns the next message of ch, or fails the test when none comes
@@ -110,7 +130,6 @@ func TestDelayedRetryTiming(t *testing.T) {
 			if got.Before(called.Add(delay)) {
 				t.Errorf("handed out %v after Redeliver was called, before the delay %v", got.Sub(called), delay)
 			}
-			t.Logf("delay %v: handed out %v after Redeliver returned (%v late)", delay, got.Sub(returned), got.Sub(returned)-delay)
 			if back.UUID != orig.UUID || string(back.Payload) != "payload" || back.Metadata.Get("x") != "y" ||
 				back.Metadata.Get("ce_partitionkey") != "k1" {
 				t.Errorf("came back as %s %q %v", back.UUID, back.Payload, back.Metadata)
@@ -119,10 +138,12 @@ func TestDelayedRetryTiming(t *testing.T) {
 			if want := kafka.RetryTopic(topic, group, delay); ri.Topic != want {
 				t.Errorf("came from %s, want %s", ri.Topic, want)
 			}
-			if due, err := strconv.ParseInt(back.Metadata.Get("busline_retry_due"), 10, 64); err != nil ||
-				time.UnixMilli(due).Before(called.Add(delay)) {
-				t.Errorf("busline_retry_due %q, want at least %v", back.Metadata.Get("busline_retry_due"), called.Add(delay))
+			due, err := strconv.ParseInt(back.Metadata.Get("busline_retry_due"), 10, 64)
+			if err != nil || time.UnixMilli(due).Before(called.Add(delay)) {
+				t.Fatalf("busline_retry_due %q, want at least %v", back.Metadata.Get("busline_retry_due"), called.Add(delay))
 			}
+			t.Logf("delay %v: Redeliver took %v; handed out %v after it returned, %v after the due time",
+				delay, returned.Sub(called), got.Sub(returned), got.Sub(time.UnixMilli(due)))
 		})
 	}
 }
@@ -190,16 +211,8 @@ func TestDelayedRetryRebalance(t *testing.T) {
 				t.Fatal(err)
 			}
 			ctx := bustest.Context(t, 120*time.Second)
-			orig := message.NewMessage(watermill.NewUUID(), []byte("x"))
-			orig.Metadata.Set("ce_partitionkey", "key-7")
-			if err := b.Publisher().Publish(topic, orig); err != nil {
-				t.Fatal(err)
-			}
-			subA, chA := subscribeRetry(t, ctx, b, group, topic, delay)
-			m := next(t, chA, 30*time.Second)
-			called, _ := redeliver(t, r, m, delay)
-			due := called.Add(delay)
-			waitStats(t, b, "A holds the record", func(st kafka.ConsumerStats) bool { return st.Held == 1 })
+			w := holdOne(t, ctx, b, r, group, topic, delay)
+			subA, chA, orig, due := w.sub, w.ch, w.orig, w.due
 
 			// Everything each member hands out is counted by its reader.
 			type got struct {
@@ -272,15 +285,8 @@ func TestDelayedRetryClose(t *testing.T) {
 	const group, delay = "g", 10 * time.Second
 	b, topic, r := retrySetup(t, 1, group, delay)
 	ctx := bustest.Context(t, 90*time.Second)
-	orig := message.NewMessage(watermill.NewUUID(), []byte("x"))
-	if err := b.Publisher().Publish(topic, orig); err != nil {
-		t.Fatal(err)
-	}
-	sub, ch := subscribeRetry(t, ctx, b, group, topic, delay)
-	m := next(t, ch, 30*time.Second)
-	called, _ := redeliver(t, r, m, delay)
-	due := called.Add(delay)
-	waitStats(t, b, "the record is held", func(st kafka.ConsumerStats) bool { return st.Held == 1 })
+	w := holdOne(t, ctx, b, r, group, topic, delay)
+	sub, ch, orig, due := w.sub, w.ch, w.orig, w.due
 	if err := sub.Close(); err != nil {
 		t.Fatal(err)
 	}
