@@ -10,7 +10,9 @@
 // [Broker.Prepare] creates a topic; [Broker.Ping] checks the connection;
 // [Broker.Lag] reports a group's consumer lag per partition;
 // [Broker.StopFetching] and [Broker.Drain] are the bus's graceful shutdown;
-// [Broker.ConsumerStats] reports what the subscriptions hold. Publishing
+// [Broker.ConsumerStats] reports what the subscriptions hold;
+// [Broker.Redeliverer] moves a handler's message to one of its retry
+// topics, which its subscriber consumes too ([SubscriberConfig].RetryDelays). Publishing
 // goes through Busline's own small publisher on a franz-go producer,
 // consuming through Busline's own subscriber on a franz-go group consumer
 // (watermill-kafka's Sarama subscriber hands out one message per partition
@@ -151,6 +153,8 @@
 // partition is resumed in the client at once, so that it fetches when it
 // is assigned back (spring-kafka #2525, where it stayed paused for good).
 // Lost partitions and shutdown drop held records the same way.
+// [Broker.Lag] counts the records waiting in the group's retry topics as
+// lag (they are not committed before they were handled).
 //
 // Order: a record moved to a retry topic leaves its key's order, in every
 // ordering mode. The records after it on its topic do not wait for it
