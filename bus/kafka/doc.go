@@ -135,9 +135,11 @@
 // their lanes (the handler's ordering, per retry partition) and resumes.
 // Every record of one retry topic has the same delay, so a partition's
 // records are due in offset order and waiting at its head is waiting for
-// the earliest. Precision: a record is never handed out before its due
-// time (as the redelivering process's clock tells it: clocks of different
-// hosts must agree); it may come later by the fetch latency (about 100ms
+// the earliest. A due time later than the record's timestamp plus the
+// tier's delay (a broken header, a clock far ahead) counts as that, so no
+// record holds its partition longer than its delay. Precision: a record is
+// never handed out before its due time (as the redelivering process's
+// clock tells it: clocks of different hosts must agree); it may come later by the fetch latency (about 100ms
 // after a resume), by what its lane is still busy with, and when records
 // of one tier were redelivered by hosts whose clocks disagree.
 // TestDelayedRetryTiming logs how late (a few ms on kfake).

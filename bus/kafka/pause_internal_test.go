@@ -79,9 +79,9 @@ func TestDelayedRetryStoppedPartitionIsResumed(t *testing.T) {
 	}
 	defer cl.Close()
 	c := &consumer{topic: "t", cl: cl, room: make(chan struct{}, 1), wake: make(chan struct{}, 1),
-		parts: map[topicPartition]*partition{}, retry: map[string]bool{"t.g.retry.1s": true},
+		parts: map[topicPartition]*partition{}, retry: map[string]time.Duration{"t.g.retry.1s": time.Second},
 		cfg: consumerConfig{maxPerPartition: 2, maxInFlight: 100}}
-	p := &partition{id: 3, topic: "t.g.retry.1s", retry: true, stop: make(chan struct{}),
+	p := &partition{id: 3, topic: "t.g.retry.1s", delay: time.Second, stop: make(chan struct{}),
 		settled: make(chan struct{}), drainc: make(chan struct{}), lanes: map[string]*lane{}}
 	p.maxOut.Store(-1)
 	c.parts[topicPartition{p.topic, p.id}] = p
@@ -115,5 +115,30 @@ func TestDelayedRetryStoppedPartitionIsResumed(t *testing.T) {
 	c.stopParts([]*partition{p})
 	if paused() || len(p.held) != 0 || p.delayed || p.paused {
 		t.Fatalf("after stopParts: paused in client %v, held %d, delayed %v, paused %v", paused(), len(p.held), p.delayed, p.paused)
+	}
+}
+
+// A record of a retry topic is due at its busline_retry_due header, but
+// never later than its timestamp plus the topic's delay (and a
+// millisecond): a broken header or a clock far ahead cannot hold the
+// partition for longer.
+func TestDelayedRetryDueIsCappedByTheDelay(t *testing.T) {
+	now := time.UnixMilli(time.Now().UnixMilli())
+	header := func(v string) []kgo.RecordHeader { return []kgo.RecordHeader{{Key: retryDueHeader, Value: []byte(v)}} }
+	ms := func(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
+	for _, c := range []struct {
+		name string
+		rec  *kgo.Record
+		want time.Time
+	}{
+		{"header", &kgo.Record{Timestamp: now, Headers: header(ms(now.Add(500 * time.Millisecond)))}, now.Add(500 * time.Millisecond)},
+		{"far ahead", &kgo.Record{Timestamp: now, Headers: header(ms(now.Add(time.Hour)))}, now.Add(time.Second + time.Millisecond)},
+		{"no timestamp", &kgo.Record{Headers: header(ms(now.Add(time.Hour)))}, now.Add(time.Hour)},
+		{"broken", &kgo.Record{Timestamp: now, Headers: header("soon")}, time.Time{}},
+		{"none", &kgo.Record{Timestamp: now}, time.Time{}},
+	} {
+		if got := retryDue(c.rec, time.Second); !got.Equal(c.want) {
+			t.Errorf("%s: due %v, want %v", c.name, got, c.want)
+		}
 	}
 }

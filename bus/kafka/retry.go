@@ -153,10 +153,13 @@ func (r *redeliverer) Redeliver(ctx context.Context, msg *message.Message, delay
 	return nil
 }
 
-// retryDue returns when rec, a record of a retry topic, is due: its
-// busline_retry_due header. A record without a readable one is due at
-// once (it cannot be held for a time nobody knows).
-func retryDue(rec *kgo.Record) time.Time {
+// retryDue returns when rec, a record of the retry topic of delay, is due:
+// its busline_retry_due header, but no later than its timestamp plus delay
+// (plus a millisecond: the timestamp is truncated to milliseconds, the due
+// time rounded up), so that a broken header or a clock far ahead cannot
+// hold a partition longer than its delay. A record without a readable
+// header is due at once (it cannot be held for a time nobody knows).
+func retryDue(rec *kgo.Record, delay time.Duration) time.Time {
 	for i := len(rec.Headers) - 1; i >= 0; i-- { // the last one counts, as in unmarshalRecord
 		h := rec.Headers[i]
 		if h.Key != retryDueHeader {
@@ -166,7 +169,13 @@ func retryDue(rec *kgo.Record) time.Time {
 		if err != nil {
 			return time.Time{}
 		}
-		return time.UnixMilli(ms)
+		due := time.UnixMilli(ms)
+		if !rec.Timestamp.IsZero() {
+			if latest := rec.Timestamp.Add(delay + time.Millisecond); due.After(latest) {
+				return latest
+			}
+		}
+		return due
 	}
 	return time.Time{}
 }

@@ -121,17 +121,13 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		s.subscribed++
 		return c.out, nil
 	}
-	var retry []string
 	if len(s.cfg.retryDelays) > 0 {
 		if err := s.b.ensureRetryTopics(ctx, topic, s.group, s.cfg.retryDelays); err != nil {
 			return nil, err
 		}
-		for _, d := range s.cfg.retryDelays {
-			retry = append(retry, RetryTopic(topic, s.group, d))
-		}
 	}
 	id, release := s.b.instanceID(s.group)
-	c, err := s.b.newConsumer(ctx, s.group, topic, retry, s.cfg, id)
+	c, err := s.b.newConsumer(ctx, s.group, topic, s.cfg, id)
 	if err != nil {
 		release()
 		return nil, err
@@ -239,7 +235,7 @@ type consumer struct {
 	b      *Broker
 	group  string
 	topic  string
-	retry  map[string]bool // the retry topics consumed too; nil without
+	retry  map[string]time.Duration // the retry topics consumed too, and their delays; nil without
 	cfg    consumerConfig
 	cl     *kgo.Client
 	logger watermill.LoggerAdapter
@@ -281,7 +277,9 @@ type topicPartition struct {
 type partition struct {
 	id    int32
 	topic string
-	retry bool // of a retry topic: its records wait until due
+	// delay is the delay of p's retry topic, whose records wait until
+	// due; zero for the handler's topic.
+	delay time.Duration
 
 	mu      sync.Mutex
 	stopped bool          // revoked, lost or closed: hand out nothing more
@@ -349,7 +347,7 @@ type item struct {
 }
 
 // newConsumer starts a group member consuming topic and its retry topics.
-func (b *Broker) newConsumer(ctx context.Context, group, topic string, retry []string, cfg consumerConfig, instanceID string) (*consumer, error) {
+func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consumerConfig, instanceID string) (*consumer, error) {
 	c := &consumer{
 		b:      b,
 		group:  group,
@@ -363,10 +361,13 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, retry []s
 		idle:   make(chan laneTask),
 		parts:  make(map[topicPartition]*partition),
 	}
-	if len(retry) > 0 {
-		c.retry = make(map[string]bool, len(retry))
-		for _, t := range retry {
-			c.retry[t] = true
+	topics := []string{topic}
+	if len(cfg.retryDelays) > 0 {
+		c.retry = make(map[string]time.Duration, len(cfg.retryDelays))
+		for _, d := range cfg.retryDelays {
+			rt := RetryTopic(topic, group, d)
+			c.retry[rt] = d
+			topics = append(topics, rt)
 		}
 		c.wake = make(chan struct{}, 1)
 	}
@@ -374,7 +375,7 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, retry []s
 	if err != nil {
 		return nil, err
 	}
-	opts = append(opts, b.groupOptions(group, append([]string{topic}, retry...), cfg)...)
+	opts = append(opts, b.groupOptions(group, topics, cfg)...)
 	opts = append(opts,
 		kgo.BlockRebalanceOnPoll(),
 		kgo.AutoCommitMarks(),
@@ -524,7 +525,7 @@ func (c *consumer) dispatch(topic string, id int32, recs []*kgo.Record, now time
 	}
 	p := c.parts[topicPartition{topic, id}]
 	if p == nil {
-		p = &partition{id: id, topic: topic, retry: c.retry[topic], stop: make(chan struct{}),
+		p = &partition{id: id, topic: topic, delay: c.retry[topic], stop: make(chan struct{}),
 			settled: make(chan struct{}), drainc: make(chan struct{}), lanes: map[string]*lane{}}
 		p.maxOut.Store(-1)
 		c.parts[topicPartition{topic, id}] = p
@@ -533,7 +534,7 @@ func (c *consumer) dispatch(topic string, id int32, recs []*kgo.Record, now time
 
 	p.mu.Lock()
 	ready := recs
-	if p.retry {
+	if p.delay > 0 {
 		ready = recs[:p.due(recs, now)]
 	}
 	start := c.startBuf[:0]
@@ -584,7 +585,7 @@ func (c *consumer) enqueue(p *partition, it item, start []*lane) []*lane {
 func (p *partition) due(recs []*kgo.Record, now time.Time) int {
 	i := 0
 	if len(p.held) == 0 {
-		for i < len(recs) && !retryDue(recs[i]).After(now) {
+		for i < len(recs) && !retryDue(recs[i], p.delay).After(now) {
 			i++
 		}
 	}
@@ -592,16 +593,16 @@ func (p *partition) due(recs []*kgo.Record, now time.Time) int {
 }
 
 // hold holds recs, of p's retry topic, the first not yet due (see due),
-// until dueLoop finds them due. While p holds records it is paused: it fetches no
-// more (what the client fetched ahead for it is dropped and fetched again
-// after the resume), so a partition holds at most what one or two polls
-// returned for it. Held records are tracked from their due time on, so
+// until dueLoop finds them due. While p holds records it is paused: it
+// fetches no more (what the client fetched ahead for it is dropped and
+// fetched again after the resume), so a partition holds at most what one
+// or two polls returned for it. Held records are tracked from their due time on, so
 // that neither the oldest-in-flight age nor pauseSlow counts the wait.
 // p.mu must be held.
 func (c *consumer) hold(p *partition, recs []*kgo.Record, now time.Time) {
 	for _, rec := range recs {
 		at := now
-		if due := retryDue(rec); due.After(now) {
+		if due := retryDue(rec, p.delay); due.After(now) {
 			at = due
 		}
 		p.held = append(p.held, item{rec: rec, seq: p.trk.add(rec, at)})
@@ -644,7 +645,7 @@ func (c *consumer) dueLoop() {
 // earliest record still held, if any.
 func (c *consumer) releaseDue(now time.Time) (next time.Time, ok bool) {
 	for _, p := range c.snapshot() {
-		if !p.retry {
+		if p.delay == 0 {
 			continue
 		}
 		var start []*lane
@@ -654,7 +655,7 @@ func (c *consumer) releaseDue(now time.Time) (next time.Time, ok bool) {
 			continue
 		}
 		n := 0
-		for n < len(p.held) && !retryDue(p.held[n].rec).After(now) {
+		for n < len(p.held) && !retryDue(p.held[n].rec, p.delay).After(now) {
 			start = c.enqueue(p, p.held[n], start)
 			n++
 		}
@@ -667,7 +668,7 @@ func (c *consumer) releaseDue(now time.Time) (next time.Time, ok bool) {
 			if !p.paused {
 				c.cl.ResumeFetchPartitions(map[string][]int32{p.topic: {p.id}})
 			}
-		} else if due := retryDue(p.held[0].rec); !ok || due.Before(next) {
+		} else if due := retryDue(p.held[0].rec, p.delay); !ok || due.Before(next) {
 			next, ok = due, true
 		}
 		p.mu.Unlock()
