@@ -97,6 +97,9 @@ func (o SubscriberOptions) Validate() error {
 	if o.Transactions && o.BatchSize != 0 {
 		errs = append(errs, errors.New("transactions do not go with batch delivery"))
 	}
+	if o.Transactions && len(o.RetryDelays) > 0 {
+		errs = append(errs, errors.New("transactions do not go with retry delays"))
+	}
 	return errors.Join(errs...)
 }
 

@@ -93,11 +93,19 @@ type ConsumerStatser interface {
 // ConsumerStats describes one subscription at one moment.
 type ConsumerStats struct {
 	Group, Topic string
-	// InFlight is the number of records fetched and not yet finished.
+	// InFlight is the number of records fetched and not yet finished,
+	// those held in a delayed tier until due (Held) aside.
 	InFlight int
 	// PausedPartitions is the number of partitions paused because they
-	// hold the most records in flight allowed.
+	// hold the most records in flight allowed, or because they hold
+	// delayed records not yet due.
 	PausedPartitions int
+	// AssignedPartitions is the number of partitions the member is
+	// assigned, those of its delayed tier included.
+	AssignedPartitions int
+	// Held is the number of delayed records fetched and held until due
+	// (Kafka's retry topics, SubscriberOptions.RetryDelays).
+	Held int
 	// OldestInFlight is how long ago the oldest record not yet finished
 	// was fetched; zero when none is.
 	OldestInFlight time.Duration

@@ -33,6 +33,7 @@ var (
 	_ broker.Transactional = (*Broker)(nil)
 	_ broker.Drainer       = (*Broker)(nil)
 	_ broker.Lagger        = (*Broker)(nil)
+	_ broker.Redelivering  = (*Broker)(nil)
 	_ broker.Browser       = (*Broker)(nil)
 )
 
@@ -138,7 +139,7 @@ func (b *Broker) SubscriberWith(group string, cfg broker.SubscriberOptions) (mes
 	if group == "" {
 		return nil, errors.New("kafka: empty consumer group")
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(cfg.Validate(), validRetryDelays(cfg.RetryDelays)); err != nil {
 		return nil, fmt.Errorf("kafka: %w", err)
 	}
 	b.mu.Lock()
@@ -155,6 +156,7 @@ func (b *Broker) SubscriberWith(group string, cfg broker.SubscriberOptions) (mes
 		commitInterval:   b.cfg.CommitInterval,
 		rebalanceTimeout: b.cfg.RebalanceTimeout,
 		transactions:     cfg.Transactions,
+		retryDelays:      slices.Clone(cfg.RetryDelays),
 	}
 	if cc.transactions {
 		cc.ordering = broker.OrderPartition

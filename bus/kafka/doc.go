@@ -10,7 +10,9 @@
 // [Broker.Prepare] creates a topic; [Broker.Ping] checks the connection;
 // [Broker.Lag] reports a group's consumer lag per partition;
 // [Broker.StopFetching] and [Broker.Drain] are the bus's graceful shutdown;
-// [Broker.ConsumerStats] reports what the subscriptions hold. Publishing
+// [Broker.ConsumerStats] reports what the subscriptions hold;
+// [Broker.Redeliverer] moves a handler's message to one of its retry
+// topics, which its subscriber consumes too ([broker.SubscriberOptions].RetryDelays). Publishing
 // goes through Busline's own small publisher on a franz-go producer,
 // consuming through Busline's own subscriber on a franz-go group consumer
 // (watermill-kafka's Sarama subscriber hands out one message per partition
@@ -110,6 +112,62 @@
 // poll's, or more when polls queued up) as one carrier message, in order,
 // and the next batch when the carrier was acked by a batch handler that
 // took it; otherwise the records go one by one.
+//
+// # Delayed redelivery (retry topics)
+//
+// [Broker.Redeliverer] gives a handler (a group on a topic) one retry topic
+// per delay tier, [RetryTopic]: "<topic>.<group>.retry.<delay>", with as
+// many partitions as the topic, created idempotently. Per group, so that a
+// redelivery reaches only the handler that failed, not the other groups of
+// the topic. Redeliver writes the message there, as the publisher writes
+// it (UUID, metadata, payload, and so its record key), with the header
+// busline_retry_due (unix milliseconds, the redelivering process's clock
+// plus the delay, rounded up), acks=all; the caller then acks the original,
+// which frees its lane and lets its offset be committed.
+//
+// A subscriber with [broker.SubscriberOptions].RetryDelays consumes the retry
+// topics of its group in the same member (one client, one group) and hands
+// their records to the same channel, so the router runs them through the
+// same handler; [RecordFromContext] names the retry topic. A retry
+// partition hands out no record before its due time: it holds its records
+// from the first one not yet due on and is paused (PauseFetchPartitions)
+// until a timer of the subscription finds them due, then it puts them on
+// their lanes (the handler's ordering, per retry partition) and resumes.
+// Every record of one retry topic has the same delay, so a partition's
+// records are due in offset order and waiting at its head is waiting for
+// the earliest. A due time later than the record's timestamp plus the
+// tier's delay (a broken header, a clock far ahead) counts as that, so no
+// record holds its partition longer than its delay. Precision: a record is
+// never handed out before its due time (as the redelivering process's
+// clock tells it: clocks of different hosts must agree); it may come later by the fetch latency (about 100ms
+// after a resume), by what its lane is still busy with, and when records
+// of one tier were redelivered by hosts whose clocks disagree.
+// TestDelayedRetryTiming logs how late (a few ms on kfake).
+//
+// A wait holds nothing else up: held records are tracked (the committed
+// offset of the retry partition stays at the first one) but are neither in
+// flight (Config.MaxInFlight; [ConsumerStats].Held counts them) nor
+// "stuck" for the slow-partition pause, and the timer, not a lane, waits.
+// A held partition holds at most what one or two polls returned for it. A
+// revoke or a close does not wait for a due time: the held records are
+// dropped, neither handed out nor committed, and the partition's next owner
+// reads them again and waits for the rest of their delay. A revoked
+// partition is resumed in the client at once, so that it fetches when it
+// is assigned back (spring-kafka #2525, where it stayed paused for good).
+// Lost partitions and shutdown drop held records the same way.
+// [Broker.Lag] counts the records waiting in the group's retry topics as
+// lag (they are not committed before they were handled).
+//
+// Order: a record moved to a retry topic leaves its key's order, in every
+// ordering mode. The records after it on its topic do not wait for it
+// ("partition": its partition goes on with the next record; "key": its key
+// goes on with the next record of the key; "unordered": there was no order)
+// and may be handled before it, or at the same time when it comes back.
+// Within one retry topic, the records of a key keep their order relative to
+// each other (one partition, offset order) in "partition" and "key"
+// ordering; across tiers, and between a tier and the topic, there is no
+// order. Nothing parks a key behind its retried record. Retry topics do not
+// go with Transactions.
 //
 // # Record format
 //

@@ -9,6 +9,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/kafka"
 )
 
@@ -79,7 +80,14 @@ func publishN(t *testing.T, pub message.Publisher, topic string, n int) []*messa
 // failing the test on an error.
 func subscribe(t testing.TB, ctx context.Context, b *kafka.Broker, group, topic string) (message.Subscriber, <-chan *message.Message) {
 	t.Helper()
-	sub, err := b.Subscriber(group)
+	return subscribeWith(t, ctx, b, group, topic, broker.SubscriberOptions{})
+}
+
+// subscribeWith makes a subscriber of b in group with cfg and subscribes
+// it to topic, failing the test on an error.
+func subscribeWith(t testing.TB, ctx context.Context, b *kafka.Broker, group, topic string, cfg broker.SubscriberOptions) (message.Subscriber, <-chan *message.Message) {
+	t.Helper()
+	sub, err := b.SubscriberWith(group, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,6 +42,7 @@ type consumerConfig struct {
 	commitInterval   time.Duration
 	rebalanceTimeout time.Duration
 	transactions     bool
+	retryDelays      []time.Duration
 }
 
 func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
@@ -58,6 +59,11 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		s.consumers = append(s.consumers, c)
 		s.subscribed++
 		return c.out, nil
+	}
+	if len(s.cfg.retryDelays) > 0 {
+		if err := s.b.ensureRetryTopics(ctx, topic, s.group, s.cfg.retryDelays); err != nil {
+			return nil, err
+		}
 	}
 	id, release := s.b.instanceID(s.group)
 	c, err := s.b.newConsumer(ctx, s.group, topic, s.cfg, id)
@@ -121,7 +127,8 @@ func (s *subscriber) stats() []ConsumerStats {
 // broker-neutral [broker.ConsumerStats], which the telemetry reads.
 type ConsumerStats = broker.ConsumerStats
 
-// consumer is one subscription: a group member consuming one topic.
+// consumer is one subscription: a group member consuming one topic, and
+// the retry topics of its handler (broker.SubscriberOptions.RetryDelays).
 //
 // A poll loop fetches records (franz-go's PollRecords with
 // BlockRebalanceOnPoll, so no rebalance runs between a poll and the
@@ -136,10 +143,16 @@ type ConsumerStats = broker.ConsumerStats
 // done flag; the commit mark is one past the last record of the done prefix
 // ("the lowest offset still in flight"). A committer marks and commits the
 // marks every commitInterval; revoke and close do too.
+//
+// A partition of a retry topic holds back its records from the first one
+// not yet due (held, tracked, not on a lane, not counted in flight) and is
+// paused meanwhile; dueLoop puts them on their lanes when they are due and
+// resumes the partition once it holds none.
 type consumer struct {
 	b      *Broker
 	group  string
 	topic  string
+	retry  map[string]time.Duration // the retry topics consumed too, and their delays; nil without
 	cfg    consumerConfig
 	cl     *kgo.Client
 	logger watermill.LoggerAdapter
@@ -160,9 +173,10 @@ type consumer struct {
 	lost      atomic.Int64
 	assigned  atomic.Int64 // partitions assigned
 	closing   atomic.Bool
+	wake      chan struct{} // tells dueLoop that records were held
 
 	mu           sync.Mutex
-	parts        map[int32]*partition
+	parts        map[topicPartition]*partition
 	fetchStopped bool    // stopFetching was called: take no new records
 	startBuf     []*lane // dispatch's lanes to start, reused (the poll loop's only)
 	// closed, when set, runs at the end of close: it frees the static
@@ -170,9 +184,19 @@ type consumer struct {
 	closed func()
 }
 
+// topicPartition names a partition of a topic a consumer consumes.
+type topicPartition struct {
+	topic string
+	id    int32
+}
+
 // partition is the state of one assigned partition.
 type partition struct {
-	id int32
+	id    int32
+	topic string
+	// delay is the delay of p's retry topic, whose records wait until
+	// due; zero for the handler's topic.
+	delay time.Duration
 
 	mu      sync.Mutex
 	stopped bool          // revoked, lost or closed: hand out nothing more
@@ -181,8 +205,14 @@ type partition struct {
 	lanes   map[string]*lane
 	free    []*lane // lanes that ran empty, for reuse
 	trk     tracker
-	pending int // records fetched and not finished
-	paused  bool
+	pending int  // records fetched and not finished
+	paused  bool // by pauseSlow
+	// held are the records of a retry topic's partition from the first
+	// one not yet due on, in offset order: tracked, but on no lane and
+	// not in pending; delayed says the partition is paused for them.
+	// The client pauses a partition while paused or delayed.
+	held    []item
+	delayed bool
 	// released is how many of pending no longer count against
 	// maxInFlight (see pauseSlow); the next ones to finish are these.
 	released int
@@ -233,7 +263,7 @@ type item struct {
 	seq int64
 }
 
-// newConsumer starts a group member consuming topic.
+// newConsumer starts a group member consuming topic and its retry topics.
 func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consumerConfig, instanceID string) (*consumer, error) {
 	c := &consumer{
 		b:      b,
@@ -246,13 +276,23 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 		done:   make(chan struct{}),
 		room:   make(chan struct{}, 1),
 		idle:   make(chan laneTask),
-		parts:  make(map[int32]*partition),
+		parts:  make(map[topicPartition]*partition),
+	}
+	topics := []string{topic}
+	if len(cfg.retryDelays) > 0 {
+		c.retry = make(map[string]time.Duration, len(cfg.retryDelays))
+		for _, d := range cfg.retryDelays {
+			rt := RetryTopic(topic, group, d)
+			c.retry[rt] = d
+			topics = append(topics, rt)
+		}
+		c.wake = make(chan struct{}, 1)
 	}
 	opts, err := b.cfg.kgoOptions()
 	if err != nil {
 		return nil, err
 	}
-	opts = append(opts, b.groupOptions(group, topic, cfg)...)
+	opts = append(opts, b.groupOptions(group, topics, cfg)...)
 	opts = append(opts,
 		kgo.BlockRebalanceOnPoll(),
 		kgo.AutoCommitMarks(),
@@ -261,7 +301,7 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 		// AutoCommitMarks turns on, is only a backstop.
 		kgo.AutoCommitInterval(10*cfg.commitInterval),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, a map[string][]int32) {
-			c.assigned.Add(int64(len(a[topic])))
+			c.assigned.Add(int64(countPartitions(a)))
 		}),
 		kgo.OnPartitionsRevoked(c.onRevoked),
 		kgo.OnPartitionsLost(c.onLost),
@@ -278,6 +318,10 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 	c.loops.Add(3)
 	go c.pollLoop()
 	go c.commitLoop()
+	if c.retry != nil {
+		c.loops.Add(1)
+		go c.dueLoop()
+	}
 	go func() {
 		defer c.loops.Done()
 		select {
@@ -293,20 +337,20 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 }
 
 // groupOptions are the franz-go options of a member of group consuming
-// topic, a consumer's or a transactional one's: where a new group starts,
+// topics, a consumer's or a transactional one's: where a new group starts,
 // cooperative-sticky assignment, the rebalance and session timeouts, and
 // read_committed fetches. Records of transactions become visible once
 // committed, and those of aborted ones never (what transactional handlers,
 // transact.go, publish); without transactional producers on the topic this
 // costs nothing, the last stable offset being the end.
-func (b *Broker) groupOptions(group, topic string, cfg consumerConfig) []kgo.Opt {
+func (b *Broker) groupOptions(group string, topics []string, cfg consumerConfig) []kgo.Opt {
 	reset := kgo.NewOffset().AtStart()
 	if b.cfg.InitialOffset == "newest" {
 		reset = kgo.NewOffset().AtEnd()
 	}
 	return []kgo.Opt{
 		kgo.ConsumerGroup(group),
-		kgo.ConsumeTopics(topic),
+		kgo.ConsumeTopics(topics...),
 		kgo.ConsumeResetOffset(reset),
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
 		kgo.RebalanceTimeout(cfg.rebalanceTimeout),
@@ -360,7 +404,7 @@ func (c *consumer) pollLoop() {
 		})
 		fs.EachPartition(func(ftp kgo.FetchTopicPartition) {
 			if len(ftp.Records) > 0 {
-				c.dispatch(ftp.Partition, ftp.Records, now)
+				c.dispatch(ftp.Topic, ftp.Partition, ftp.Records, now)
 			}
 		})
 		c.cl.AllowRebalance()
@@ -385,48 +429,40 @@ const fetchMaxWait = 100 * time.Millisecond
 // returned only errors.
 const reconnectRetrySleep = time.Second
 
-// dispatch queues the records of one poll of partition id on their lanes,
-// starting the lanes that were idle, and pauses the partition when it holds
-// maxPerPartition records and others are assigned (see
-// Config.MaxInFlightPerPartition). It runs between a poll and
-// AllowRebalance, so never concurrently with a revoke.
-func (c *consumer) dispatch(id int32, recs []*kgo.Record, now time.Time) {
+// dispatch queues the records of one poll of partition id of topic on their
+// lanes, starting the lanes that were idle. In a retry topic's partition,
+// the records from the first one not yet due on are held instead, and the
+// partition is paused until dueLoop has put them on their lanes. It runs
+// between a poll and AllowRebalance, so never concurrently with a revoke.
+func (c *consumer) dispatch(topic string, id int32, recs []*kgo.Record, now time.Time) {
 	c.mu.Lock()
 	if c.fetchStopped {
 		c.mu.Unlock()
 		return // never tracked, so never committed: fetched again later
 	}
-	p := c.parts[id]
+	p := c.parts[topicPartition{topic, id}]
 	if p == nil {
-		p = &partition{id: id, stop: make(chan struct{}), settled: make(chan struct{}), drainc: make(chan struct{}),
-			lanes: map[string]*lane{}}
+		p = &partition{id: id, topic: topic, delay: c.retry[topic], stop: make(chan struct{}),
+			settled: make(chan struct{}), drainc: make(chan struct{}), lanes: map[string]*lane{}}
 		p.maxOut.Store(-1)
-		c.parts[id] = p
+		c.parts[topicPartition{topic, id}] = p
 	}
 	c.mu.Unlock()
 
 	p.mu.Lock()
-	start := c.startBuf[:0]
-	for _, rec := range recs {
-		it := item{rec: rec, seq: p.trk.add(rec, now)}
-		var key []byte // the lane: one per partition, or per key
-		switch c.cfg.ordering {
-		case broker.OrderUnordered:
-			start = append(start, p.newLane("", it))
-			continue
-		case broker.OrderKey:
-			key = rec.Key
-		}
-		if l := p.lanes[string(key)]; l != nil { // no allocation for the lookup
-			l.q = append(l.q, it)
-			continue
-		}
-		l := p.newLane(string(key), it)
-		p.lanes[l.key] = l
-		start = append(start, l)
+	ready := recs
+	if p.delay > 0 {
+		ready = recs[:p.due(recs, now)]
 	}
-	p.pending += len(recs)
-	c.total.Add(int64(len(recs)))
+	start := c.startBuf[:0]
+	for _, rec := range ready {
+		start = c.enqueue(p, item{rec: rec, seq: p.trk.add(rec, now)}, start)
+	}
+	p.pending += len(ready)
+	c.total.Add(int64(len(ready)))
+	if len(ready) < len(recs) {
+		c.hold(p, recs[len(ready):], now)
+	}
 	p.mu.Unlock()
 	// Started after the lock is let go: a lane goroutine woken while
 	// dispatch held it would only wait for it.
@@ -435,6 +471,129 @@ func (c *consumer) dispatch(id int32, recs []*kgo.Record, now time.Time) {
 		start[i] = nil
 	}
 	c.startBuf = start
+}
+
+// enqueue puts it on its lane (one per partition, per key, or per record,
+// see Config.Ordering) and returns start with the lane appended when the
+// lane is new and must be started. p.mu must be held.
+func (c *consumer) enqueue(p *partition, it item, start []*lane) []*lane {
+	var key []byte // the lane: one per partition, or per key
+	switch c.cfg.ordering {
+	case broker.OrderUnordered:
+		return append(start, p.newLane("", it))
+	case broker.OrderKey:
+		key = it.rec.Key
+	}
+	if l := p.lanes[string(key)]; l != nil { // no allocation for the lookup
+		l.q = append(l.q, it)
+		return start
+	}
+	l := p.newLane(string(key), it)
+	p.lanes[l.key] = l
+	return append(start, l)
+}
+
+// due returns how many records at the start of recs, of p's retry topic,
+// are due at now: up to the first one not yet due, and none when p holds
+// records already. The records of a partition are handed out in offset
+// order, which is the order of their due times, every record of a retry
+// topic having the same delay: waiting at the head is waiting for the
+// earliest. p.mu must be held.
+func (p *partition) due(recs []*kgo.Record, now time.Time) int {
+	i := 0
+	if len(p.held) == 0 {
+		for i < len(recs) && !retryDue(recs[i], p.delay).After(now) {
+			i++
+		}
+	}
+	return i
+}
+
+// hold holds recs, of p's retry topic, the first not yet due (see due),
+// until dueLoop finds them due. While p holds records it is paused: it
+// fetches no more (what the client fetched ahead for it is dropped and
+// fetched again after the resume), so a partition holds at most what one
+// or two polls returned for it. Held records are tracked from their due time on, so
+// that neither the oldest-in-flight age nor pauseSlow counts the wait.
+// p.mu must be held.
+func (c *consumer) hold(p *partition, recs []*kgo.Record, now time.Time) {
+	for _, rec := range recs {
+		at := now
+		if due := retryDue(rec, p.delay); due.After(now) {
+			at = due
+		}
+		p.held = append(p.held, item{rec: rec, seq: p.trk.add(rec, at)})
+	}
+	if !p.delayed {
+		p.delayed = true
+		if !p.paused {
+			// Paused under p.mu, as dueLoop and finish resume under it.
+			c.cl.PauseFetchPartitions(map[string][]int32{p.topic: {p.id}})
+		}
+	}
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// dueLoop puts held records on their lanes when they are due (see hold),
+// until the consumer closes.
+func (c *consumer) dueLoop() {
+	defer c.loops.Done()
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-c.wake:
+		case <-c.done:
+			return
+		}
+		if next, ok := c.releaseDue(time.Now()); ok {
+			t.Reset(time.Until(next))
+		}
+	}
+}
+
+// releaseDue puts the held records due at now on their lanes, resumes the
+// partitions that hold none any more, and returns the due time of the
+// earliest record still held, if any.
+func (c *consumer) releaseDue(now time.Time) (next time.Time, ok bool) {
+	for _, p := range c.snapshot() {
+		if p.delay == 0 {
+			continue
+		}
+		var start []*lane
+		p.mu.Lock()
+		if p.stopped || len(p.held) == 0 {
+			p.mu.Unlock()
+			continue
+		}
+		n := 0
+		for n < len(p.held) && !retryDue(p.held[n].rec, p.delay).After(now) {
+			start = c.enqueue(p, p.held[n], start)
+			n++
+		}
+		p.held = p.held[n:]
+		p.pending += n
+		c.total.Add(int64(n))
+		if len(p.held) == 0 {
+			p.held = nil
+			p.delayed = false
+			if !p.paused {
+				c.cl.ResumeFetchPartitions(map[string][]int32{p.topic: {p.id}})
+			}
+		} else if due := retryDue(p.held[0].rec, p.delay); !ok || due.Before(next) {
+			next, ok = due, true
+		}
+		p.mu.Unlock()
+		for _, l := range start {
+			c.startLane(p, l)
+		}
+	}
+	return next, ok
 }
 
 // stuckAfter is how long a partition's oldest record must have been
@@ -464,7 +623,9 @@ func (c *consumer) pauseSlow(now time.Time) {
 		p.paused = true
 		// Paused under p.mu, as finish resumes under it: a resume may
 		// not overtake the pause and leave it in place for good.
-		c.cl.PauseFetchPartitions(map[string][]int32{c.topic: {p.id}})
+		if !p.delayed {
+			c.cl.PauseFetchPartitions(map[string][]int32{p.topic: {p.id}})
+		}
 		release := p.pending - c.cfg.maxPerPartition - p.released
 		p.released += release
 		p.mu.Unlock()
@@ -708,7 +869,9 @@ func (c *consumer) finish(p *partition, it item) {
 	p.pending--
 	if p.paused && p.pending <= c.cfg.maxPerPartition/2 {
 		p.paused = false
-		c.cl.ResumeFetchPartitions(map[string][]int32{c.topic: {p.id}})
+		if !p.delayed { // else dueLoop resumes it
+			c.cl.ResumeFetchPartitions(map[string][]int32{p.topic: {p.id}})
+		}
 	}
 	if p.released > 0 {
 		// Its count left with the release.
@@ -758,7 +921,7 @@ func (c *consumer) mark(parts []*partition, final bool) bool {
 			// Marked under p.mu: no mark of a partition can land after
 			// its last one (final), or after it was lost.
 			if eo, ok := p.trk.mark(); ok {
-				c.cl.MarkCommitOffsets(map[string]map[int32]kgo.EpochOffset{c.topic: {p.id: eo}})
+				c.cl.MarkCommitOffsets(map[string]map[int32]kgo.EpochOffset{p.topic: {p.id: eo}})
 				moved = true
 			}
 			if final {
@@ -851,25 +1014,41 @@ func (c *consumer) snapshot() []*partition {
 	return parts
 }
 
-// detach removes ids from the assigned partitions and returns their state.
-func (c *consumer) detach(ids []int32) []*partition {
+// detach removes the partitions of tps from the assigned ones and returns
+// their state.
+func (c *consumer) detach(tps map[string][]int32) []*partition {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var parts []*partition
-	for _, id := range ids {
-		if p := c.parts[id]; p != nil {
-			parts = append(parts, p)
-			delete(c.parts, id)
+	for topic, ids := range tps {
+		for _, id := range ids {
+			if p := c.parts[topicPartition{topic, id}]; p != nil {
+				parts = append(parts, p)
+				delete(c.parts, topicPartition{topic, id})
+			}
 		}
 	}
 	return parts
 }
 
-// stopParts stops parts: their lanes hand out nothing more, and their
-// records leave the in-flight count. Paused ones are resumed, so that the
-// partition fetches when it is assigned again.
+// countPartitions returns the number of partitions in tps.
+func countPartitions(tps map[string][]int32) int {
+	n := 0
+	for _, ids := range tps {
+		n += len(ids)
+	}
+	return n
+}
+
+// stopParts stops parts: their lanes hand out nothing more, their held
+// records are dropped (neither handed out nor committed: the partition's
+// next owner reads them again), and their records leave the in-flight
+// count. Paused ones are resumed, so that the partition fetches when it is
+// assigned again (franz-go keeps a pause across revocations; a retry
+// partition revoked while it waited would otherwise never fetch again,
+// spring-kafka #2525).
 func (c *consumer) stopParts(parts []*partition) {
-	var resume []int32
+	var resume map[string][]int32
 	for _, p := range parts {
 		p.mu.Lock()
 		if p.stopped {
@@ -878,10 +1057,14 @@ func (c *consumer) stopParts(parts []*partition) {
 		}
 		p.stopped = true
 		close(p.stop)
-		if p.paused {
-			p.paused = false
-			resume = append(resume, p.id)
+		if p.paused || p.delayed {
+			p.paused, p.delayed = false, false
+			if resume == nil {
+				resume = map[string][]int32{}
+			}
+			resume[p.topic] = append(resume[p.topic], p.id)
 		}
+		p.held = nil
 		n := p.pending - p.released
 		p.pending, p.released = 0, 0
 		p.mu.Unlock()
@@ -892,7 +1075,7 @@ func (c *consumer) stopParts(parts []*partition) {
 		}
 	}
 	if len(resume) > 0 {
-		c.cl.ResumeFetchPartitions(map[string][]int32{c.topic: resume})
+		c.cl.ResumeFetchPartitions(resume)
 	}
 }
 
@@ -905,8 +1088,8 @@ func (c *consumer) stopParts(parts []*partition) {
 // committed offset in "key" and "unordered" ordering, where records finish
 // out of order: the next owner handles none of them again.
 func (c *consumer) onRevoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
-	c.assigned.Add(-int64(len(revoked[c.topic])))
-	parts := c.detach(revoked[c.topic])
+	c.assigned.Add(-int64(countPartitions(revoked)))
+	parts := c.detach(revoked)
 	if len(parts) == 0 {
 		return
 	}
@@ -985,8 +1168,8 @@ func (p *partition) beginDrain() {
 // member is no longer in the group), and what their handlers still finish
 // is ignored.
 func (c *consumer) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
-	c.assigned.Add(-int64(len(lost[c.topic])))
-	parts := c.detach(lost[c.topic])
+	c.assigned.Add(-int64(countPartitions(lost)))
+	parts := c.detach(lost)
 	c.stopParts(parts)
 	for _, p := range parts {
 		p.mu.Lock()
@@ -1029,14 +1212,16 @@ func (c *consumer) close() {
 }
 
 func (c *consumer) stats() ConsumerStats {
-	st := ConsumerStats{Group: c.group, Topic: c.topic, InFlight: int(c.total.Load()), LostPartitions: c.lost.Load()}
+	st := ConsumerStats{Group: c.group, Topic: c.topic, InFlight: int(c.total.Load()), LostPartitions: c.lost.Load(),
+		AssignedPartitions: int(c.assigned.Load())}
 	parts := c.snapshot()
 	now := time.Now()
 	for _, p := range parts {
 		p.mu.Lock()
-		if p.paused {
+		if p.paused || p.delayed {
 			st.PausedPartitions++
 		}
+		st.Held += len(p.held)
 		if at, ok := p.trk.oldest(); ok {
 			st.OldestInFlight = max(st.OldestInFlight, now.Sub(at))
 		}

@@ -244,7 +244,7 @@ func (c *txnConsumer) newSession() (*kgo.GroupTransactSession, error) {
 	// the transaction open until it comes or the transaction times out,
 	// when the brokers abort it. Either way nothing is committed twice.
 	opts = append(producerOptions(deliveryTimeout, false), append(opts, b.cfg.PartitionerOptions()...)...)
-	opts = append(opts, b.groupOptions(c.group, c.topic, c.cfg)...)
+	opts = append(opts, b.groupOptions(c.group, []string{c.topic}, c.cfg)...)
 	opts = append(opts,
 		kgo.TransactionalID(c.id),
 		kgo.TransactionTimeout(transactionTimeout),

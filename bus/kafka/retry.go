@@ -1,0 +1,181 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// retryDueHeader carries the time a record of a retry topic is due, in
+// unix milliseconds of the redelivering process's clock. The subscriber
+// hands the record out no earlier.
+const retryDueHeader = "busline_retry_due"
+
+// RetryTopic returns the name of the retry topic of group on topic for
+// delay: "<topic>.<group>.retry.<delay>", the delay as
+// [time.Duration.String] prints it ("orders.svc.h.retry.10s",
+// "orders.svc.h.retry.1m0s").
+func RetryTopic(topic, group string, delay time.Duration) string {
+	return topic + "." + group + ".retry." + delay.String()
+}
+
+// validRetryDelays reports what is wrong with delays as the retry tiers of
+// a handler: each must be positive, whole milliseconds (the due time's
+// unit; "µs" would also not be a legal topic name) and given once.
+func validRetryDelays(delays []time.Duration) error {
+	var errs []error
+	for i, d := range delays {
+		switch {
+		case d <= 0:
+			errs = append(errs, fmt.Errorf("kafka: retry delay %v is not positive", d))
+		case d%time.Millisecond != 0:
+			errs = append(errs, fmt.Errorf("kafka: retry delay %v is not whole milliseconds", d))
+		case slices.Contains(delays[:i], d):
+			errs = append(errs, fmt.Errorf("kafka: retry delay %v given twice", d))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ensureRetryTopics creates, unless they exist, the retry topics of group
+// on topic for delays, each with as many partitions as topic (creating
+// topic first, as Prepare does, when it does not exist yet).
+//
+// As many partitions as the topic: a retry tier then has the parallelism
+// of the topic it serves (one partition would put every redelivered record
+// of the group on one member, one at a time in "partition" ordering), and
+// a keyed record lands on the same partition number as on the topic, so
+// that within a tier the records of one key stay in order.
+func (b *Broker) ensureRetryTopics(ctx context.Context, topic, group string, delays []time.Duration) error {
+	if err := b.Prepare(ctx, topic, group); err != nil {
+		return err
+	}
+	tds, err := b.admin.ListTopics(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("kafka: describe topic %s: %w", topic, err)
+	}
+	td, ok := tds[topic]
+	if !ok || td.Err != nil || len(td.Partitions) == 0 {
+		return fmt.Errorf("kafka: describe topic %s: %w", topic, cmpErr(td.Err, kerr.UnknownTopicOrPartition))
+	}
+	n := int32(len(td.Partitions))
+	for _, d := range delays {
+		rt := RetryTopic(topic, group, d)
+		_, err := b.admin.CreateTopic(ctx, n, b.cfg.ReplicationFactor, nil, rt)
+		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("kafka: create retry topic %s: %w", rt, err)
+		}
+	}
+	return nil
+}
+
+func cmpErr(err, fallback error) error {
+	if err != nil {
+		return err
+	}
+	return fallback
+}
+
+// Redeliverer creates (idempotently) one retry topic per delay for group
+// on topic ([RetryTopic]; as many partitions as topic, which it creates
+// too when missing) and returns what moves a message of that handler to
+// one of them. A subscriber of group with [broker.SubscriberOptions].RetryDelays
+// equal to delays consumes them and hands each record back to the handler
+// once it is due (see the package doc, "Delayed redelivery").
+//
+// Redeliver writes msg (its UUID, metadata and payload, as the publisher
+// writes them, and so its record key) to the retry topic of delay, with
+// the header busline_retry_due set to now+delay in unix milliseconds, and
+// returns once all in-sync replicas have it (acks=all), or with the error.
+// A delay that is not one of delays is an error; so is a ctx that is done
+// before the record went out. Once handed to the producer, the record is
+// not withdrawn when ctx ends (the producer is shared; see
+// [Broker.Publisher]), so Redeliver takes at most about 30s. msg itself is
+// not changed. Redeliver is safe for concurrent use.
+//
+// delays must be positive, whole milliseconds and distinct. Redeliverer
+// fails when the topics cannot be created within 15s.
+func (b *Broker) Redeliverer(topic, group string, delays []time.Duration) (interface {
+	Redeliver(ctx context.Context, msg *message.Message, delay time.Duration) error
+}, error) {
+	if group == "" {
+		return nil, errors.New("kafka: empty consumer group")
+	}
+	if len(delays) == 0 {
+		return nil, errors.New("kafka: no retry delays")
+	}
+	if err := validRetryDelays(delays); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+	defer cancel()
+	if err := b.ensureRetryTopics(ctx, topic, group, delays); err != nil {
+		return nil, err
+	}
+	r := &redeliverer{pub: b.pub, topics: make(map[time.Duration]string, len(delays))}
+	for _, d := range delays {
+		r.topics[d] = RetryTopic(topic, group, d)
+	}
+	return r, nil
+}
+
+// redeliverer moves messages of one handler to its retry topics.
+type redeliverer struct {
+	pub    *publisher
+	topics map[time.Duration]string // delay -> retry topic
+}
+
+// Redeliver implements the method of [Broker.Redeliverer]'s result.
+func (r *redeliverer) Redeliver(ctx context.Context, msg *message.Message, delay time.Duration) error {
+	rt, ok := r.topics[delay]
+	if !ok {
+		return fmt.Errorf("kafka: redeliver: %v is not a retry delay of this handler", delay)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("kafka: redeliver: %w", err)
+	}
+	// A copy with a context of its own: the publisher would take msg's
+	// context for a transaction's, and msg stays as the handler saw it.
+	m := msg.Copy()
+	// Rounded up to the millisecond: never due before now+delay.
+	due := (time.Now().Add(delay).UnixNano() + int64(time.Millisecond) - 1) / int64(time.Millisecond)
+	m.Metadata.Set(retryDueHeader, strconv.FormatInt(due, 10))
+	if err := r.pub.Publish(rt, m); err != nil {
+		return fmt.Errorf("kafka: redeliver to %s: %w", rt, err)
+	}
+	return nil
+}
+
+// retryDue returns when rec, a record of the retry topic of delay, is due:
+// its busline_retry_due header, but no later than its timestamp plus delay
+// (plus a millisecond: the timestamp is truncated to milliseconds, the due
+// time rounded up), so that a broken header or a clock far ahead cannot
+// hold a partition longer than its delay. A record without a readable
+// header is due at once (it cannot be held for a time nobody knows).
+func retryDue(rec *kgo.Record, delay time.Duration) time.Time {
+	for i := len(rec.Headers) - 1; i >= 0; i-- { // the last one counts, as in unmarshalRecord
+		h := rec.Headers[i]
+		if h.Key != retryDueHeader {
+			continue
+		}
+		ms, err := strconv.ParseInt(string(h.Value), 10, 64)
+		if err != nil {
+			return time.Time{}
+		}
+		due := time.UnixMilli(ms)
+		if !rec.Timestamp.IsZero() {
+			if latest := rec.Timestamp.Add(delay + time.Millisecond); due.After(latest) {
+				return latest
+			}
+		}
+		return due
+	}
+	return time.Time{}
+}
