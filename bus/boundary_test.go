@@ -21,12 +21,6 @@ import (
 // mappingFile is the one file that may name brokers.
 const mappingFile = "brokers.go"
 
-// boundaryAllowed lists the files that still name brokers, and must not
-// stay: telemetry switches on the broker today, until it moves to its own
-// package fed by facts the brokers supply through package broker (issue
-// 14, item 2). Empty this list as they go; do not add to it.
-var boundaryAllowed = []string{}
-
 // brokerPackages are the import paths of the brokers.
 var brokerPackages = []string{
 	"github.com/busline/busline/bus/amqp",
@@ -57,19 +51,11 @@ func TestBrokerBoundary(t *testing.T) {
 			t.Fatal(err)
 		}
 		checked++
-		v := boundaryViolations(fset, f)
-		switch {
-		case slices.Contains(boundaryAllowed, path) && len(v) == 0:
-			t.Logf("%s names no broker any more: remove it from boundaryAllowed", path)
-		case slices.Contains(boundaryAllowed, path):
-			t.Logf("%s: %d allowed for now (boundaryAllowed)", path, len(v))
-		default:
-			for _, s := range v {
-				t.Errorf("%s: only %s may name a broker; use package broker's interfaces", s, mappingFile)
-			}
+		for _, s := range boundaryViolations(fset, f) {
+			t.Errorf("%s: only %s may name a broker; use package broker's interfaces", s, mappingFile)
 		}
 	}
-	if checked < 10 {
+	if checked < 5 {
 		t.Fatalf("checked %d files: not the package's directory?", checked)
 	}
 }
