@@ -440,8 +440,6 @@ func (t *telemetry) handlerMiddleware(ht *handlerTel) message.HandlerMiddleware 
 
 // beginProcess starts the process span and counts the message consumed;
 // msg's context becomes the returned procCtx.
-//
-//go:noinline
 func (t *telemetry) beginProcess(msg *message.Message, ht *handlerTel) *procCtx {
 	orig := msg.Context()
 	pc := &procCtx{Context: orig, start: time.Now()}
@@ -461,8 +459,6 @@ func (t *telemetry) beginProcess(msg *message.Message, ht *handlerTel) *procCtx 
 
 // endProcess ends the process span, records the process and end-to-end
 // durations, and logs a failure.
-//
-//go:noinline
 func (t *telemetry) endProcess(pc *procCtx, msg *message.Message, err error, ht *handlerTel) {
 	var et, desc string
 	switch {
@@ -514,8 +510,6 @@ func (t *telemetry) startProcess(ctx context.Context, msg *message.Message, ht *
 
 // processArgs fills a with the process span's start options and returns
 // its parent context.
-//
-//go:noinline
 func (t *telemetry) processArgs(ctx context.Context, msg *message.Message, ht *handlerTel, a *spanArgs) context.Context {
 	a.opts = append(a.opts, consumerKind)
 	parent := ctx

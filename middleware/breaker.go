@@ -197,8 +197,6 @@ func (b *breaker) run(h message.HandlerFunc, msg *message.Message) ([]*message.M
 // cleanFailed records err, returned by a message run on the fast path
 // (the breaker clean), as gobreaker would have: a failure, unless it is a
 // success or an excluded error.
-//
-//go:noinline
 func (b *breaker) cleanFailed(err error) {
 	if IsPermanent(err) || errors.Is(err, context.Canceled) || IsRedelivery(err) {
 		return // a success (or an excluded error): nothing to record

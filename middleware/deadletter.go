@@ -136,8 +136,6 @@ func (cfg DeadLetterConfig) withDefaults() DeadLetterConfig {
 // deadLetterFailed is [DeadLetter] after the handling failed with err: it
 // restores msg's context orig, and returns err for a redelivery, or nil
 // once msg was dead-lettered.
-//
-//go:noinline
 func deadLetterFailed(cfg *DeadLetterConfig, msg *message.Message, orig context.Context, err error) error {
 	msg.SetContext(orig)
 	if orig.Err() != nil || IsRedelivery(err) {

@@ -334,7 +334,7 @@ const heldLease = time.Duration(math.MaxInt64)
 // strings, one map lookup per message.
 func (d *dedup) handleMemory(h message.HandlerFunc, msg *message.Message, key string) (out []*message.Message, err error) {
 	token := ownerSeq.Add(1)
-	state, slot := d.mem.claim(key, "", token, monoNow(), heldLease)
+	state, slot := d.mem.claim(key, "", token, heldLease)
 	if state == InProgress {
 		if state, slot, err = d.waitMemory(msg, key, token); err != nil {
 			return nil, err
@@ -361,13 +361,11 @@ func (d *dedup) handleMemory(h message.HandlerFunc, msg *message.Message, key st
 
 // waitMemory is wait for a [MemoryStore] claim by token; it returns the
 // final state and the key's slot.
-//
-//go:noinline
 func (d *dedup) waitMemory(msg *message.Message, key string, token uint64) (ClaimState, int, error) {
 	var slot int
 	state, err := d.wait(msg, key, func() (ClaimState, error) {
 		var st ClaimState
-		st, slot = d.mem.claim(key, "", token, monoNow(), heldLease)
+		st, slot = d.mem.claim(key, "", token, heldLease)
 		return st, nil
 	})
 	return state, slot, err

@@ -83,8 +83,6 @@ func (n *nackDelay) succeeded() {
 }
 
 // failed waits before an error escapes, unless msg's context is done.
-//
-//go:noinline
 func (n *nackDelay) failed(msg *message.Message) {
 	ctx := msg.Context()
 	if ctx.Err() != nil {

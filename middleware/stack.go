@@ -114,15 +114,7 @@ func (c StackConfig) Steps() []Step {
 // nack-delay) get their own state for each handler the returned middleware
 // wraps. Stack panics on invalid configuration, like the constructors it
 // calls.
-//
-// Where it can (the throttle step off, dedup off or in memory), Stack runs
-// the steps in one function rather than as nested middlewares, with the
-// same outcome for every message: see fused.go for why.
-func Stack(cfg StackConfig) message.HandlerMiddleware { return stack(cfg, true) }
-
-// stack is [Stack]; fuse false always composes the steps' middlewares (the
-// reference the fused stack is tested against).
-func stack(cfg StackConfig, fuse bool) message.HandlerMiddleware {
+func Stack(cfg StackConfig) message.HandlerMiddleware {
 	steps := cfg.Steps()
 	var has Step
 	for _, s := range steps {
@@ -151,58 +143,7 @@ func stack(cfg StackConfig, fuse bool) message.HandlerMiddleware {
 			mws = append(mws, Recover())
 		}
 	}
-	composed := Chain(mws...)
-	_, memStore := cfg.Dedup.Store.(*MemoryStore)
-	if !fuse || has&StepThrottle != 0 || (has&StepDedup != 0 && cfg.Dedup.Store != nil && !memStore) {
-		return composed
-	}
-	// The steps below the breaker, composed, for the fused stack's slow
-	// paths: retries, and the breaker when it is not clean.
-	var below []message.HandlerMiddleware
-	for i, s := range steps {
-		if s == StepRetry || s == StepTimeout || s == StepRecover {
-			below = append(below, mws[i])
-		}
-	}
-	nackCfg := cfg.NackDelay.withDefaults()
-	dlCfg := cfg.deadLetter(has)
-	if has&StepDeadLetter != 0 {
-		dlCfg = dlCfg.withDefaults()
-	}
-	dedupCfg := cfg.Dedup.withDefaults()
-	breakerCfg := cfg.breaker().withDefaults()
-	retryCfg := cfg.Retry.withDefaults()
-	return func(h message.HandlerFunc) message.HandlerFunc {
-		f := &fused{h: h, correlation: has&StepCorrelation != 0, recover: has&StepRecover != 0}
-		if has&StepNackDelay != 0 {
-			f.nack = &nackDelay{cfg: nackCfg}
-		}
-		if has&StepDeadLetter != 0 {
-			dl := dlCfg
-			f.dl = &dl
-		}
-		if has&StepDedup != 0 {
-			f.dd = newDedup(dedupCfg)
-		}
-		if has&StepBreaker != 0 {
-			f.br = newBreaker(breakerCfg)
-		}
-		if has&StepRetry != 0 {
-			r := retryCfg
-			f.retry = &r
-		}
-		if has&StepTimeout != 0 {
-			f.timeout = cfg.timeout()
-		}
-		if has&StepRetry != 0 {
-			f.inner = Chain(below[1:]...)(h)
-			f.retried = Chain(below...)(h)
-		} else {
-			f.inner = Chain(below...)(h)
-			f.retried = f.inner
-		}
-		return f.handle
-	}
+	return Chain(mws...)
 }
 
 // deadLetter is the dead-letter step's configuration in a stack with steps

@@ -393,7 +393,7 @@ func (u *subscription) run() {
 func (u *subscription) deliver(m *message.Message) bool {
 	b := u.s.b
 	for {
-		mctx := newMsgCtx(u.ctx)
+		mctx, cancel := context.WithCancel(u.ctx)
 		m.SetContext(mctx)
 		b.inflight.Add()
 		select {
@@ -402,19 +402,19 @@ func (u *subscription) deliver(m *message.Message) bool {
 			select {
 			case u.out <- m:
 			case <-u.quit:
-				return u.interrupted(m, mctx, false)
+				return u.interrupted(m, cancel, false)
 			}
 		}
 		select {
 		case <-m.Acked():
-			mctx.cancel()
+			cancel()
 			b.inflight.Done()
 			return true
 		case <-m.Nacked():
 		case <-u.quit:
-			return u.interrupted(m, mctx, true)
+			return u.interrupted(m, cancel, true)
 		}
-		mctx.cancel()
+		cancel()
 		m = m.Copy() // a message is acked or nacked once; the next try needs a fresh one
 		b.inflight.Done()
 		if again, ok := u.nackWait(m); !again {
@@ -449,8 +449,8 @@ func (u *subscription) nackWait(m *message.Message) (again, ok bool) {
 	}
 }
 
-func (u *subscription) interrupted(m *message.Message, mctx *msgCtx, delivered bool) bool {
-	mctx.cancel()
+func (u *subscription) interrupted(m *message.Message, cancel context.CancelFunc, delivered bool) bool {
+	cancel()
 	if delivered {
 		m = m.Copy()
 	}
