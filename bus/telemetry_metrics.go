@@ -112,159 +112,183 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 	return in, errors.Join(errs...)
 }
 
-// hooks sets the stack's observation hooks for handler h: span events,
-// busline.* counters, breaker state and log lines. Hooks already set run
-// after the bus's own.
+// hooks makes the bus's telemetry the stack's observer for handler h:
+// span events, busline.* counters, breaker state and log lines. Observers
+// already set (the stack's or a step's own) are told after the bus's own.
 func (t *telemetry) hooks(cfg *middleware.StackConfig, h *handlerTel) {
-	m := t.m
-	prevDL := cfg.DeadLetter.OnDeadLetter
-	cfg.DeadLetter.OnDeadLetter = func(info middleware.DeadLetterInfo) {
-		ctx := info.Message.Context()
-		if pc := procFromContext(ctx); pc != nil {
-			pc.deadLetter = info.Reason
-			if info.Err != nil {
-				pc.dlqErr = info.Err.Error()
-			}
-		}
-		if sp := trace.SpanFromContext(ctx); sp.IsRecording() {
-			sp.SetAttributes(AttrDLQReason.String(info.Reason))
-			sp.AddEvent(EventDeadLetter, trace.WithAttributes(
-				AttrDLQReason.String(info.Reason),
-				attribute.String("busline.dlq.topic", info.Topic),
-				AttrAttempts.Int(attemptsOf(info)),
-			))
-		}
-		if m != nil {
-			attrs := []attribute.KeyValue{AttrDLQReason.String(info.Reason)}
-			if et := info.Message.Metadata[schema.KeyType]; et != "" {
-				attrs = append(attrs, semconv.CloudEventsEventType(et))
-			}
-			m.deadLettered.Add(ctx, 1, h.withAttrs(attrs...))
-		}
-		if t.logger.Enabled(ctx, slog.LevelWarn) {
-			t.logger.LogAttrs(ctx, slog.LevelWarn, "bus: message dead-lettered",
-				append(messageLogAttrs(ctx, info.Message),
-					slog.String("handler", h.name),
-					slog.String("topic", h.topic),
-					slog.String("dead_letter_topic", info.Topic),
-					slog.String("reason", info.Reason),
-					slog.Int("attempts", attemptsOf(info)),
-					slog.Any("error", info.Err))...)
-		}
-		if prevDL != nil {
-			prevDL(info)
-		}
+	wrap := func(next middleware.Observer) middleware.Observer {
+		return &telObserver{t: t, h: h, next: next}
 	}
+	if cfg.DeadLetter.Observer != nil {
+		cfg.DeadLetter.Observer = wrap(cfg.DeadLetter.Observer)
+	}
+	if cfg.Dedup.Observer != nil {
+		cfg.Dedup.Observer = wrap(cfg.Dedup.Observer)
+	}
+	if cfg.Breaker.Observer != nil {
+		cfg.Breaker.Observer = wrap(cfg.Breaker.Observer)
+	}
+	if cfg.Retry.Observer != nil {
+		cfg.Retry.Observer = wrap(cfg.Retry.Observer)
+	}
+	if cfg.Throttle.Observer != nil {
+		cfg.Throttle.Observer = wrap(cfg.Throttle.Observer)
+	}
+	next := cfg.Observer
+	if next == nil {
+		next = middleware.NopObserver{}
+	}
+	cfg.Observer = wrap(next)
+}
 
-	prevRetry := cfg.Retry.OnRetry
-	cfg.Retry.OnRetry = func(info middleware.RetryInfo) {
-		ctx := info.Message.Context()
-		et := errorType(info.Err)
-		if pc := procFromContext(ctx); pc != nil {
-			pc.attempts = info.Attempt + 1
-		}
-		if sp := trace.SpanFromContext(ctx); sp.IsRecording() {
-			sp.AddEvent(EventRetry, trace.WithAttributes(
-				AttrAttempt.Int(info.Attempt),
-				semconv.ErrorTypeKey.String(et),
-				AttrRetryDelay.Float64(info.Delay.Seconds()),
-			))
-		}
-		if m != nil {
-			m.retries.Add(ctx, 1, h.withAttrs(semconv.ErrorTypeKey.String(et)))
-		}
-		if t.logger.Enabled(ctx, slog.LevelDebug) {
-			t.logger.LogAttrs(ctx, slog.LevelDebug, "bus: handler attempt failed, retrying",
-				append(messageLogAttrs(ctx, info.Message),
-					slog.String("handler", h.name),
-					slog.Int("attempt", info.Attempt),
-					slog.Duration("delay", info.Delay),
-					slog.Any("error", info.Err))...)
-		}
-		if prevRetry != nil {
-			prevRetry(info)
-		}
-	}
+// telObserver is the bus's [middleware.Observer] for one handler; next is
+// told after it.
+type telObserver struct {
+	t    *telemetry
+	h    *handlerTel
+	next middleware.Observer
+}
 
-	prevDup := cfg.Dedup.OnDuplicate
-	cfg.Dedup.OnDuplicate = func(info middleware.DedupInfo) {
-		ctx := info.Message.Context()
-		state := AttrDedupState.String(info.State.String())
-		if sp := trace.SpanFromContext(ctx); sp.IsRecording() {
-			sp.SetAttributes(state)
-			sp.AddEvent(EventDuplicate, trace.WithAttributes(state))
-		}
-		if m != nil {
-			m.dedupHits.Add(ctx, 1, h.withAttrs(state))
-		}
-		if prevDup != nil {
-			prevDup(info)
+// DeadLettered implements [middleware.Observer].
+func (o *telObserver) DeadLettered(info middleware.DeadLetterInfo) {
+	t, h, m := o.t, o.h, o.t.m
+	ctx := info.Message.Context()
+	if pc := procFromContext(ctx); pc != nil {
+		pc.deadLetter = info.Reason
+		if info.Err != nil {
+			pc.dlqErr = info.Err.Error()
 		}
 	}
+	if sp := trace.SpanFromContext(ctx); sp.IsRecording() {
+		sp.SetAttributes(AttrDLQReason.String(info.Reason))
+		sp.AddEvent(EventDeadLetter, trace.WithAttributes(
+			AttrDLQReason.String(info.Reason),
+			attribute.String("busline.dlq.topic", info.Topic),
+			AttrAttempts.Int(attemptsOf(info)),
+		))
+	}
+	if m != nil {
+		attrs := []attribute.KeyValue{AttrDLQReason.String(info.Reason)}
+		if et := info.Message.Metadata[schema.KeyType]; et != "" {
+			attrs = append(attrs, semconv.CloudEventsEventType(et))
+		}
+		m.deadLettered.Add(ctx, 1, h.withAttrs(attrs...))
+	}
+	if t.logger.Enabled(ctx, slog.LevelWarn) {
+		t.logger.LogAttrs(ctx, slog.LevelWarn, "bus: message dead-lettered",
+			append(messageLogAttrs(ctx, info.Message),
+				slog.String("handler", h.name),
+				slog.String("topic", h.topic),
+				slog.String("dead_letter_topic", info.Topic),
+				slog.String("reason", info.Reason),
+				slog.Int("attempts", attemptsOf(info)),
+				slog.Any("error", info.Err))...)
+	}
+	o.next.DeadLettered(info)
+}
 
-	prevDedupWait := cfg.Dedup.OnWait
-	cfg.Dedup.OnWait = func(info middleware.DedupInfo) {
-		ctx := info.Message.Context()
-		state := AttrDedupState.String(info.State.String())
-		if sp := trace.SpanFromContext(ctx); sp.IsRecording() {
-			sp.AddEvent(EventDedupWait, trace.WithAttributes(state))
-		}
-		if m != nil {
-			m.dedupWaits.Add(ctx, 1, h.withAttrs())
-		}
-		// One line per message, however long it waits.
-		if t.logger.Enabled(ctx, slog.LevelInfo) {
-			t.logger.LogAttrs(ctx, slog.LevelInfo, "bus: message is in progress elsewhere, waiting for its dedup claim to end",
-				append(messageLogAttrs(ctx, info.Message),
-					slog.String("handler", h.name),
-					slog.String("topic", h.topic),
-					slog.String("dedup_key", info.Key))...)
-		}
-		if prevDedupWait != nil {
-			prevDedupWait(info)
-		}
+// Retried implements [middleware.Observer].
+func (o *telObserver) Retried(info middleware.RetryInfo) {
+	t, h, m := o.t, o.h, o.t.m
+	ctx := info.Message.Context()
+	et := errorType(info.Err)
+	if pc := procFromContext(ctx); pc != nil {
+		pc.attempts = info.Attempt + 1
 	}
+	if sp := trace.SpanFromContext(ctx); sp.IsRecording() {
+		sp.AddEvent(EventRetry, trace.WithAttributes(
+			AttrAttempt.Int(info.Attempt),
+			semconv.ErrorTypeKey.String(et),
+			AttrRetryDelay.Float64(info.Delay.Seconds()),
+		))
+	}
+	if m != nil {
+		m.retries.Add(ctx, 1, h.withAttrs(semconv.ErrorTypeKey.String(et)))
+	}
+	if t.logger.Enabled(ctx, slog.LevelDebug) {
+		t.logger.LogAttrs(ctx, slog.LevelDebug, "bus: handler attempt failed, retrying",
+			append(messageLogAttrs(ctx, info.Message),
+				slog.String("handler", h.name),
+				slog.Int("attempt", info.Attempt),
+				slog.Duration("delay", info.Delay),
+				slog.Any("error", info.Err))...)
+	}
+	o.next.Retried(info)
+}
 
-	prevStoreErr := cfg.Dedup.OnStoreError
-	cfg.Dedup.OnStoreError = func(info middleware.DedupInfo) {
-		ctx := info.Message.Context()
-		if t.logger.Enabled(ctx, slog.LevelWarn) {
-			t.logger.LogAttrs(ctx, slog.LevelWarn, "bus: dedup store "+info.Op+" failed",
-				append(messageLogAttrs(ctx, info.Message),
-					slog.String("handler", h.name),
-					slog.String("dedup_key", info.Key),
-					slog.Any("error", info.Err))...)
-		}
-		if prevStoreErr != nil {
-			prevStoreErr(info)
-		}
+// Duplicate implements [middleware.Observer].
+func (o *telObserver) Duplicate(info middleware.DedupInfo) {
+	h, m := o.h, o.t.m
+	ctx := info.Message.Context()
+	state := AttrDedupState.String(info.State.String())
+	if sp := trace.SpanFromContext(ctx); sp.IsRecording() {
+		sp.SetAttributes(state)
+		sp.AddEvent(EventDuplicate, trace.WithAttributes(state))
 	}
+	if m != nil {
+		m.dedupHits.Add(ctx, 1, h.withAttrs(state))
+	}
+	o.next.Duplicate(info)
+}
 
-	prevWait := cfg.Throttle.OnWait
-	cfg.Throttle.OnWait = func(info middleware.ThrottleInfo) {
-		ctx := info.Message.Context()
-		limit := AttrThrottleLimit.String(info.Limit)
-		if sp := trace.SpanFromContext(ctx); sp.IsRecording() {
-			sp.AddEvent(EventThrottle, trace.WithAttributes(limit, attribute.Float64("busline.throttle.waited", info.Waited.Seconds())))
-		}
-		if m != nil {
-			m.throttleWaits.Add(ctx, 1, h.withAttrs(limit))
-		}
-		if prevWait != nil {
-			prevWait(info)
-		}
+// DedupWaited implements [middleware.Observer].
+func (o *telObserver) DedupWaited(info middleware.DedupInfo) {
+	t, h, m := o.t, o.h, o.t.m
+	ctx := info.Message.Context()
+	state := AttrDedupState.String(info.State.String())
+	if sp := trace.SpanFromContext(ctx); sp.IsRecording() {
+		sp.AddEvent(EventDedupWait, trace.WithAttributes(state))
 	}
+	if m != nil {
+		m.dedupWaits.Add(ctx, 1, h.withAttrs())
+	}
+	// One line per message, however long it waits.
+	if t.logger.Enabled(ctx, slog.LevelInfo) {
+		t.logger.LogAttrs(ctx, slog.LevelInfo, "bus: message is in progress elsewhere, waiting for its dedup claim to end",
+			append(messageLogAttrs(ctx, info.Message),
+				slog.String("handler", h.name),
+				slog.String("topic", h.topic),
+				slog.String("dedup_key", info.Key))...)
+	}
+	o.next.DedupWaited(info)
+}
 
-	prevState := cfg.Breaker.OnStateChange
-	cfg.Breaker.OnStateChange = func(info middleware.BreakerInfo) {
-		h.breaker.Store(int64(info.To))
-		// Called under the breaker's lock: log without blocking work.
-		t.logger.LogAttrs(context.Background(), slog.LevelInfo, "bus: circuit breaker state changed",
-			slog.String("handler", h.name), slog.String("from", info.From.String()), slog.String("to", info.To.String()))
-		if prevState != nil {
-			prevState(info)
-		}
+// DedupStoreFailed implements [middleware.Observer].
+func (o *telObserver) DedupStoreFailed(info middleware.DedupInfo) {
+	t, h := o.t, o.h
+	ctx := info.Message.Context()
+	if t.logger.Enabled(ctx, slog.LevelWarn) {
+		t.logger.LogAttrs(ctx, slog.LevelWarn, "bus: dedup store "+info.Op+" failed",
+			append(messageLogAttrs(ctx, info.Message),
+				slog.String("handler", h.name),
+				slog.String("dedup_key", info.Key),
+				slog.Any("error", info.Err))...)
 	}
+	o.next.DedupStoreFailed(info)
+}
+
+// Throttled implements [middleware.Observer].
+func (o *telObserver) Throttled(info middleware.ThrottleInfo) {
+	h, m := o.h, o.t.m
+	ctx := info.Message.Context()
+	limit := AttrThrottleLimit.String(info.Limit)
+	if sp := trace.SpanFromContext(ctx); sp.IsRecording() {
+		sp.AddEvent(EventThrottle, trace.WithAttributes(limit, attribute.Float64("busline.throttle.waited", info.Waited.Seconds())))
+	}
+	if m != nil {
+		m.throttleWaits.Add(ctx, 1, h.withAttrs(limit))
+	}
+	o.next.Throttled(info)
+}
+
+// BreakerChanged implements [middleware.Observer].
+func (o *telObserver) BreakerChanged(info middleware.BreakerInfo) {
+	t, h := o.t, o.h
+	h.breaker.Store(int64(info.To))
+	// Called under the breaker's lock: log without blocking work.
+	t.logger.LogAttrs(context.Background(), slog.LevelInfo, "bus: circuit breaker state changed",
+		slog.String("handler", h.name), slog.String("from", info.From.String()), slog.String("to", info.To.String()))
+	o.next.BreakerChanged(info)
 }
 
 func attemptsOf(info middleware.DeadLetterInfo) int {

@@ -31,10 +31,10 @@ type BreakerConfig struct {
 	// while the breaker is closed. Zero means counts are cleared only by a
 	// success.
 	Interval time.Duration
-	// OnStateChange, when set, is called on every state change (telemetry
-	// records the breaker state with it). It is called with the breaker's
-	// lock held: it must not block and must not call back into the stack.
-	OnStateChange func(BreakerInfo)
+	// Observer, when set, is told of every state change (BreakerChanged).
+	// It is called with the breaker's lock held: it must not block and
+	// must not call back into the stack. Nil means none.
+	Observer Observer
 }
 
 // BreakerState is the state of a circuit breaker.
@@ -61,7 +61,7 @@ func (s BreakerState) String() string {
 }
 
 // BreakerInfo describes a breaker state change for
-// [BreakerConfig].OnStateChange.
+// [Observer].BreakerChanged.
 type BreakerInfo struct {
 	// Name is BreakerConfig.Name.
 	Name string
@@ -164,8 +164,8 @@ func newBreaker(cfg BreakerConfig) *breaker {
 				b.openedAt = time.Now()
 				b.mu.Unlock()
 			}
-			if cfg.OnStateChange != nil {
-				cfg.OnStateChange(BreakerInfo{Name: name, From: breakerState(from), To: breakerState(to)})
+			if cfg.Observer != nil {
+				cfg.Observer.BreakerChanged(BreakerInfo{Name: name, From: breakerState(from), To: breakerState(to)})
 			}
 		},
 	})

@@ -62,14 +62,13 @@ type DeadLetterConfig struct {
 	// message's context is cancelled. Zero means 1s; negative means no wait
 	// (for stacks with [NackDelay] outside, as [Stack] builds them).
 	NackDelay time.Duration
-	// OnDeadLetter, when set, is called after a message was dead-lettered
-	// (telemetry counts dead letters with it). It runs on the handler
-	// goroutine and must not block.
-	OnDeadLetter func(DeadLetterInfo)
+	// Observer, when set, is told of each dead letter published
+	// (DeadLettered). Nil means none.
+	Observer Observer
 }
 
 // DeadLetterInfo describes a dead-lettered message for
-// [DeadLetterConfig].OnDeadLetter.
+// [Observer].DeadLettered.
 type DeadLetterInfo struct {
 	// Message is the dead letter as published (payload and UUID of the
 	// original, metadata with the busline_dlq_* keys).
@@ -198,8 +197,8 @@ func deadLetter(cfg *DeadLetterConfig, msg *message.Message, ctx context.Context
 		}
 		return errors.Join(err, &deadLetterPublishError{topic: topic, err: perr})
 	}
-	if cfg.OnDeadLetter != nil {
-		cfg.OnDeadLetter(DeadLetterInfo{Message: dl, Topic: topic, Reason: reason, Err: err})
+	if cfg.Observer != nil {
+		cfg.Observer.DeadLettered(DeadLetterInfo{Message: dl, Topic: topic, Reason: reason, Err: err})
 	}
 	return nil
 }

@@ -27,9 +27,9 @@ func TestDeadLetterPublishesFailedMessageAndAcks(t *testing.T) {
 	pub := &recordingPublisher{}
 	var infos []middleware.DeadLetterInfo
 	mw := middleware.DeadLetter(middleware.DeadLetterConfig{
-		Publisher:    pub,
-		Topic:        "orders.dlq",
-		OnDeadLetter: func(i middleware.DeadLetterInfo) { infos = append(infos, i) },
+		Publisher: pub,
+		Topic:     "orders.dlq",
+		Observer:  observer{deadLettered: func(i middleware.DeadLetterInfo) { infos = append(infos, i) }},
 	})
 	h := mw(middleware.Retry(middleware.RetryConfig{})(func(*message.Message) ([]*message.Message, error) {
 		return []*message.Message{message.NewMessage("produced", nil)}, fmtErr(typedError{})
@@ -71,7 +71,7 @@ func TestDeadLetterPublishesFailedMessageAndAcks(t *testing.T) {
 		t.Error("produced messages were published")
 	}
 	if len(infos) != 1 || infos[0].Reason != "schema_version_unknown" || infos[0].Topic != "orders.dlq" {
-		t.Errorf("OnDeadLetter got %+v", infos)
+		t.Errorf("DeadLettered got %+v", infos)
 	}
 }
 

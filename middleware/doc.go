@@ -37,10 +37,11 @@
 //   - [Throttle] limits rate (token bucket) and concurrency per handler.
 //   - [Timeout] bounds each attempt; [Recover] turns panics into errors.
 //
-// Hooks (OnRetry, OnDeadLetter, OnDuplicate, OnStoreError, OnWait,
-// OnStateChange) observe; they never change outcomes. Telemetry uses them to
-// count retries, dead letters, dedup hits and waits, throttle waits and
-// breaker states.
+// An [Observer] (each step's config has one, and [StackConfig].Observer
+// is given to every step without its own) is told what the steps did; it
+// never changes outcomes. Busline's telemetry implements it to count
+// retries, dead letters, dedup hits and waits, throttle waits and breaker
+// states.
 //
 // # Ordering
 //

@@ -31,13 +31,12 @@ type RetryConfig struct {
 	// its wait would end later than this after the first attempt began.
 	// Zero means 1 minute; negative means no time bound.
 	MaxElapsedTime time.Duration
-	// OnRetry, when set, is called before each wait with what happened. It
-	// observes only (telemetry counts retries with it). It runs on the
-	// handler goroutine and must not block.
-	OnRetry func(RetryInfo)
+	// Observer, when set, is told of each retry (Retried, before its
+	// wait). Nil means none.
+	Observer Observer
 }
 
-// RetryInfo describes one retry for [RetryConfig].OnRetry.
+// RetryInfo describes one retry for [Observer].Retried.
 type RetryInfo struct {
 	// Message is the message being handled.
 	Message *message.Message
@@ -164,8 +163,8 @@ func retryAfterFailure(cfg RetryConfig, h message.HandlerFunc, msg *message.Mess
 		if cfg.MaxElapsedTime > 0 && time.Since(first)+delay > cfg.MaxElapsedTime {
 			break
 		}
-		if cfg.OnRetry != nil {
-			cfg.OnRetry(RetryInfo{Message: msg, Attempt: attempt, Err: err, Delay: delay})
+		if cfg.Observer != nil {
+			cfg.Observer.Retried(RetryInfo{Message: msg, Attempt: attempt, Err: err, Delay: delay})
 		}
 		if timer == nil {
 			timer = time.NewTimer(delay)

@@ -80,6 +80,9 @@ type StackConfig struct {
 	NackDelay NackDelayConfig
 	// Disable switches steps off: StepDedup|StepBreaker, for example.
 	Disable Step
+	// Observer is given to every step whose own Observer is nil. Nil
+	// means none.
+	Observer Observer
 }
 
 // Steps returns the steps [Stack] builds for c, outermost first, as one
@@ -130,13 +133,19 @@ func Stack(cfg StackConfig) message.HandlerMiddleware {
 		case StepDeadLetter:
 			mws = append(mws, DeadLetter(cfg.deadLetter(has)))
 		case StepDedup:
-			mws = append(mws, Dedup(cfg.Dedup))
+			d := cfg.Dedup
+			d.Observer = observerOr(d.Observer, cfg.Observer)
+			mws = append(mws, Dedup(d))
 		case StepBreaker:
 			mws = append(mws, Breaker(cfg.breaker()))
 		case StepRetry:
-			mws = append(mws, Retry(cfg.Retry))
+			r := cfg.Retry
+			r.Observer = observerOr(r.Observer, cfg.Observer)
+			mws = append(mws, Retry(r))
 		case StepThrottle:
-			mws = append(mws, Throttle(cfg.Throttle))
+			t := cfg.Throttle
+			t.Observer = observerOr(t.Observer, cfg.Observer)
+			mws = append(mws, Throttle(t))
 		case StepTimeout:
 			mws = append(mws, Timeout(cfg.timeout()))
 		case StepRecover:
@@ -150,6 +159,7 @@ func Stack(cfg StackConfig) message.HandlerMiddleware {
 // has: no wait of its own when nack-delay waits instead.
 func (c StackConfig) deadLetter(has Step) DeadLetterConfig {
 	dl := c.DeadLetter
+	dl.Observer = observerOr(dl.Observer, c.Observer)
 	if dl.NackDelay == 0 && has&StepNackDelay != 0 {
 		dl.NackDelay = -1
 	}
@@ -158,6 +168,7 @@ func (c StackConfig) deadLetter(has Step) DeadLetterConfig {
 
 func (c StackConfig) breaker() BreakerConfig {
 	b := c.Breaker
+	b.Observer = observerOr(b.Observer, c.Observer)
 	if b.Name == "" {
 		b.Name = c.Name
 	}

@@ -75,7 +75,7 @@ func TestStackUnderRouter(t *testing.T) {
 		DeadLetter: middleware.DeadLetterConfig{Publisher: pubsub},
 		Retry:      middleware.RetryConfig{MaxAttempts: 3, InitialInterval: time.Millisecond},
 		Dedup: middleware.DedupConfig{
-			OnDuplicate: func(i middleware.DedupInfo) { dupHits <- i.Message.UUID },
+			Observer: observer{duplicate: func(i middleware.DedupInfo) { dupHits <- i.Message.UUID }},
 		},
 	}))
 	ctx, cancel := context.WithCancel(context.Background())

@@ -115,7 +115,7 @@ func testCLI(t *testing.T, cleanup func(topic, group string)) {
 	}
 	dead := make(chan string, 10)
 	b, err := bus.New(cfg, bus.WithStack(func(c *middleware.StackConfig) {
-		c.DeadLetter.OnDeadLetter = func(i middleware.DeadLetterInfo) { dead <- i.Message.UUID }
+		c.DeadLetter.Observer = deadObserver{dead: dead}
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -300,3 +300,11 @@ func TestInteropShowIndentsMultiLineValues(t *testing.T) {
 		}
 	}
 }
+
+// deadObserver sends the UUID of every message the stack dead-letters.
+type deadObserver struct {
+	middleware.NopObserver
+	dead chan<- string
+}
+
+func (o deadObserver) DeadLettered(i middleware.DeadLetterInfo) { o.dead <- i.Message.UUID }
