@@ -356,7 +356,7 @@ func TestKafkaTransactionNack(t *testing.T) {
 		defer mu.Unlock()
 		if m.UUID == "n-00030" && !nacked {
 			nacked = true
-			return redeliverError{}
+			return errRedeliver
 		}
 		if m.UUID == "n-00000" {
 			lateCtx = ctx

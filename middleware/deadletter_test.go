@@ -21,7 +21,6 @@ type typedError struct{}
 
 func (typedError) Error() string     { return "unknown schema version 7" }
 func (typedError) ErrorType() string { return "schema_version_unknown" }
-func (typedError) Permanent() bool   { return true }
 
 func TestDeadLetterPublishesFailedMessageAndAcks(t *testing.T) {
 	pub := &recordingPublisher{}
@@ -32,7 +31,7 @@ func TestDeadLetterPublishesFailedMessageAndAcks(t *testing.T) {
 		Observer:  observer{deadLettered: func(i middleware.DeadLetterInfo) { infos = append(infos, i) }},
 	})
 	h := mw(middleware.Retry(middleware.RetryConfig{})(func(*message.Message) ([]*message.Message, error) {
-		return []*message.Message{message.NewMessage("produced", nil)}, fmtErr(typedError{})
+		return []*message.Message{message.NewMessage("produced", nil)}, fmtErr(middleware.Permanent(typedError{}))
 	}))
 	payload := "\x00\xffbinary payload"
 	msg := newMsg("d1", payload)

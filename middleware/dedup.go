@@ -229,7 +229,6 @@ type dedupKeyError struct{ err error }
 func (e *dedupKeyError) Error() string     { return "middleware: dedup key: " + e.err.Error() }
 func (e *dedupKeyError) Unwrap() error     { return e.err }
 func (e *dedupKeyError) ErrorType() string { return ReasonDedupKey }
-func (e *dedupKeyError) Permanent() bool   { return true }
 
 var errEmptyKey = errors.New("empty key")
 
@@ -238,14 +237,14 @@ func (d *dedup) key(msg *message.Message) (string, error) {
 	if d.cfg.Key != nil {
 		k, err := d.cfg.Key(msg)
 		if err != nil {
-			return "", &dedupKeyError{err}
+			return "", Permanent(&dedupKeyError{err})
 		}
 		key = k
 	} else {
 		key = msg.UUID
 	}
 	if key == "" {
-		return "", &dedupKeyError{errEmptyKey}
+		return "", Permanent(&dedupKeyError{errEmptyKey})
 	}
 	if d.private {
 		return key, nil

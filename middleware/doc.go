@@ -85,11 +85,11 @@
 //
 // Errors are classified, not matched by text:
 //
-//   - permanent: [Permanent](err), or any error with a Permanent() bool
-//     method returning true (schema errors): no retries, straight to the
+//   - permanent: [Permanent](err), or a *schema.Error (bad input): no
+//     retries, straight to the
 //     dead-letter topic; counts as a success for the breaker (the dependency
 //     answered).
-//   - redelivery ([IsRedelivery]): context cancellation, breaker rejection,
+//   - redelivery ([IsRedelivery]): [Redeliver](err), context cancellation, breaker rejection,
 //     [ErrInProgress], [*DedupStoreError]: never dead-lettered, never counted
 //     by the breaker; the message is nacked and comes back.
 //   - transient: everything else: retried, then dead-lettered; counted as

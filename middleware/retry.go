@@ -103,8 +103,8 @@ func (c RetryConfig) withDefaults() RetryConfig {
 // (cenkalti/backoff/v5) between attempts, within MaxAttempts and
 // MaxElapsedTime.
 //
-//   - A [Permanent] error (or any error whose Permanent() is true) is
-//     returned at once, without retries.
+//   - A permanent error ([IsPermanent]: made by [Permanent], or a schema
+//     error) is returned at once, without retries.
 //   - A redelivery error ([IsRedelivery]: a concurrent duplicate, a failed
 //     dedup store) is retried like a transient error.
 //   - When the message's context is cancelled (shutdown), Retry stops at

@@ -21,12 +21,11 @@ import (
 	"github.com/busline/busline/schema"
 )
 
-// reasonError is a permanent handler error with a dead-letter reason.
+// reasonError is a handler error with a dead-letter reason (returned permanent).
 type reasonError string
 
 func (e reasonError) Error() string     { return "rejected: " + string(e) }
 func (e reasonError) ErrorType() string { return string(e) }
-func (e reasonError) Permanent() bool   { return true }
 
 func TestKafka(t *testing.T) {
 	addrs := bustest.Kafka(t, 1)
@@ -125,7 +124,7 @@ func testCLI(t *testing.T, cleanup func(topic, group string)) {
 	handled := make(chan *message.Message, 10)
 	err = b.Handle("billing", topic, func(ctx context.Context, m *message.Message) error {
 		if broken.Load() {
-			return reasonError(m.Metadata.Get("want_reason"))
+			return middleware.Permanent(reasonError(m.Metadata.Get("want_reason")))
 		}
 		handled <- m
 		return nil
