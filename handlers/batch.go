@@ -139,11 +139,12 @@ func (b *Batcher[T]) Size() int { return b.size }
 // neither retried nor dead-lettered). A panic in fn fails every other message
 // of the batch and is passed on to the first message's caller.
 //
-// Without batch delivery, Handle gets a batch only when several messages are
-// in flight at once: the in-process broker and RabbitMQ hand out one message
-// per subscription at a time, so there a Batcher gets batches of one message
-// that waited MaxWait; use [Batcher.Process] with messages the caller
-// fetched together there.
+// Without batch delivery (the in-process broker, RabbitMQ, Kafka without
+// bus.WithBatchDelivery), Handle gets a batch of several messages only when
+// several are in flight at once: those brokers hand out one message per
+// subscription (or partition) at a time, so there a Batcher gets batches of
+// one message that waited MaxWait; use [Batcher.Process] with messages the
+// caller fetched together there.
 func (b *Batcher[T]) Handle(ctx context.Context, msg *message.Message) error {
 	if mem := delivery.MemberFromContext(ctx); mem != nil {
 		if msgs := mem.Batch.Carried(); msgs != nil {
