@@ -468,7 +468,7 @@ func TestKafkaConsumerOrder(t *testing.T) {
 				defer rngMu.Unlock()
 				return time.Duration(rng.IntN(300)) * time.Microsecond, rng.IntN(20)
 			}
-			b := consumerBus(t, addrs, bustest.Name("g"), kafka.Config{Partitions: 2, NackDelay: 5 * time.Millisecond})
+			b := consumerBus(t, addrs, bustest.Name("g"), kafka.Config{Partitions: 2})
 			err := b.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
 				ri, ok := kafka.RecordFromContext(ctx)
 				if !ok {

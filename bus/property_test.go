@@ -51,7 +51,7 @@ func TestPropertyMemory(t *testing.T) {
 	t.Parallel()
 	runProperty(t, bus.Config{
 		Broker: bus.BrokerMemory,
-		Memory: memory.Config{NackDelay: 2 * time.Millisecond},
+		Memory: memory.Config{},
 	}, propRun{publishers: 2, batch: 100})
 }
 
@@ -63,7 +63,6 @@ func TestPropertyKafka(t *testing.T) {
 		Kafka: kafka.Config{
 			Brokers:    bustest.Kafka(t, partitions),
 			Partitions: partitions,
-			NackDelay:  5 * time.Millisecond,
 		},
 	}, propRun{publishers: 8, batch: 50})
 }
@@ -73,7 +72,7 @@ func TestPropertyAMQP(t *testing.T) {
 	url := bustest.AMQPURL(t)
 	cfg := bus.Config{
 		Broker: bus.BrokerAMQP,
-		AMQP:   amqp.Config{URL: url, NackDelay: 5 * time.Millisecond},
+		AMQP:   amqp.Config{URL: url},
 	}
 	runProperty(t, cfg, propRun{publishers: 8, batch: 50, cleanup: func(t *testing.T, c bus.Config, topic string) {
 		deleteAMQPTopology(t, url,

@@ -56,12 +56,6 @@ type DeadLetterConfig struct {
 	// bytes (cut at a rune boundary). Zero means 1024; negative means the
 	// text is not stored.
 	MaxErrorLength int
-	// NackDelay is how long DeadLetter waits before returning the error when
-	// the dead-letter publish failed, so that the broker's immediate
-	// redelivery does not become a hot loop. The wait ends early when the
-	// message's context is cancelled. Zero means 1s; negative means no wait
-	// (for stacks with [NackDelay] outside, as [Stack] builds them).
-	NackDelay time.Duration
 	// Observer, when set, is told of each dead letter published
 	// (DeadLettered). Nil means none.
 	Observer Observer
@@ -81,9 +75,6 @@ type DeadLetterInfo struct {
 	Err error
 }
 
-// DefaultDeadLetterNackDelay is DeadLetterConfig.NackDelay's default.
-const DefaultDeadLetterNackDelay = time.Second
-
 // DeadLetter returns a middleware that moves a message whose handling
 // failed to a dead-letter topic and then reports success, so the router
 // acks it. It must sit outside [Retry] so that it sees the final error.
@@ -101,10 +92,10 @@ const DefaultDeadLetterNackDelay = time.Second
 // cancellation, breaker rejection, concurrent duplicates, dedup store
 // failures) and any error once the message's own context is done (shutdown).
 //
-// When publishing the dead letter fails, DeadLetter waits NackDelay (or
-// until the message's context ends) and returns an error joining the
-// handler's error and the publish error: the message is nacked, nothing is
-// lost.
+// When publishing the dead letter fails, DeadLetter returns an error
+// joining the handler's error and the publish error at once: the message is
+// nacked, nothing is lost. It never waits itself: [NackDelay], outside it
+// in [Stack], delays every nack.
 func DeadLetter(cfg DeadLetterConfig) message.HandlerMiddleware {
 	cfg = cfg.withDefaults()
 	return func(h message.HandlerFunc) message.HandlerFunc {
@@ -125,9 +116,6 @@ func (cfg DeadLetterConfig) withDefaults() DeadLetterConfig {
 	}
 	if cfg.MaxErrorLength == 0 {
 		cfg.MaxErrorLength = 1024
-	}
-	if cfg.NackDelay == 0 {
-		cfg.NackDelay = DefaultDeadLetterNackDelay
 	}
 	return cfg
 }
@@ -192,9 +180,6 @@ func deadLetter(cfg *DeadLetterConfig, msg *message.Message, ctx context.Context
 	dl.Metadata[KeyDLQLastFailure] = last.UTC().Format(time.RFC3339Nano)
 
 	if perr := cfg.Publisher.Publish(topic, dl); perr != nil {
-		if cfg.NackDelay > 0 {
-			sleep(ctx, cfg.NackDelay)
-		}
 		return errors.Join(err, &deadLetterPublishError{topic: topic, err: perr})
 	}
 	if cfg.Observer != nil {
@@ -230,16 +215,6 @@ func truncate(s string, n int) string {
 		return s[:cut]
 	}
 	return s[:cut] + mark
-}
-
-// sleep waits d or until ctx is done, whichever comes first.
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 // Replay turns a dead letter back into a message for its original topic. It

@@ -1,6 +1,7 @@
 package middleware
 
 import (
+	"context"
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
@@ -99,4 +100,14 @@ func (n *nackDelay) failed(msg *message.Message) {
 	d = min(d, n.cfg.MaxDelay)
 	d = time.Duration(float64(d) * (0.75 + 0.5*rand.Float64()))
 	sleep(ctx, d)
+}
+
+// sleep waits d or until ctx is done, whichever comes first.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }

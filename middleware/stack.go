@@ -60,9 +60,7 @@ type StackConfig struct {
 	Name string
 	// DeadLetter configures the dead-letter step. It is on when
 	// DeadLetter.Publisher is set; without one, failed messages are nacked
-	// (after the nack delay) and redelivered instead. DeadLetter.NackDelay
-	// zero means no extra wait when the nack-delay step is on (it waits
-	// instead), else its own default.
+	// (after the nack delay) and redelivered instead.
 	DeadLetter DeadLetterConfig
 	// Dedup configures the dedup step; zero means a private in-memory
 	// store per handler.
@@ -119,10 +117,6 @@ func (c StackConfig) Steps() []Step {
 // calls.
 func Stack(cfg StackConfig) message.HandlerMiddleware {
 	steps := cfg.Steps()
-	var has Step
-	for _, s := range steps {
-		has |= s
-	}
 	mws := make([]message.HandlerMiddleware, 0, len(steps))
 	for _, s := range steps {
 		switch s {
@@ -131,7 +125,7 @@ func Stack(cfg StackConfig) message.HandlerMiddleware {
 		case StepNackDelay:
 			mws = append(mws, NackDelay(cfg.NackDelay))
 		case StepDeadLetter:
-			mws = append(mws, DeadLetter(cfg.deadLetter(has)))
+			mws = append(mws, DeadLetter(cfg.deadLetter()))
 		case StepDedup:
 			d := cfg.Dedup
 			d.Observer = observerOr(d.Observer, cfg.Observer)
@@ -155,14 +149,9 @@ func Stack(cfg StackConfig) message.HandlerMiddleware {
 	return Chain(mws...)
 }
 
-// deadLetter is the dead-letter step's configuration in a stack with steps
-// has: no wait of its own when nack-delay waits instead.
-func (c StackConfig) deadLetter(has Step) DeadLetterConfig {
+func (c StackConfig) deadLetter() DeadLetterConfig {
 	dl := c.DeadLetter
 	dl.Observer = observerOr(dl.Observer, c.Observer)
-	if dl.NackDelay == 0 && has&StepNackDelay != 0 {
-		dl.NackDelay = -1
-	}
 	return dl
 }
 

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"time"
 
 	"github.com/busline/busline/internal/tlsconfig"
 )
@@ -13,7 +12,6 @@ import (
 const (
 	DefaultPrefetch        = 16
 	DefaultChannelPoolSize = 4
-	DefaultNackDelay       = time.Second
 	DefaultConcurrency     = 1
 	DefaultPublishWindow   = 512
 )
@@ -51,10 +49,6 @@ type Config struct {
 	// messages are published mandatory, and one RabbitMQ cannot route is
 	// returned and reported by Publish as [ErrUnroutable].
 	AllowUnroutable bool
-	// NackDelay is how long a nacked delivery waits before it is requeued.
-	// Zero: 1s. RabbitMQ requeues a nack at once, so a zero delay would be a
-	// hot loop.
-	NackDelay time.Duration
 	// TLS configures TLS. Zero: plaintext, or the system defaults for amqps.
 	// When TLS.Enabled is set and the URL scheme is amqp, the broker dials
 	// amqps instead (default port 5671 unless the URL names one).
@@ -86,9 +80,6 @@ func (c Config) Validate() error {
 	if c.PublishWindow < 0 {
 		errs = append(errs, fmt.Errorf("amqp: publish window %d is negative", c.PublishWindow))
 	}
-	if c.NackDelay < 0 {
-		errs = append(errs, fmt.Errorf("amqp: nack delay %v is negative", c.NackDelay))
-	}
 	if err := c.TLS.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("amqp: %w", err))
 	}
@@ -108,9 +99,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PublishWindow == 0 {
 		c.PublishWindow = DefaultPublishWindow
-	}
-	if c.NackDelay == 0 {
-		c.NackDelay = DefaultNackDelay
 	}
 	return c
 }

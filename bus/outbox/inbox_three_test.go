@@ -56,7 +56,7 @@ func TestInboxThreeWaysOfRedelivery(t *testing.T) {
 		return resp, nil, true
 	})
 	b, err := bus.New(bus.Config{Broker: bus.BrokerKafka, Group: bustest.Name("g"), Kafka: kafka.Config{
-		Brokers: c.ListenAddrs(), SessionTimeout: time.Second, NackDelay: 10 * time.Millisecond,
+		Brokers: c.ListenAddrs(), SessionTimeout: time.Second,
 	}}, bus.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
