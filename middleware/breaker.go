@@ -103,7 +103,14 @@ func Breaker(cfg BreakerConfig) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		b := newBreaker(cfg)
 		return func(msg *message.Message) ([]*message.Message, error) {
-			return b.run(h, msg)
+			if !b.clean.Load() {
+				return b.slow(h, msg)
+			}
+			out, err := h(msg)
+			if err != nil {
+				b.cleanFailed(err)
+			}
+			return out, err
 		}
 	}
 }
@@ -181,17 +188,6 @@ func breakerState(s gobreaker.State) BreakerState {
 		return BreakerHalfOpen
 	}
 	return BreakerClosed
-}
-
-func (b *breaker) run(h message.HandlerFunc, msg *message.Message) ([]*message.Message, error) {
-	if b.clean.Load() {
-		out, err := h(msg)
-		if err != nil {
-			b.cleanFailed(err)
-		}
-		return out, err
-	}
-	return b.slow(h, msg)
 }
 
 // cleanFailed records err, returned by a message run on the fast path

@@ -29,13 +29,12 @@ import (
 func Correlation() message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
-			corr := correlationOf(msg)
-			orig := msg.Context()
-			msg.SetContext(withHandled(orig, corr, msg.UUID))
+			hc := &handledCtx{Context: msg.Context(), correlationID: correlationOf(msg), messageID: msg.UUID}
+			msg.SetContext(hc)
 			out, err := h(msg)
-			msg.SetContext(orig)
+			msg.SetContext(hc.Context)
 			for _, m := range out {
-				stamp(m, corr, msg.UUID)
+				stamp(m, hc.correlationID, hc.messageID)
 			}
 			return out, err
 		}

@@ -175,12 +175,15 @@ func Dedup(cfg DedupConfig) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		d := newDedup(cfg)
 		if d.mem != nil {
+			// A MemoryStore: no contexts, no owner strings, no heartbeat.
 			return func(msg *message.Message) ([]*message.Message, error) {
-				key, err := d.key(msg)
-				if err != nil {
+				c, run, err := d.claimMemory(msg)
+				if !run {
 					return nil, err
 				}
-				return d.handleMemory(h, msg, key)
+				defer c.releaseIfHeld() // the handler panicked: do not hold the claim for ever
+				out, err := h(msg)
+				return c.settle(out, err)
 			}
 		}
 		return func(msg *message.Message) ([]*message.Message, error) {
@@ -323,33 +326,55 @@ func (d *dedup) storeError(msg *message.Message, key, op string, err error) {
 // behind, and a slow handler keeps it without renewals.
 const heldLease = time.Duration(math.MaxInt64)
 
-// handleMemory is handle for a [MemoryStore]: no contexts, no owner
-// strings, one map lookup per message.
-func (d *dedup) handleMemory(h message.HandlerFunc, msg *message.Message, key string) (out []*message.Message, err error) {
+// memClaim is a claim [Dedup] holds in its [MemoryStore] while the
+// handler runs.
+type memClaim struct {
+	d     *dedup
+	key   string
+	slot  int
+	token uint64
+	held  bool
+}
+
+// claimMemory claims msg's key in d's MemoryStore. run reports whether the
+// handler runs under the claim c; when not, err is the message's outcome
+// (nil for a duplicate).
+func (d *dedup) claimMemory(msg *message.Message) (c memClaim, run bool, err error) {
+	key, err := d.key(msg)
+	if err != nil {
+		return c, false, err
+	}
 	token := ownerSeq.Add(1)
 	state, slot := d.mem.claim(key, "", token, heldLease)
 	if state == InProgress {
 		if state, slot, err = d.waitMemory(msg, key, token); err != nil {
-			return nil, err
+			return c, false, err
 		}
 	}
 	if state != Claimed {
-		return d.duplicate(msg, key, state)
+		_, err = d.duplicate(msg, key, state)
+		return c, false, err
 	}
-	settled := false
-	defer func() {
-		if !settled { // the handler panicked: do not hold the claim for ever
-			d.mem.release(key, slot, "", token)
-		}
-	}()
-	out, err = h(msg)
-	settled = true
+	return memClaim{d: d, key: key, slot: slot, token: token, held: true}, true, nil
+}
+
+// settle commits the claim after the handler's success, or releases it
+// after its failure, and returns the outcome.
+func (c *memClaim) settle(out []*message.Message, err error) ([]*message.Message, error) {
+	c.held = false
 	if err != nil {
-		d.mem.release(key, slot, "", token)
+		c.d.mem.release(c.key, c.slot, "", c.token)
 		return nil, err
 	}
-	d.mem.commit(key, slot, d.cfg.TTL)
+	c.d.mem.commit(c.key, c.slot, c.d.cfg.TTL)
 	return out, nil
+}
+
+// releaseIfHeld releases the claim unless settle ran.
+func (c *memClaim) releaseIfHeld() {
+	if c.held {
+		c.d.mem.release(c.key, c.slot, "", c.token)
+	}
 }
 
 // waitMemory is wait for a [MemoryStore] claim by token; it returns the

@@ -129,12 +129,12 @@ func Retry(cfg RetryConfig) message.HandlerMiddleware {
 			if err == nil {
 				return out, nil
 			}
-			return retryAfterFailure(cfg, h, msg, err)
+			return retryAfterFailure(&cfg, h, msg, err)
 		}
 	}
 }
 
-func retryAfterFailure(cfg RetryConfig, h message.HandlerFunc, msg *message.Message, err error) ([]*message.Message, error) {
+func retryAfterFailure(cfg *RetryConfig, h message.HandlerFunc, msg *message.Message, err error) ([]*message.Message, error) {
 	orig := msg.Context()
 	first := time.Now()
 	last := first

@@ -31,13 +31,19 @@ func Timeout(d time.Duration) message.HandlerMiddleware {
 			ctx, cancel := context.WithTimeout(orig, d)
 			msg.SetContext(ctx)
 			out, err := h(msg)
-			timedOut := err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && orig.Err() == nil && !IsPermanent(err)
-			cancel()
+			cancel() // a context whose deadline passed keeps DeadlineExceeded
 			msg.SetContext(orig)
-			if timedOut {
+			if err != nil && timedOut(ctx, orig, err) {
 				return nil, &TimeoutError{After: d, Err: err}
 			}
 			return out, err
 		}
 	}
+}
+
+// timedOut reports whether an attempt with context ctx, which failed with
+// err, ran out of time: its deadline passed while the message's own
+// context orig is live, and err is not permanent.
+func timedOut(ctx, orig context.Context, err error) bool {
+	return errors.Is(ctx.Err(), context.DeadlineExceeded) && orig.Err() == nil && !IsPermanent(err)
 }
