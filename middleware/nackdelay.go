@@ -29,8 +29,9 @@ const (
 // after a delay rather than at once: brokers redeliver a nacked message
 // immediately (RabbitMQ requeues it, Kafka's subscriber loops on it, the
 // in-process broker resends it), which turns a persistent failure into a hot
-// loop. While it waits the message stays unacked, which also pauses
-// consumption of its partition or queue.
+// loop. It is Busline's one nack delay: the brokers and [DeadLetter] do not
+// wait on their own. While it waits the message stays unacked, which also
+// pauses consumption of its partition or queue.
 //
 // The wait grows while errors repeat: InitialDelay doubled per consecutive
 // error this middleware instance saw (across messages), capped at MaxDelay,
