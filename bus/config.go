@@ -61,14 +61,13 @@ type Config struct {
 	RedeliveryMaxTotal time.Duration
 
 	// Memory configures the in-process broker.
-	// Env: BUSLINE_MEMORY_BUFFER, BUSLINE_MEMORY_PUBLISH_TIMEOUT,
-	// BUSLINE_MEMORY_NACK_DELAY.
+	// Env: BUSLINE_MEMORY_BUFFER, BUSLINE_MEMORY_PUBLISH_TIMEOUT.
 	Memory memory.Config
 	// Kafka configures the Kafka broker.
 	// Env: BUSLINE_KAFKA_BROKERS (comma-separated), BUSLINE_KAFKA_CLIENT_ID,
 	// BUSLINE_KAFKA_INITIAL_OFFSET, BUSLINE_KAFKA_PARTITIONS,
-	// BUSLINE_KAFKA_REPLICATION_FACTOR, BUSLINE_KAFKA_NACK_DELAY,
-	// BUSLINE_KAFKA_REBALANCE_TIMEOUT, BUSLINE_KAFKA_SESSION_TIMEOUT,
+	// BUSLINE_KAFKA_REPLICATION_FACTOR, BUSLINE_KAFKA_REBALANCE_TIMEOUT,
+	// BUSLINE_KAFKA_SESSION_TIMEOUT,
 	// BUSLINE_KAFKA_INSTANCE_ID,
 	// BUSLINE_KAFKA_ORDERING, BUSLINE_KAFKA_MAX_IN_FLIGHT,
 	// BUSLINE_KAFKA_MAX_IN_FLIGHT_PER_PARTITION,
@@ -82,7 +81,7 @@ type Config struct {
 	Kafka kafka.Config
 	// AMQP configures the RabbitMQ broker.
 	// Env: BUSLINE_AMQP_URL, BUSLINE_AMQP_PREFETCH,
-	// BUSLINE_AMQP_CHANNEL_POOL_SIZE, BUSLINE_AMQP_NACK_DELAY,
+	// BUSLINE_AMQP_CHANNEL_POOL_SIZE,
 	// BUSLINE_AMQP_CONCURRENCY, BUSLINE_AMQP_PUBLISH_WINDOW,
 	// BUSLINE_AMQP_ALLOW_UNROUTABLE, BUSLINE_AMQP_QUEUE_TYPE,
 	// BUSLINE_AMQP_MAX_QUEUE_LENGTH,
@@ -212,13 +211,11 @@ var envTable = []envVar{
 	{EnvVar{"BUSLINE_REDELIVERY_MAX_TOTAL", "`2h`"}, func(c *Config, e *env.Reader, n string) { c.RedeliveryMaxTotal = e.Duration(n) }},
 	{EnvVar{"BUSLINE_MEMORY_BUFFER", "`1024`"}, func(c *Config, e *env.Reader, n string) { c.Memory.Buffer = e.Int(n) }},
 	{EnvVar{"BUSLINE_MEMORY_PUBLISH_TIMEOUT", "`10s`"}, func(c *Config, e *env.Reader, n string) { c.Memory.PublishTimeout = e.Duration(n) }},
-	{EnvVar{"BUSLINE_MEMORY_NACK_DELAY", "`100ms`"}, func(c *Config, e *env.Reader, n string) { c.Memory.NackDelay = e.Duration(n) }},
 	{EnvVar{"BUSLINE_KAFKA_BROKERS", "(required for kafka)"}, func(c *Config, e *env.Reader, n string) { c.Kafka.Brokers = e.List(n) }},
 	{EnvVar{"BUSLINE_KAFKA_CLIENT_ID", "`busline`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.ClientID = e.Str(n) }},
 	{EnvVar{"BUSLINE_KAFKA_INITIAL_OFFSET", "`oldest`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.InitialOffset = e.Str(n) }},
 	{EnvVar{"BUSLINE_KAFKA_PARTITIONS", "`1`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.Partitions = int32(e.Int(n)) }},
 	{EnvVar{"BUSLINE_KAFKA_REPLICATION_FACTOR", "`1`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.ReplicationFactor = int16(e.Int(n)) }},
-	{EnvVar{"BUSLINE_KAFKA_NACK_DELAY", "`1s`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.NackDelay = e.Duration(n) }},
 	{EnvVar{"BUSLINE_KAFKA_REBALANCE_TIMEOUT", "`60s`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.RebalanceTimeout = e.Duration(n) }},
 	{EnvVar{"BUSLINE_KAFKA_SESSION_TIMEOUT", "`10s`"}, func(c *Config, e *env.Reader, n string) { c.Kafka.SessionTimeout = e.Duration(n) }},
 	{EnvVar{"BUSLINE_KAFKA_INSTANCE_ID", "(none)"}, func(c *Config, e *env.Reader, n string) { c.Kafka.InstanceID = e.Str(n) }},
@@ -242,7 +239,6 @@ var envTable = []envVar{
 	{EnvVar{"BUSLINE_AMQP_PUBLISH_WINDOW", "`512`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.PublishWindow = e.Int(n) }},
 	{EnvVar{"BUSLINE_AMQP_ALLOW_UNROUTABLE", "`false`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.AllowUnroutable = e.Bool(n) }},
 	{EnvVar{"BUSLINE_AMQP_CHANNEL_POOL_SIZE", "`4`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.ChannelPoolSize = e.Int(n) }},
-	{EnvVar{"BUSLINE_AMQP_NACK_DELAY", "`1s`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.NackDelay = e.Duration(n) }},
 	{EnvVar{"BUSLINE_AMQP_QUEUE_TYPE", "`classic`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.QueueType = strings.ToLower(e.Str(n)) }},
 	{EnvVar{"BUSLINE_AMQP_MAX_QUEUE_LENGTH", "`0` (unbounded)"}, func(c *Config, e *env.Reader, n string) { c.AMQP.MaxQueueLength = e.Int(n) }},
 	{EnvVar{"BUSLINE_AMQP_TLS", "`false`"}, func(c *Config, e *env.Reader, n string) { c.AMQP.TLS = e.TLS(n) }},

@@ -44,7 +44,7 @@ func (b *Bus) pair(t *testing.T, group string) (message.Publisher, message.Subsc
 
 func TestConformanceMemory(t *testing.T) {
 	// The suite publishes up to 5,000 messages before it subscribes.
-	b, err := New(Config{Memory: memory.Config{Buffer: 10000, NackDelay: time.Millisecond}})
+	b, err := New(Config{Memory: memory.Config{Buffer: 10000}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,8 +73,7 @@ func TestConformanceKafka(t *testing.T) {
 	addrs := testserver.Kafka(t, 1)
 	newPair := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
 		b, err := New(Config{Broker: BrokerKafka, Kafka: kafka.Config{
-			Brokers:   addrs,
-			NackDelay: 10 * time.Millisecond,
+			Brokers: addrs,
 			// A member blocked on its in-flight message holds a rebalance up
 			// to this long (see bus/kafka); the suite rebalances often.
 			RebalanceTimeout: 3 * time.Second,
@@ -106,7 +105,7 @@ func TestConformanceAMQP(t *testing.T) {
 		mu.Lock()
 		groups[group] = true
 		mu.Unlock()
-		b, err := New(Config{Broker: BrokerAMQP, DeadLetterTopic: dlq, AMQP: amqp.Config{URL: url, NackDelay: 10 * time.Millisecond}})
+		b, err := New(Config{Broker: BrokerAMQP, DeadLetterTopic: dlq, AMQP: amqp.Config{URL: url}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -75,7 +75,7 @@ func TestDedupStoreReplayFromDeadLetter(t *testing.T) {
 				effects <- m.UUID
 				return nil
 			}, bus.HandlerStack(func(c *middleware.StackConfig) {
-				c.Dedup.OnDuplicate = func(i middleware.DedupInfo) { duplicates <- i.Message.UUID }
+				c.Dedup.Observer = duplicateObserver{uuids: duplicates}
 			}))
 			if err != nil {
 				t.Fatal(err)
@@ -140,3 +140,11 @@ func sanitize(s string) string {
 	}
 	return string(out)
 }
+
+// duplicateObserver sends the UUID of every duplicate the dedup step skips.
+type duplicateObserver struct {
+	middleware.NopObserver
+	uuids chan<- string
+}
+
+func (o duplicateObserver) Duplicate(i middleware.DedupInfo) { o.uuids <- i.Message.UUID }

@@ -304,6 +304,12 @@ func (w *shutdownWatch) Redelivered(middleware.RedeliveryInfo) {
 	w.mu.Unlock()
 }
 
+func (w *shutdownWatch) DeadLettered(middleware.DeadLetterInfo) {
+	w.mu.Lock()
+	w.deadLettered++
+	w.mu.Unlock()
+}
+
 // Closing a bus while a message waits between in-process retries requeues
 // the message: nothing goes to the delayed tier or the dead-letter topic
 // early, and the next consumer gets it with a fresh budget.
@@ -317,12 +323,7 @@ func TestDelayedRetryShutdownNeverDeadLetters(t *testing.T) {
 			b, err := bus.New(cfg, bus.WithStack(func(c *middleware.StackConfig) {
 				// The second attempt waits an hour: Close comes during it.
 				c.Retry = middleware.RetryConfig{MaxAttempts: 3, InitialInterval: time.Hour, RandomizationFactor: -1, MaxElapsedTime: 2 * time.Hour}
-				c.DeadLetter.Observer = watch
-				c.DeadLetter.OnDeadLetter = func(middleware.DeadLetterInfo) {
-					watch.mu.Lock()
-					watch.deadLettered++
-					watch.mu.Unlock()
-				}
+				c.Observer = watch
 			}))
 			if err != nil {
 				t.Fatal(err)

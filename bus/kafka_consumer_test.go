@@ -470,7 +470,7 @@ func TestKafkaConsumerOrder(t *testing.T) {
 				defer rngMu.Unlock()
 				return time.Duration(rng.IntN(300)) * time.Microsecond, rng.IntN(20)
 			}
-			b := consumerBus(t, addrs, bustest.Name("g"), kafka.Config{Partitions: 2, NackDelay: 5 * time.Millisecond})
+			b := consumerBus(t, addrs, bustest.Name("g"), kafka.Config{Partitions: 2})
 			err := b.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
 				ri, ok := kafka.RecordFromContext(ctx)
 				if !ok {
@@ -502,7 +502,7 @@ func TestKafkaConsumerOrder(t *testing.T) {
 				case 0:
 					return errors.New("transient") // retried by the stack
 				case 1:
-					return redeliverError{} // nacked, delivered again
+					return errRedeliver // nacked, delivered again
 				}
 				mu.Lock()
 				if prev, ok := last[lane]; ok && seq <= prev {
@@ -534,11 +534,8 @@ func TestKafkaConsumerOrder(t *testing.T) {
 	}
 }
 
-// redeliverError asks the stack to nack the message for redelivery.
-type redeliverError struct{}
-
-func (redeliverError) Error() string   { return "redeliver" }
-func (redeliverError) Redeliver() bool { return true }
+// errRedeliver asks the stack to nack the message for redelivery.
+var errRedeliver = middleware.Redeliver(errors.New("redeliver"))
 
 // In key ordering, one key failing for 5s (retried, dead-lettered, the next
 // record of the key failing again) holds back only that key: the other

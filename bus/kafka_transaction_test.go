@@ -234,7 +234,7 @@ func TestKafkaTransactionCrashChild(t *testing.T) {
 		Kafka: kafka.Config{
 			Brokers: strings.Split(os.Getenv("BUSLINE_TXN_BROKERS"), ","), Partitions: 4,
 			SessionTimeout: 500 * time.Millisecond, RebalanceTimeout: 5 * time.Second,
-			MaxInFlight: 200, NackDelay: 50 * time.Millisecond,
+			MaxInFlight: 200,
 			// One process at a time: the next one fences this one.
 			InstanceID: "child",
 		},
@@ -289,7 +289,7 @@ func TestKafkaTransactionRebalance(t *testing.T) {
 	newMember := func(instance string) *bus.Bus {
 		b := consumerBus(t, addrs, group, kafka.Config{
 			Partitions: 4, SessionTimeout: time.Second, RebalanceTimeout: 5 * time.Second,
-			MaxInFlight: 100, NackDelay: 10 * time.Millisecond, InstanceID: instance,
+			MaxInFlight: 100, InstanceID: instance,
 		})
 		err := b.Handle("h", in, func(ctx context.Context, m *message.Message) error {
 			t0 := time.Now()
@@ -340,7 +340,7 @@ func TestKafkaTransactionNack(t *testing.T) {
 	addrs := kafkaCluster(t, 1)
 	in, out := bustest.Name("txnin"), bustest.Name("txnout")
 	publishSeq(t, addrs, 1, in, "n", n, nil)
-	b := consumerBus(t, addrs, bustest.Name("g"), kafka.Config{NackDelay: 10 * time.Millisecond, InstanceID: "nack"})
+	b := consumerBus(t, addrs, bustest.Name("g"), kafka.Config{InstanceID: "nack"})
 	var seen counts
 	var (
 		mu      sync.Mutex
@@ -356,7 +356,7 @@ func TestKafkaTransactionNack(t *testing.T) {
 		defer mu.Unlock()
 		if m.UUID == "n-00030" && !nacked {
 			nacked = true
-			return redeliverError{}
+			return errRedeliver
 		}
 		if m.UUID == "n-00000" {
 			lateCtx = ctx

@@ -51,7 +51,7 @@ func TestPropertyMemory(t *testing.T) {
 	t.Parallel()
 	runProperty(t, bus.Config{
 		Broker: bus.BrokerMemory,
-		Memory: memory.Config{NackDelay: 2 * time.Millisecond},
+		Memory: memory.Config{},
 	}, propRun{publishers: 2, batch: 100})
 }
 
@@ -69,7 +69,6 @@ func propKafkaConfig(t *testing.T) bus.Config {
 		Kafka: kafka.Config{
 			Brokers:    testserver.Kafka(t, partitions),
 			Partitions: partitions,
-			NackDelay:  5 * time.Millisecond,
 		},
 	}
 }
@@ -98,7 +97,7 @@ func TestDelayedRetryPropertyKafka(t *testing.T) {
 func propAMQPConfig(t *testing.T) bus.Config {
 	return bus.Config{
 		Broker: bus.BrokerAMQP,
-		AMQP:   amqp.Config{URL: testserver.AMQPURL(t), NackDelay: 5 * time.Millisecond},
+		AMQP:   amqp.Config{URL: testserver.AMQPURL(t)},
 	}
 }
 
@@ -119,10 +118,7 @@ func propAMQPRun(t *testing.T, delays []time.Duration) propRun {
 // totals of every round.
 func TestDelayedRetryPropertyMemory(t *testing.T) {
 	t.Parallel()
-	runProperty(t, bus.Config{
-		Broker: bus.BrokerMemory,
-		Memory: memory.Config{NackDelay: 2 * time.Millisecond},
-	}, propRun{publishers: 2, batch: 100, delays: propDelays})
+	runProperty(t, bus.Config{Broker: bus.BrokerMemory}, propRun{publishers: 2, batch: 100, delays: propDelays})
 }
 
 // propDelays is the delayed tier of the TestDelayedRetryProperty runs.
@@ -234,14 +230,16 @@ func newPropPlans(rng *rand.Rand, prefix string, n, budget int) []*propPlan {
 
 // propState records what happened to every message.
 type propState struct {
+	middleware.NopObserver
+
 	plans map[string]*propPlan
 
 	mu          sync.Mutex
 	effects     map[string]int // successful handlings
 	deadLetters map[string]int // dead letters read from the topic
-	hooked      map[string]int // OnDeadLetter calls
-	dupHits     map[string]int // OnDuplicate AlreadyDone
-	inProgress  int            // OnDuplicate InProgress
+	hooked      map[string]int // Observer.DeadLettered calls
+	dupHits     map[string]int // Observer.Duplicate AlreadyDone
+	inProgress  int            // Observer.Duplicate InProgress
 	problems    []string
 
 	pending atomic.Int64 // expected events not seen yet
@@ -325,7 +323,15 @@ func (s *propState) handle(ctx context.Context, m *message.Message) error {
 }
 
 // duplicate records a message dedup did not process.
-func (s *propState) duplicate(i middleware.DedupInfo) {
+// DeadLettered counts the dead letters the stack reports.
+func (s *propState) DeadLettered(i middleware.DeadLetterInfo) {
+	s.mu.Lock()
+	s.hooked[i.Message.UUID]++
+	s.mu.Unlock()
+}
+
+// Duplicate checks a dedup hit against the plan.
+func (s *propState) Duplicate(i middleware.DedupInfo) {
 	s.mu.Lock()
 	if i.State != middleware.AlreadyDone {
 		s.inProgress++ // nacked, comes back later
@@ -484,22 +490,8 @@ func runProperty(t *testing.T, cfg bus.Config, run propRun) {
 	})
 
 	err = b.Handle(propHandler, topic, s.handle, bus.HandlerStack(func(c *middleware.StackConfig) {
-		// Observe through the hooks, keeping those the bus set.
-		prevDL, prevDup := c.DeadLetter.OnDeadLetter, c.Dedup.OnDuplicate
-		c.DeadLetter.OnDeadLetter = func(i middleware.DeadLetterInfo) {
-			if prevDL != nil {
-				prevDL(i)
-			}
-			s.mu.Lock()
-			s.hooked[i.Message.UUID]++
-			s.mu.Unlock()
-		}
-		c.Dedup.OnDuplicate = func(i middleware.DedupInfo) {
-			if prevDup != nil {
-				prevDup(i)
-			}
-			s.duplicate(i)
-		}
+		// Observe the steps; the bus's telemetry is told too.
+		c.Observer = s
 	}))
 	if err != nil {
 		t.Fatal(err)

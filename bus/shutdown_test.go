@@ -178,7 +178,7 @@ func amqpShutdownConfig(url, topic string) bus.Config {
 		Broker:          bus.BrokerAMQP,
 		Group:           topic,
 		DeadLetterTopic: topic + ".dlq",
-		AMQP:            amqp.Config{URL: url, NackDelay: 10 * time.Millisecond},
+		AMQP:            amqp.Config{URL: url},
 	}
 }
 

@@ -25,31 +25,19 @@ func (b *Bus) newTelemetry() *telemetry.Telemetry {
 	})
 }
 
-// observe makes o observe what the steps of cfg do. Hooks set before (by
-// [WithStack]) still run, after o.
-//
-// MERGE: replaced by StackConfig.Observer.
+// observe makes o observe what the steps of cfg do, besides the observers
+// set before (by [WithStack] or [HandlerStack]), the stack's and each
+// step's own.
 func observe(cfg *middleware.StackConfig, o middleware.Observer) {
-	cfg.DeadLetter.OnDeadLetter = then(o.DeadLettered, cfg.DeadLetter.OnDeadLetter)
-	cfg.Retry.OnRetry = then(o.Retried, cfg.Retry.OnRetry)
-	cfg.Dedup.OnDuplicate = then(o.Duplicate, cfg.Dedup.OnDuplicate)
-	cfg.Dedup.OnWait = then(o.DedupWaited, cfg.Dedup.OnWait)
-	cfg.Dedup.OnStoreError = then(o.DedupStoreFailed, cfg.Dedup.OnStoreError)
-	cfg.Throttle.OnWait = then(o.Throttled, cfg.Throttle.OnWait)
-	cfg.Breaker.OnStateChange = then(o.BreakerChanged, cfg.Breaker.OnStateChange)
-	if cfg.DeadLetter.Observer == nil {
-		cfg.DeadLetter.Observer = o
+	cfg.Observer = middleware.Observers(o, cfg.Observer)
+	for _, step := range []*middleware.Observer{
+		&cfg.DeadLetter.Observer, &cfg.Retry.Observer, &cfg.Dedup.Observer,
+		&cfg.Throttle.Observer, &cfg.Breaker.Observer,
+	} {
+		if *step != nil {
+			*step = middleware.Observers(o, *step)
+		}
 	}
-}
-
-// then returns a hook that calls first, then next when set.
-//
-// MERGE: goes with observe.
-func then[I any](first, next func(I)) func(I) {
-	if next == nil {
-		return first
-	}
-	return func(info I) { first(info); next(info) }
 }
 
 // Logger returns the bus's logger (see [WithLogger]) with the attributes

@@ -113,6 +113,8 @@ func (f *flow) finish() { f.once.Do(func() { close(f.done) }) }
 // service is the order-processing service of the example: its bus, its
 // registries and what the story observes.
 type service struct {
+	middleware.NopObserver // observes the steps of the handlers that set it
+
 	b      *bus.Bus
 	reg    *schema.Registry
 	legacy *schema.Registry
@@ -173,6 +175,34 @@ func ids(env schema.Envelope) string {
 	return fmt.Sprintf("id=%s correlation=%s causation=%s", env.ID, env.CorrelationID, c)
 }
 
+// Duplicate reports the billing handler's dedup hits of the story's flows
+// ([middleware.Observer]).
+func (s *service) Duplicate(i middleware.DedupInfo) {
+	if s.flowOf(i.Message.Metadata.Get(schema.KeyCorrelationID)) != nil && i.State == middleware.AlreadyDone {
+		s.duplicates <- i.Message.UUID
+	}
+}
+
+// DeadLettered reports the billing handler's dead letters.
+func (s *service) DeadLettered(i middleware.DeadLetterInfo) {
+	select {
+	case s.deadLetter <- i:
+	default:
+	}
+}
+
+// Throttled adds up the mailer's throttle waits per message.
+func (s *service) Throttled(i middleware.ThrottleInfo) {
+	s.mu.Lock()
+	s.waits[i.Message.UUID] += i.Waited
+	s.mu.Unlock()
+}
+
+// BreakerChanged tells the story of the warehouse's breaker.
+func (s *service) BreakerChanged(i middleware.BreakerInfo) {
+	s.out.step(scStock, "breaker %q: %s -> %s", i.Name, i.From, i.To)
+}
+
 // register adds the service's handlers to the bus, each with the policy
 // its step of the story shows.
 func (s *service) register() error {
@@ -183,25 +213,8 @@ func (s *service) register() error {
 		opts        []bus.HandlerOption
 	}{
 		{"billing", t.Orders, handlers.Event(s.reg, s.billing), []bus.HandlerOption{bus.HandlerStack(func(c *middleware.StackConfig) {
-			prevDup := c.Dedup.OnDuplicate
-			c.Dedup.OnDuplicate = func(i middleware.DedupInfo) {
-				if prevDup != nil {
-					prevDup(i)
-				}
-				if s.flowOf(i.Message.Metadata.Get(schema.KeyCorrelationID)) != nil && i.State == middleware.AlreadyDone {
-					s.duplicates <- i.Message.UUID
-				}
-			}
-			prevDL := c.DeadLetter.OnDeadLetter
-			c.DeadLetter.OnDeadLetter = func(i middleware.DeadLetterInfo) {
-				if prevDL != nil {
-					prevDL(i)
-				}
-				select {
-				case s.deadLetter <- i:
-				default:
-				}
-			}
+			c.Dedup.Observer = s
+			c.DeadLetter.Observer = s
 		})}},
 		{"shipping", t.Payments, handlers.Event(s.reg, s.shipping), []bus.HandlerOption{bus.HandlerStack(func(c *middleware.StackConfig) {
 			c.Retry.MaxAttempts = 5
@@ -212,15 +225,7 @@ func (s *service) register() error {
 		{"mailer", t.Emails, handlers.Event(s.reg, s.mailer), []bus.HandlerOption{bus.HandlerStack(func(c *middleware.StackConfig) {
 			c.Throttle.Rate = emailRate
 			c.Throttle.Burst = 1
-			prev := c.Throttle.OnWait
-			c.Throttle.OnWait = func(i middleware.ThrottleInfo) {
-				if prev != nil {
-					prev(i)
-				}
-				s.mu.Lock()
-				s.waits[i.Message.UUID] += i.Waited
-				s.mu.Unlock()
-			}
+			c.Throttle.Observer = s
 		})}},
 		{"warehouse", t.Stock, handlers.Event(s.reg, s.warehouse), []bus.HandlerOption{bus.HandlerStack(func(c *middleware.StackConfig) {
 			// The warehouse being down is not the message's fault: no
@@ -231,13 +236,7 @@ func (s *service) register() error {
 			c.NackDelay = middleware.NackDelayConfig{InitialDelay: 10 * time.Millisecond, MaxDelay: 20 * time.Millisecond}
 			c.Breaker.ConsecutiveFailures = 2
 			c.Breaker.OpenTimeout = breakerOpenTimeout
-			prev := c.Breaker.OnStateChange
-			c.Breaker.OnStateChange = func(i middleware.BreakerInfo) {
-				if prev != nil {
-					prev(i)
-				}
-				s.out.step(scStock, "breaker %q: %s -> %s", i.Name, i.From, i.To)
-			}
+			c.Breaker.Observer = s
 		})}},
 		{"reports", t.Reports, handlers.Event(s.reg, s.reports), nil},
 	}

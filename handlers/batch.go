@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/busline/busline/internal/delivery"
+	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
 
@@ -138,11 +139,12 @@ func (b *Batcher[T]) Size() int { return b.size }
 // neither retried nor dead-lettered). A panic in fn fails every other message
 // of the batch and is passed on to the first message's caller.
 //
-// Without batch delivery, Handle gets a batch only when several messages are
-// in flight at once: the in-process broker and RabbitMQ hand out one message
-// per subscription at a time, so there a Batcher gets batches of one message
-// that waited MaxWait; use [Batcher.Process] with messages the caller
-// fetched together there.
+// Without batch delivery (the in-process broker, RabbitMQ, Kafka without
+// bus.WithBatchDelivery), Handle gets a batch of several messages only when
+// several are in flight at once: those brokers hand out one message per
+// subscription (or partition) at a time, so there a Batcher gets batches of
+// one message that waited MaxWait; use [Batcher.Process] with messages the
+// caller fetched together there.
 func (b *Batcher[T]) Handle(ctx context.Context, msg *message.Message) error {
 	if mem := delivery.MemberFromContext(ctx); mem != nil {
 		if msgs := mem.Batch.Carried(); msgs != nil {
@@ -208,19 +210,19 @@ func (b *Batcher[T]) handleCarried(ctx context.Context, msgs []*message.Message)
 	for _, m := range msgs {
 		ev, env, err := schema.DecodeAs[T](b.r, m)
 		if err != nil {
-			return splitError{err}
+			return middleware.Redeliver(splitError{err})
 		}
 		items = append(items, Item[T]{Event: ev, Envelope: env})
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			err = splitError{fmt.Errorf("handlers: batch function panicked: %v", r)}
+			err = middleware.Redeliver(splitError{fmt.Errorf("handlers: batch function panicked: %v", r)})
 		}
 	}()
 	for len(items) > 0 {
 		n := min(len(items), b.size)
 		if err := b.fn(ctx, items[:n]); err != nil {
-			return splitError{err}
+			return middleware.Redeliver(splitError{err})
 		}
 		items = items[n:]
 	}
@@ -242,6 +244,8 @@ func (b *Batcher[T]) handleAlone(ctx context.Context, msg *message.Message) erro
 // fails: the bus's middleware retries it like a transient error, then
 // nacks the carrier instead of dead-lettering it, and the broker delivers
 // its messages again one by one.
+//
+// It is wrapped in middleware.Redeliver.
 type splitError struct{ err error }
 
 func (e splitError) Error() string {
@@ -249,9 +253,6 @@ func (e splitError) Error() string {
 }
 
 func (e splitError) Unwrap() error { return e.err }
-
-// Redeliver reports true (see splitError).
-func (splitError) Redeliver() bool { return true }
 
 // lead waits until cur is full, MaxWait passed or ctx ended, then seals
 // and handles it.
@@ -268,7 +269,7 @@ func (b *Batcher[T]) lead(ctx context.Context, cur *batch[T]) (err error) {
 	b.mu.Unlock()
 
 	if ctx.Err() != nil {
-		cur.err = abandonedError{ctx.Err()}
+		cur.err = middleware.Redeliver(abandonedError{ctx.Err()})
 		close(cur.done)
 		return ctx.Err()
 	}
@@ -352,8 +353,9 @@ func failRest(errs []error, msgs []*message.Message, i int, err error) {
 }
 
 // abandonedError is what the other messages of a batch get when the batch's
-// first message's context ended before the batch ran. It asks for
-// redelivery: nothing was attempted.
+// first message's context ended before the batch ran. It is wrapped in
+// middleware.Redeliver: the bus's middleware nacks the message for a later
+// delivery instead of dead-lettering it; nothing was attempted.
 type abandonedError struct{ err error }
 
 func (e abandonedError) Error() string {
@@ -361,7 +363,3 @@ func (e abandonedError) Error() string {
 }
 
 func (e abandonedError) Unwrap() error { return e.err }
-
-// Redeliver reports true: the bus's middleware nacks the message for a later
-// delivery instead of retrying or dead-lettering it.
-func (abandonedError) Redeliver() bool { return true }

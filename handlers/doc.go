@@ -52,16 +52,21 @@
 // failing batch fails every message in it; a message that cannot be decoded
 // fails alone.
 //
-// Watermill hands a handler one message at a time, and the bus's
-// subscriptions deliver the next message of a subscription (of a Kafka
-// partition) only after the previous one was acknowledged, so no broker the
-// bus supports delivers a batch to a handler. A Batcher cannot fabricate one:
-// registered with [bus.Bus.Handle] it is correct but sees batches of one
-// message on the in-process broker and RabbitMQ, and of at most one message
-// per partition on Kafka. It batches fully where many messages are in flight:
-// [Batcher.Handle] called by many goroutines at once (a batch closes at
-// Size events or MaxWait after it opened), or [Batcher.Process] with a slice
-// of messages the caller fetched together.
+// Where its batches come from depends on the delivery:
+//
+//   - Kafka with bus.WithBatchDelivery(b.Size()): the broker hands up to
+//     Size records of a partition that one poll returned to the handler as
+//     one carrier message, and [Batcher.Handle] gets them as one batch, at
+//     once (see its documentation for a failing batch).
+//   - Without batch delivery, Watermill hands a handler one message at a
+//     time, and the in-process broker and RabbitMQ deliver the next message
+//     of a subscription only after the previous one was acknowledged: a
+//     Batcher registered with [bus.Bus.Handle] is correct there but sees
+//     batches of one message that waited MaxWait. It batches fully where
+//     many messages are in flight: [Batcher.Handle] called by many
+//     goroutines at once (a batch closes at Size events or MaxWait after it
+//     opened), or [Batcher.Process] with a slice of messages the caller
+//     fetched together.
 //
 // # Delivery semantics
 //

@@ -31,10 +31,10 @@ type BreakerConfig struct {
 	// while the breaker is closed. Zero means counts are cleared only by a
 	// success.
 	Interval time.Duration
-	// OnStateChange, when set, is called on every state change (telemetry
-	// records the breaker state with it). It is called with the breaker's
-	// lock held: it must not block and must not call back into the stack.
-	OnStateChange func(BreakerInfo)
+	// Observer, when set, is told of every state change (BreakerChanged).
+	// It is called with the breaker's lock held: it must not block and
+	// must not call back into the stack. Nil means none.
+	Observer Observer
 }
 
 // BreakerState is the state of a circuit breaker.
@@ -61,7 +61,7 @@ func (s BreakerState) String() string {
 }
 
 // BreakerInfo describes a breaker state change for
-// [BreakerConfig].OnStateChange.
+// [Observer].BreakerChanged.
 type BreakerInfo struct {
 	// Name is BreakerConfig.Name.
 	Name string
@@ -103,7 +103,14 @@ func Breaker(cfg BreakerConfig) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		b := newBreaker(cfg)
 		return func(msg *message.Message) ([]*message.Message, error) {
-			return b.run(h, msg)
+			if !b.clean.Load() {
+				return b.slow(h, msg)
+			}
+			out, err := h(msg)
+			if err != nil {
+				b.cleanFailed(err)
+			}
+			return out, err
 		}
 	}
 }
@@ -164,8 +171,8 @@ func newBreaker(cfg BreakerConfig) *breaker {
 				b.openedAt = time.Now()
 				b.mu.Unlock()
 			}
-			if cfg.OnStateChange != nil {
-				cfg.OnStateChange(BreakerInfo{Name: name, From: breakerState(from), To: breakerState(to)})
+			if cfg.Observer != nil {
+				cfg.Observer.BreakerChanged(BreakerInfo{Name: name, From: breakerState(from), To: breakerState(to)})
 			}
 		},
 	})
@@ -183,22 +190,9 @@ func breakerState(s gobreaker.State) BreakerState {
 	return BreakerClosed
 }
 
-func (b *breaker) run(h message.HandlerFunc, msg *message.Message) ([]*message.Message, error) {
-	if b.clean.Load() {
-		out, err := h(msg)
-		if err != nil {
-			b.cleanFailed(err)
-		}
-		return out, err
-	}
-	return b.slow(h, msg)
-}
-
 // cleanFailed records err, returned by a message run on the fast path
 // (the breaker clean), as gobreaker would have: a failure, unless it is a
 // success or an excluded error.
-//
-//go:noinline
 func (b *breaker) cleanFailed(err error) {
 	if IsPermanent(err) || errors.Is(err, context.Canceled) || IsRedelivery(err) {
 		return // a success (or an excluded error): nothing to record

@@ -25,11 +25,11 @@ func TestBreakerPausesWhileOpenInsteadOfFailing(t *testing.T) {
 			Name:                "orders",
 			ConsecutiveFailures: 3,
 			OpenTimeout:         10 * time.Second,
-			OnStateChange: func(i middleware.BreakerInfo) {
+			Observer: observer{breaker: func(i middleware.BreakerInfo) {
 				mu.Lock()
 				changes = append(changes, i.Name+":"+i.From.String()+">"+i.To.String())
 				mu.Unlock()
-			},
+			}},
 		})(func(*message.Message) ([]*message.Message, error) {
 			calls.Add(1)
 			if failing.Load() {
@@ -129,7 +129,7 @@ func TestBreakerIgnoresPermanentAndCancelled(t *testing.T) {
 	var next error
 	h := middleware.Breaker(middleware.BreakerConfig{
 		ConsecutiveFailures: 1,
-		OnStateChange:       func(middleware.BreakerInfo) { changes.Add(1) },
+		Observer:            observer{breaker: func(middleware.BreakerInfo) { changes.Add(1) }},
 	})(func(*message.Message) ([]*message.Message, error) { return nil, next })
 	for _, err := range []error{middleware.Permanent(errTransient), context.Canceled, middleware.ErrInProgress} {
 		next = err
@@ -171,11 +171,11 @@ func TestBreakerTripsOnConsecutiveFailuresOnly(t *testing.T) {
 	h := middleware.Breaker(middleware.BreakerConfig{
 		ConsecutiveFailures: 3,
 		OpenTimeout:         time.Hour,
-		OnStateChange: func(i middleware.BreakerInfo) {
+		Observer: observer{breaker: func(i middleware.BreakerInfo) {
 			if i.To == middleware.BreakerOpen {
 				opened.Add(1)
 			}
-		},
+		}},
 	})(func(*message.Message) ([]*message.Message, error) {
 		if fail.Load() {
 			return nil, errTransient

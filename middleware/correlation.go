@@ -29,84 +29,58 @@ import (
 func Correlation() message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
-			corr := correlationOf(msg)
-			orig := msg.Context()
-			msg.SetContext(withHandled(orig, corr, msg.UUID))
+			hc := &handledCtx{Context: msg.Context(), correlationID: correlationOf(msg), messageID: msg.UUID}
+			msg.SetContext(hc)
 			out, err := h(msg)
-			msg.SetContext(orig)
+			msg.SetContext(hc.Context)
 			for _, m := range out {
-				stamp(m, corr, msg.UUID)
+				stamp(m, hc.correlationID, hc.messageID)
 			}
 			return out, err
 		}
 	}
 }
 
-// correlationOf returns msg's correlation id: its ce_correlationid or
-// Watermill's correlation_id (schema.CorrelationID), or, when it has
-// neither, [RootCorrelation]. The message is not changed: a
-// message without a correlation id is the root of its own (see
-// schema.CorrelationImplied); the dead-letter step writes the id into the
-// copy it publishes.
+// correlationOf returns msg's correlation id (schema.MessageCorrelation).
+// The message is not changed: a message without a correlation id is the
+// root of its own (see schema.CorrelationImplied); the dead-letter step
+// writes the id into the copy it publishes.
 func correlationOf(msg *message.Message) string {
-	if corr := schema.CorrelationID(msg.Metadata); corr != "" {
-		return corr
-	}
-	return RootCorrelation(msg)
+	return schema.MessageCorrelation(msg.Metadata, msg.UUID)
 }
 
 // RootCorrelation is the correlation id of a message that carries none and
 // so starts a correlation of its own: its event id (ce_id), or its UUID
-// when it has no event id. It agrees with schema.RestoreCorrelation, which
-// the Kafka and RabbitMQ unmarshalers apply.
+// when it has no event id (schema.Correlation).
 func RootCorrelation(msg *message.Message) string {
-	if id := msg.Metadata[schema.KeyID]; id != "" {
-		return id
-	}
-	return msg.UUID
+	return schema.Correlation("", msg.Metadata[schema.KeyID], msg.UUID)
 }
 
 // Propagate stamps correlation metadata on messages about to be published
-// under ctx. A message that has no ce_correlationid gets Watermill's
-// correlation_id when it has one, else the correlation id from ctx (see
-// [CorrelationIDFromContext]) or, when ctx has none, its own UUID: it is
-// the edge where a new correlation starts. A message that has no
+// under ctx, by schema.Inherit: a message keeps the ids it carries (also
+// Watermill's correlation_id); else it gets the correlation id from ctx
+// (see [CorrelationIDFromContext]) or, when ctx has none, its own UUID: it
+// is the edge where a new correlation starts. A message that has no
 // ce_causationid gets the id of the message being handled in ctx, if any.
-// Ids a message already carries are kept. Propagate does not allocate when
-// the metadata maps exist; nil messages are skipped.
+// Propagate does not allocate when the metadata maps exist; nil messages
+// are skipped.
 func Propagate(ctx context.Context, msgs ...*message.Message) {
 	var corr, cause string
 	if h := handledFromContext(ctx); h != nil {
 		corr, cause = h.correlationID, h.messageID
 	}
 	for _, m := range msgs {
-		if m == nil {
-			continue
+		if m != nil {
+			stamp(m, corr, cause)
 		}
-		c := corr
-		if c == "" {
-			c = m.UUID
-		}
-		stamp(m, c, cause)
 	}
 }
 
-// stamp sets correlation and causation metadata on m where m has none. A
-// message that has Watermill's correlation_id but no ce_correlationid
-// keeps its own correlation: it gets ce_correlationid from that.
+// stamp gives m the correlation of a message published while handling the
+// message with correlation id corr and id cause (schema.Inherit).
 func stamp(m *message.Message, corr, cause string) {
 	if m.Metadata == nil {
 		m.Metadata = make(message.Metadata, 2)
 	}
-	if m.Metadata[schema.KeyCorrelationID] == "" {
-		if w := m.Metadata[schema.KeyWatermillCorrelationID]; w != "" {
-			corr = w
-		}
-		if corr != "" {
-			m.Metadata[schema.KeyCorrelationID] = corr
-		}
-	}
-	if cause != "" && m.Metadata[schema.KeyCausationID] == "" {
-		m.Metadata[schema.KeyCausationID] = cause
-	}
+	schema.Inherit(m.Metadata, corr, cause, m.UUID)
 }

@@ -61,25 +61,17 @@ type DeadLetterConfig struct {
 	// bytes (cut at a rune boundary). Zero means 1024; negative means the
 	// text is not stored.
 	MaxErrorLength int
-	// NackDelay is how long DeadLetter waits before returning the error when
-	// the dead-letter publish failed, so that the broker's immediate
-	// redelivery does not become a hot loop. The wait ends early when the
-	// message's context is cancelled. Zero means 1s; negative means no wait
-	// (for stacks with [NackDelay] outside, as [Stack] builds them).
-	NackDelay time.Duration
-	// OnDeadLetter, when set, is called after a message was dead-lettered
-	// (telemetry counts dead letters with it). It runs on the handler
-	// goroutine and must not block.
-	OnDeadLetter func(DeadLetterInfo)
 	// Redelivery configures the delayed tier between the in-process retries
 	// and the dead-letter topic; its zero value has none.
 	Redelivery RedeliveryConfig
-	// Observer, when set, is told of delayed redeliveries.
+	// Observer, when set, is told of each dead letter published
+	// (DeadLettered) and each message handed to the delayed tier
+	// (Redelivered). Nil means none.
 	Observer Observer
 }
 
 // DeadLetterInfo describes a dead-lettered message for
-// [DeadLetterConfig].OnDeadLetter.
+// [Observer].DeadLettered.
 type DeadLetterInfo struct {
 	// Message is the dead letter as published (payload and UUID of the
 	// original, metadata with the busline_dlq_* keys).
@@ -91,9 +83,6 @@ type DeadLetterInfo struct {
 	// Err is the error that made the message a dead letter.
 	Err error
 }
-
-// DefaultDeadLetterNackDelay is DeadLetterConfig.NackDelay's default.
-const DefaultDeadLetterNackDelay = time.Second
 
 // DeadLetter returns a middleware that moves a message whose handling
 // failed to a dead-letter topic and then reports success, so the router
@@ -124,10 +113,10 @@ const DefaultDeadLetterNackDelay = time.Second
 // cancellation, breaker rejection, concurrent duplicates, dedup store
 // failures) and any error once the message's own context is done (shutdown).
 //
-// When publishing the dead letter fails, DeadLetter waits NackDelay (or
-// until the message's context ends) and returns an error joining the
-// handler's error and the publish error: the message is nacked, nothing is
-// lost.
+// When publishing the dead letter fails, DeadLetter returns an error
+// joining the handler's error and the publish error at once: the message is
+// nacked, nothing is lost. It never waits itself: [NackDelay], outside it
+// in [Stack], delays every nack.
 func DeadLetter(cfg DeadLetterConfig) message.HandlerMiddleware {
 	cfg = cfg.withDefaults()
 	return func(h message.HandlerFunc) message.HandlerFunc {
@@ -149,9 +138,6 @@ func (cfg DeadLetterConfig) withDefaults() DeadLetterConfig {
 	if cfg.MaxErrorLength == 0 {
 		cfg.MaxErrorLength = 1024
 	}
-	if cfg.NackDelay == 0 {
-		cfg.NackDelay = DefaultDeadLetterNackDelay
-	}
 	if cfg.Redelivery.Redeliverer != nil {
 		cfg.Redelivery = cfg.Redelivery.withDefaults()
 	}
@@ -161,8 +147,6 @@ func (cfg DeadLetterConfig) withDefaults() DeadLetterConfig {
 // deadLetterFailed is [DeadLetter] after the handling failed with err: it
 // restores msg's context orig, and returns err for a redelivery, or nil
 // once msg was dead-lettered.
-//
-//go:noinline
 func deadLetterFailed(cfg *DeadLetterConfig, msg *message.Message, orig context.Context, err error) error {
 	msg.SetContext(orig)
 	if orig.Err() != nil || IsRedelivery(err) {
@@ -175,9 +159,6 @@ func deadLetterFailed(cfg *DeadLetterConfig, msg *message.Message, orig context.
 		return err
 	}
 	if handled, rerr := redeliverLater(&cfg.Redelivery, msg, orig, err, cfg.Observer); handled {
-		if rerr != nil && cfg.NackDelay > 0 {
-			sleep(orig, cfg.NackDelay)
-		}
 		return rerr
 	}
 	return deadLetter(cfg, msg, orig, err)
@@ -229,13 +210,10 @@ func deadLetter(cfg *DeadLetterConfig, msg *message.Message, ctx context.Context
 	}
 
 	if perr := cfg.Publisher.Publish(topic, dl); perr != nil {
-		if cfg.NackDelay > 0 {
-			sleep(ctx, cfg.NackDelay)
-		}
 		return errors.Join(err, &deadLetterPublishError{topic: topic, err: perr})
 	}
-	if cfg.OnDeadLetter != nil {
-		cfg.OnDeadLetter(DeadLetterInfo{Message: dl, Topic: topic, Reason: reason, Err: err})
+	if cfg.Observer != nil {
+		cfg.Observer.DeadLettered(DeadLetterInfo{Message: dl, Topic: topic, Reason: reason, Err: err})
 	}
 	return nil
 }
@@ -267,16 +245,6 @@ func truncate(s string, n int) string {
 		return s[:cut]
 	}
 	return s[:cut] + mark
-}
-
-// sleep waits d or until ctx is done, whichever comes first.
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 // Replay turns a dead letter back into a message for its original topic. It

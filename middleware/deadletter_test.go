@@ -21,18 +21,17 @@ type typedError struct{}
 
 func (typedError) Error() string     { return "unknown schema version 7" }
 func (typedError) ErrorType() string { return "schema_version_unknown" }
-func (typedError) Permanent() bool   { return true }
 
 func TestDeadLetterPublishesFailedMessageAndAcks(t *testing.T) {
 	pub := &recordingPublisher{}
 	var infos []middleware.DeadLetterInfo
 	mw := middleware.DeadLetter(middleware.DeadLetterConfig{
-		Publisher:    pub,
-		Topic:        "orders.dlq",
-		OnDeadLetter: func(i middleware.DeadLetterInfo) { infos = append(infos, i) },
+		Publisher: pub,
+		Topic:     "orders.dlq",
+		Observer:  observer{deadLettered: func(i middleware.DeadLetterInfo) { infos = append(infos, i) }},
 	})
 	h := mw(middleware.Retry(middleware.RetryConfig{})(func(*message.Message) ([]*message.Message, error) {
-		return []*message.Message{message.NewMessage("produced", nil)}, fmtErr(typedError{})
+		return []*message.Message{message.NewMessage("produced", nil)}, fmtErr(middleware.Permanent(typedError{}))
 	}))
 	payload := "\x00\xffbinary payload"
 	msg := newMsg("d1", payload)
@@ -71,7 +70,7 @@ func TestDeadLetterPublishesFailedMessageAndAcks(t *testing.T) {
 		t.Error("produced messages were published")
 	}
 	if len(infos) != 1 || infos[0].Reason != "schema_version_unknown" || infos[0].Topic != "orders.dlq" {
-		t.Errorf("OnDeadLetter got %+v", infos)
+		t.Errorf("DeadLettered got %+v", infos)
 	}
 }
 
@@ -135,34 +134,30 @@ func TestDeadLetterPassesRedeliveriesThrough(t *testing.T) {
 func TestDeadLetterPublishFailureNacksAfterDelay(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		pubErr := errors.New("broker down")
-		h := middleware.DeadLetter(middleware.DeadLetterConfig{
-			Publisher: &recordingPublisher{err: pubErr}, Topic: "dlq", NackDelay: 2 * time.Second,
-		})(func(*message.Message) ([]*message.Message, error) { return nil, errTransient })
+		failing := func(*message.Message) ([]*message.Message, error) { return nil, errTransient }
+		dl := middleware.DeadLetter(middleware.DeadLetterConfig{
+			Publisher: &recordingPublisher{err: pubErr}, Topic: "dlq",
+		})
+		// DeadLetter itself returns at once, with both errors: a nack.
 		start := time.Now()
-		_, err := h(newMsg("d4", ""))
+		_, err := dl(failing)(newMsg("d4", ""))
 		if !errors.Is(err, pubErr) || !errors.Is(err, errTransient) {
 			t.Errorf("err = %v, want both the handler and the publish error", err)
 		}
-		if took := time.Since(start); took != 2*time.Second {
-			t.Errorf("returned after %v, want 2s", took)
+		if took := time.Since(start); took != 0 {
+			t.Errorf("returned after %v, want at once", took)
 		}
 
-		// Shutdown ends the wait at once.
-		ctx, cancel := context.WithCancel(context.Background())
-		msg := newMsg("d5", "")
-		msg.SetContext(ctx)
-		h = middleware.DeadLetter(middleware.DeadLetterConfig{
-			Publisher: &recordingPublisher{err: pubErr}, Topic: "dlq", NackDelay: time.Hour,
-		})(func(*message.Message) ([]*message.Message, error) {
-			go func() { time.Sleep(time.Second); cancel() }()
-			return nil, errTransient
-		})
+		// In a stack, the nack-delay step outside it delays that nack.
+		h := middleware.Chain(
+			middleware.NackDelay(middleware.NackDelayConfig{InitialDelay: 2 * time.Second}), dl)(failing)
 		start = time.Now()
-		if _, err := h(msg); err == nil {
-			t.Error("want an error")
+		_, err = h(newMsg("d5", ""))
+		if !errors.Is(err, pubErr) {
+			t.Errorf("err = %v, want the publish error", err)
 		}
-		if took := time.Since(start); took != time.Second {
-			t.Errorf("returned after %v, want 1s", took)
+		if took := time.Since(start); took < 1500*time.Millisecond || took > 2500*time.Millisecond {
+			t.Errorf("returned after %v, want 2s ±25%%", took)
 		}
 	})
 }

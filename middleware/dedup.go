@@ -109,41 +109,35 @@ type DedupConfig struct {
 	// context detached from the message's cancellation so that shutdown does
 	// not lose them. Zero means 5s. Not used with [MemoryStore].
 	StoreTimeout time.Duration
-	// OnDuplicate, when set, is called for each message not processed
-	// because of its key: State AlreadyDone (a dedup hit, acked with no
-	// effect), also after a wait (see OnWait). Telemetry counts dedup hits
-	// with it. It runs on the handler goroutine and must not block.
-	OnDuplicate func(DedupInfo)
-	// OnWait, when set, is called once for each message whose key another
-	// owner holds (State InProgress), when it starts waiting for that
-	// claim to end: it waits with backoff, holding the message, without
-	// spending retry attempts, until the owner commits (the message is
-	// then a duplicate), releases, or its lease runs out unrenewed (the
-	// message is then processed). Telemetry logs one line and counts a
-	// wait with it. It runs on the handler goroutine and must not block.
-	OnWait func(DedupInfo)
-	// OnStoreError, when set, is called when a Commit, Release or Renew
-	// fails, or a Renew finds the claim lost. None changes the outcome: a
-	// failed commit still acks (the work is done), a failed release still
-	// returns the handler's error (the claim expires after Lease), a failed
-	// renewal is tried again at the next beat. Renewal failures are
-	// reported, the first one per message, when the handler returned. It
-	// runs on the handler goroutine and must not block.
-	OnStoreError func(DedupInfo)
+	// Observer, when set, is told of each message not processed because
+	// of its key (Duplicate: State AlreadyDone, a dedup hit acked with no
+	// effect, also after a wait); once for each message whose key another
+	// owner holds, when it starts waiting for that claim to end
+	// (DedupWaited, State InProgress: it waits with backoff, holding the
+	// message, without spending retry attempts, until the owner commits,
+	// releases, or its lease runs out unrenewed); and of each failed
+	// Commit, Release or Renew, or a Renew that found the claim lost
+	// (DedupStoreFailed). None changes the outcome: a failed commit still
+	// acks (the work is done), a failed release still returns the
+	// handler's error (the claim expires after Lease), a failed renewal is
+	// tried again at the next beat. Renewal failures are reported, the
+	// first one per message, when the handler returned. Nil means none.
+	Observer Observer
 }
 
-// DedupInfo describes a dedup event for the [DedupConfig] hooks.
+// DedupInfo describes a dedup event for [Observer].Duplicate, DedupWaited
+// and DedupStoreFailed.
 type DedupInfo struct {
 	// Message is the message concerned.
 	Message *message.Message
 	// Key is the store key (namespace included).
 	Key string
-	// State is the claim outcome (OnDuplicate, OnWait).
+	// State is the claim outcome (Duplicate, DedupWaited).
 	State ClaimState
 	// Op is the failed store operation, "commit", "release" or "renew"
-	// (OnStoreError).
+	// (DedupStoreFailed).
 	Op string
-	// Err is the store's error (OnStoreError).
+	// Err is the store's error (DedupStoreFailed).
 	Err error
 }
 
@@ -158,9 +152,9 @@ const (
 // with success, in claim -> process -> commit steps:
 //
 //   - Claim the key. A done key is a duplicate: the message is acked with no
-//     effect (OnDuplicate, State AlreadyDone). A key claimed by another
+//     effect (Observer.Duplicate, State AlreadyDone). A key claimed by another
 //     delivery makes the message wait, with backoff and without spending
-//     retry attempts, until that claim ends (OnWait, once): duplicates never
+//     retry attempts, until that claim ends (Observer.DedupWaited, once): duplicates never
 //     run concurrently. The wait ends early only when the message's context
 //     ends; it then returns [ErrInProgress] (wrapping the context's error)
 //     and the message is nacked.
@@ -181,12 +175,15 @@ func Dedup(cfg DedupConfig) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		d := newDedup(cfg)
 		if d.mem != nil {
+			// A MemoryStore: no contexts, no owner strings, no heartbeat.
 			return func(msg *message.Message) ([]*message.Message, error) {
-				key, err := d.key(msg)
-				if err != nil {
+				c, run, err := d.claimMemory(msg)
+				if !run {
 					return nil, err
 				}
-				return d.handleMemory(h, msg, key)
+				defer c.releaseIfHeld() // the handler panicked: do not hold the claim for ever
+				out, err := h(msg)
+				return c.settle(out, err)
 			}
 		}
 		return func(msg *message.Message) ([]*message.Message, error) {
@@ -235,7 +232,6 @@ type dedupKeyError struct{ err error }
 func (e *dedupKeyError) Error() string     { return "middleware: dedup key: " + e.err.Error() }
 func (e *dedupKeyError) Unwrap() error     { return e.err }
 func (e *dedupKeyError) ErrorType() string { return ReasonDedupKey }
-func (e *dedupKeyError) Permanent() bool   { return true }
 
 var errEmptyKey = errors.New("empty key")
 
@@ -244,14 +240,14 @@ func (d *dedup) key(msg *message.Message) (string, error) {
 	if d.cfg.Key != nil {
 		k, err := d.cfg.Key(msg)
 		if err != nil {
-			return "", &dedupKeyError{err}
+			return "", Permanent(&dedupKeyError{err})
 		}
 		key = k
 	} else {
 		key = msg.UUID
 	}
 	if key == "" {
-		return "", &dedupKeyError{errEmptyKey}
+		return "", Permanent(&dedupKeyError{errEmptyKey})
 	}
 	if d.private {
 		return key, nil
@@ -319,8 +315,8 @@ func (d *dedup) handle(h message.HandlerFunc, msg *message.Message) ([]*message.
 }
 
 func (d *dedup) storeError(msg *message.Message, key, op string, err error) {
-	if d.cfg.OnStoreError != nil {
-		d.cfg.OnStoreError(DedupInfo{Message: msg, Key: key, Op: op, Err: err})
+	if d.cfg.Observer != nil {
+		d.cfg.Observer.DedupStoreFailed(DedupInfo{Message: msg, Key: key, Op: op, Err: err})
 	}
 }
 
@@ -330,52 +326,72 @@ func (d *dedup) storeError(msg *message.Message, key, op string, err error) {
 // behind, and a slow handler keeps it without renewals.
 const heldLease = time.Duration(math.MaxInt64)
 
-// handleMemory is handle for a [MemoryStore]: no contexts, no owner
-// strings, one map lookup per message.
-func (d *dedup) handleMemory(h message.HandlerFunc, msg *message.Message, key string) (out []*message.Message, err error) {
+// memClaim is a claim [Dedup] holds in its [MemoryStore] while the
+// handler runs.
+type memClaim struct {
+	d     *dedup
+	key   string
+	slot  int
+	token uint64
+	held  bool
+}
+
+// claimMemory claims msg's key in d's MemoryStore. run reports whether the
+// handler runs under the claim c; when not, err is the message's outcome
+// (nil for a duplicate).
+func (d *dedup) claimMemory(msg *message.Message) (c memClaim, run bool, err error) {
+	key, err := d.key(msg)
+	if err != nil {
+		return c, false, err
+	}
 	token := ownerSeq.Add(1)
-	state, slot := d.mem.claim(key, "", token, monoNow(), heldLease)
+	state, slot := d.mem.claim(key, "", token, heldLease)
 	if state == InProgress {
 		if state, slot, err = d.waitMemory(msg, key, token); err != nil {
-			return nil, err
+			return c, false, err
 		}
 	}
 	if state != Claimed {
-		return d.duplicate(msg, key, state)
+		_, err = d.duplicate(msg, key, state)
+		return c, false, err
 	}
-	settled := false
-	defer func() {
-		if !settled { // the handler panicked: do not hold the claim for ever
-			d.mem.release(key, slot, "", token)
-		}
-	}()
-	out, err = h(msg)
-	settled = true
+	return memClaim{d: d, key: key, slot: slot, token: token, held: true}, true, nil
+}
+
+// settle commits the claim after the handler's success, or releases it
+// after its failure, and returns the outcome.
+func (c *memClaim) settle(out []*message.Message, err error) ([]*message.Message, error) {
+	c.held = false
 	if err != nil {
-		d.mem.release(key, slot, "", token)
+		c.d.mem.release(c.key, c.slot, "", c.token)
 		return nil, err
 	}
-	d.mem.commit(key, slot, d.cfg.TTL)
+	c.d.mem.commit(c.key, c.slot, c.d.cfg.TTL)
 	return out, nil
+}
+
+// releaseIfHeld releases the claim unless settle ran.
+func (c *memClaim) releaseIfHeld() {
+	if c.held {
+		c.d.mem.release(c.key, c.slot, "", c.token)
+	}
 }
 
 // waitMemory is wait for a [MemoryStore] claim by token; it returns the
 // final state and the key's slot.
-//
-//go:noinline
 func (d *dedup) waitMemory(msg *message.Message, key string, token uint64) (ClaimState, int, error) {
 	var slot int
 	state, err := d.wait(msg, key, func() (ClaimState, error) {
 		var st ClaimState
-		st, slot = d.mem.claim(key, "", token, monoNow(), heldLease)
+		st, slot = d.mem.claim(key, "", token, heldLease)
 		return st, nil
 	})
 	return state, slot, err
 }
 
 func (d *dedup) duplicate(msg *message.Message, key string, state ClaimState) ([]*message.Message, error) {
-	if d.cfg.OnDuplicate != nil {
-		d.cfg.OnDuplicate(DedupInfo{Message: msg, Key: key, State: state})
+	if d.cfg.Observer != nil {
+		d.cfg.Observer.Duplicate(DedupInfo{Message: msg, Key: key, State: state})
 	}
 	if state == InProgress {
 		return nil, ErrInProgress
@@ -397,8 +413,8 @@ const (
 // other than InProgress, or [ErrInProgress] wrapping the context's error
 // when msg's context ends first.
 func (d *dedup) wait(msg *message.Message, key string, claim func() (ClaimState, error)) (ClaimState, error) {
-	if d.cfg.OnWait != nil {
-		d.cfg.OnWait(DedupInfo{Message: msg, Key: key, State: InProgress})
+	if d.cfg.Observer != nil {
+		d.cfg.Observer.DedupWaited(DedupInfo{Message: msg, Key: key, State: InProgress})
 	}
 	ctx := msg.Context()
 	maxWait := min(d.renewEvery(), dedupWaitMax)
@@ -437,7 +453,7 @@ type beat struct {
 	err   error // the first renewal failure; read after done is closed
 }
 
-// ErrClaimLost is what [DedupConfig].OnStoreError receives (Op "renew")
+// ErrClaimLost is what [Observer].DedupStoreFailed receives (Op "renew")
 // when a renewal found that the handler's claim was no longer its own: its
 // renewals had failed for longer than the lease, and another delivery of
 // the message may have run concurrently.

@@ -18,7 +18,7 @@ func TestDedupAcksDuplicatesWithoutEffect(t *testing.T) {
 	var hits []middleware.DedupInfo
 	effects := 0
 	h := middleware.Dedup(middleware.DedupConfig{
-		OnDuplicate: func(i middleware.DedupInfo) { hits = append(hits, i) },
+		Observer: observer{duplicate: func(i middleware.DedupInfo) { hits = append(hits, i) }},
 	})(func(*message.Message) ([]*message.Message, error) {
 		effects++
 		return []*message.Message{message.NewMessage("out", nil)}, nil
@@ -104,9 +104,11 @@ func TestDedupConcurrentDuplicatesDoNotRunTogether(t *testing.T) {
 				var running, maxRunning, effects, waits, dups atomic.Int32
 				release := make(chan struct{})
 				h := middleware.Dedup(middleware.DedupConfig{
-					Store:       store,
-					OnWait:      func(middleware.DedupInfo) { waits.Add(1) },
-					OnDuplicate: func(middleware.DedupInfo) { dups.Add(1) },
+					Store: store,
+					Observer: observer{
+						dedupWaited: func(middleware.DedupInfo) { waits.Add(1) },
+						duplicate:   func(middleware.DedupInfo) { dups.Add(1) },
+					},
 				})(func(*message.Message) ([]*message.Message, error) {
 					n := running.Add(1)
 					if n > maxRunning.Load() {
@@ -124,7 +126,7 @@ func TestDedupConcurrentDuplicatesDoNotRunTogether(t *testing.T) {
 					wg.Go(func() { _, errs[i] = h(newMsg("same", "")) })
 				}
 				synctest.Wait()
-				// The duplicates wait (one OnWait each) for the first to end.
+				// The duplicates wait (one DedupWaited each) for the first to end.
 				if waits.Load() != n-1 {
 					t.Errorf("%d waits, want %d", waits.Load(), n-1)
 				}
@@ -148,7 +150,7 @@ func TestDedupConcurrentDuplicatesDoNotRunTogether(t *testing.T) {
 type storeOnly struct{ middleware.DedupStore }
 
 // A message whose claim was left by a crashed owner waits, without error
-// and with one OnWait, until the lease runs out, then is processed.
+// and with one DedupWaited, until the lease runs out, then is processed.
 func TestDedupWaitsForACrashedOwnersLease(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		store := storeOnly{middleware.NewMemoryStore(middleware.MemoryStoreConfig{})}
@@ -160,7 +162,7 @@ func TestDedupWaitsForACrashedOwnersLease(t *testing.T) {
 		waits, calls := 0, 0
 		h := middleware.Dedup(middleware.DedupConfig{
 			Store: store, Namespace: "ns", Lease: lease,
-			OnWait: func(middleware.DedupInfo) { waits++ },
+			Observer: observer{dedupWaited: func(middleware.DedupInfo) { waits++ }},
 		})(func(*message.Message) ([]*message.Message, error) {
 			calls++
 			return nil, nil
@@ -185,7 +187,7 @@ func TestDedupHeartbeatKeepsASlowHandlersClaim(t *testing.T) {
 		var running, maxRunning atomic.Int32
 		h := middleware.Dedup(middleware.DedupConfig{
 			Store: store, Namespace: "ns", Lease: lease,
-			OnStoreError: func(i middleware.DedupInfo) { storeErrs = append(storeErrs, i.Err) },
+			Observer: observer{storeFailed: func(i middleware.DedupInfo) { storeErrs = append(storeErrs, i.Err) }},
 		})(func(*message.Message) ([]*message.Message, error) {
 			if n := running.Add(1); n > maxRunning.Load() {
 				maxRunning.Store(n)
@@ -223,7 +225,7 @@ func TestDedupReportsALostClaim(t *testing.T) {
 		var infos []middleware.DedupInfo
 		h := middleware.Dedup(middleware.DedupConfig{
 			Store: store, Namespace: "ns", Lease: time.Second,
-			OnStoreError: func(i middleware.DedupInfo) { infos = append(infos, i) },
+			Observer: observer{storeFailed: func(i middleware.DedupInfo) { infos = append(infos, i) }},
 		})(func(*message.Message) ([]*message.Message, error) {
 			// Another owner takes the claim over (as after a long pause).
 			if err := store.Commit(context.Background(), "ns/u1", time.Hour); err != nil {
@@ -297,8 +299,8 @@ func TestDedupSharedStoreIsNamespacedPerHandler(t *testing.T) {
 	store := middleware.NewMemoryStore(middleware.MemoryStoreConfig{})
 	var keys []string
 	mw := middleware.Dedup(middleware.DedupConfig{
-		Store:       store,
-		OnDuplicate: func(i middleware.DedupInfo) { keys = append(keys, i.Key) },
+		Store:    store,
+		Observer: observer{duplicate: func(i middleware.DedupInfo) { keys = append(keys, i.Key) }},
 	})
 	calls := 0
 	count := func(*message.Message) ([]*message.Message, error) { calls++; return nil, nil }

@@ -37,10 +37,11 @@
 //   - [Throttle] limits rate (token bucket) and concurrency per handler.
 //   - [Timeout] bounds each attempt; [Recover] turns panics into errors.
 //
-// Hooks (OnRetry, OnDeadLetter, OnDuplicate, OnStoreError, OnWait,
-// OnStateChange) observe; they never change outcomes. Telemetry uses them to
-// count retries, dead letters, dedup hits and waits, throttle waits and
-// breaker states.
+// An [Observer] (each step's config has one, and [StackConfig].Observer
+// is given to every step without its own) is told what the steps did; it
+// never changes outcomes. Busline's telemetry implements it to count
+// retries, dead letters, dedup hits and waits, throttle waits and breaker
+// states.
 //
 // # Ordering
 //
@@ -84,11 +85,11 @@
 //
 // Errors are classified, not matched by text:
 //
-//   - permanent: [Permanent](err), or any error with a Permanent() bool
-//     method returning true (schema errors): no retries, straight to the
+//   - permanent: [Permanent](err), or a *schema.Error (bad input): no
+//     retries, straight to the
 //     dead-letter topic; counts as a success for the breaker (the dependency
 //     answered).
-//   - redelivery ([IsRedelivery]): context cancellation, breaker rejection,
+//   - redelivery ([IsRedelivery]): [Redeliver](err), context cancellation, breaker rejection,
 //     [ErrInProgress], [*DedupStoreError]: never dead-lettered, never counted
 //     by the breaker; the message is nacked and comes back.
 //   - transient: everything else: retried, then dead-lettered; counted as

@@ -7,11 +7,15 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/busline/busline/schema"
 )
 
 // Permanent marks err as permanent: retrying cannot help, so the retry
 // middleware gives up at once and the dead-letter middleware moves the
-// message to its dead-letter destination. Permanent(nil) is nil.
+// message to its dead-letter destination. Permanent(nil) is nil. With
+// [Redeliver] it is the vocabulary of error classes: everything else is
+// transient.
 func Permanent(err error) error {
 	if err == nil {
 		return nil
@@ -30,16 +34,36 @@ func (e *PermanentError) Error() string { return e.Err.Error() }
 // Unwrap returns the wrapped error.
 func (e *PermanentError) Unwrap() error { return e.Err }
 
-// Permanent reports true: it marks the error as not worth retrying.
-func (e *PermanentError) Permanent() bool { return true }
-
 // IsPermanent reports whether err, or any error it wraps, is permanent: made
-// by [Permanent] or of a type with a Permanent() bool method that returns
-// true (schema errors are such types).
+// by [Permanent], or a *schema.Error (bad input: undecodable payload,
+// unknown type or version, malformed envelope).
 func IsPermanent(err error) bool {
-	var p interface{ Permanent() bool }
-	return errors.As(err, &p) && p.Permanent()
+	var p *PermanentError
+	var s *schema.Error
+	return errors.As(err, &p) || errors.As(err, &s)
 }
+
+// Redeliver marks err as a reason to nack the message for a later
+// redelivery: [DeadLetter] never dead-letters it and [Breaker] does not
+// count it ([IsRedelivery]); [Retry] retries it like a transient error
+// first. Redeliver(nil) is nil.
+func Redeliver(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &RedeliveryError{Err: err}
+}
+
+// RedeliveryError is the error [Redeliver] returns.
+type RedeliveryError struct {
+	Err error
+}
+
+// Error returns the wrapped error's text.
+func (e *RedeliveryError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the wrapped error.
+func (e *RedeliveryError) Unwrap() error { return e.Err }
 
 // Reason codes the middleware uses as dead-letter reasons and error types
 // (busline_dlq_reason, the OpenTelemetry error.type attribute) when an error
@@ -85,15 +109,12 @@ func ErrorType(err error) string {
 	return ReasonHandlerError
 }
 
-// redeliverer is implemented by errors that must make the router nack the
-// message for a later redelivery and must never be dead-lettered.
-type redeliverer interface{ Redeliver() bool }
-
 // IsRedelivery reports whether err asks for the message to be nacked and
-// delivered again later rather than dead-lettered: context cancellation
-// (shutdown), a message the circuit breaker did not let through,
-// [ErrInProgress] (a concurrent duplicate) and [DedupStoreError] (the dedup
-// store failed; dedup fails closed). [DeadLetter] passes such errors through.
+// delivered again later rather than dead-lettered: made by [Redeliver],
+// context cancellation (shutdown), a message the circuit breaker did not
+// let through, [ErrInProgress] (a concurrent duplicate) and
+// [DedupStoreError] (the dedup store failed; dedup fails closed).
+// [DeadLetter] passes such errors through.
 func IsRedelivery(err error) bool {
 	if err == nil {
 		return false
@@ -101,11 +122,10 @@ func IsRedelivery(err error) bool {
 	if errors.Is(err, context.Canceled) {
 		return true
 	}
-	var r redeliverer
-	if errors.As(err, &r) && r.Redeliver() {
-		return true
-	}
-	return errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests)
+	var r *RedeliveryError
+	var d *DedupStoreError
+	return errors.As(err, &r) || errors.Is(err, ErrInProgress) || errors.As(err, &d) ||
+		errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests)
 }
 
 // PanicError is the error [Recover] returns for a panicking handler. Its
@@ -181,7 +201,6 @@ type inProgressError struct{}
 
 func (inProgressError) Error() string     { return "middleware: duplicate message in progress" }
 func (inProgressError) ErrorType() string { return "dedup_in_progress" }
-func (inProgressError) Redeliver() bool   { return true }
 
 // DedupStoreError is returned by [Dedup] when its store fails to claim a
 // key: dedup fails closed, so the message is nacked for a later redelivery
@@ -203,6 +222,3 @@ func (e *DedupStoreError) Unwrap() error { return e.Err }
 
 // ErrorType returns "dedup_store".
 func (e *DedupStoreError) ErrorType() string { return "dedup_store" }
-
-// Redeliver reports true: a store failure is retried by redelivery.
-func (e *DedupStoreError) Redeliver() bool { return true }

@@ -8,6 +8,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"go.uber.org/goleak"
+
+	"github.com/busline/busline/middleware"
 )
 
 func TestMain(m *testing.M) {
@@ -54,3 +56,57 @@ var errTransient = errors.New("transient")
 
 // ok is a no-op handler.
 func ok(*message.Message) ([]*message.Message, error) { return nil, nil }
+
+// observer is a middleware.Observer whose methods call the funcs set.
+type observer struct {
+	middleware.NopObserver
+	retried      func(middleware.RetryInfo)
+	deadLettered func(middleware.DeadLetterInfo)
+	duplicate    func(middleware.DedupInfo)
+	dedupWaited  func(middleware.DedupInfo)
+	storeFailed  func(middleware.DedupInfo)
+	throttled    func(middleware.ThrottleInfo)
+	breaker      func(middleware.BreakerInfo)
+}
+
+func (o observer) Retried(i middleware.RetryInfo) {
+	if o.retried != nil {
+		o.retried(i)
+	}
+}
+
+func (o observer) DeadLettered(i middleware.DeadLetterInfo) {
+	if o.deadLettered != nil {
+		o.deadLettered(i)
+	}
+}
+
+func (o observer) Duplicate(i middleware.DedupInfo) {
+	if o.duplicate != nil {
+		o.duplicate(i)
+	}
+}
+
+func (o observer) DedupWaited(i middleware.DedupInfo) {
+	if o.dedupWaited != nil {
+		o.dedupWaited(i)
+	}
+}
+
+func (o observer) DedupStoreFailed(i middleware.DedupInfo) {
+	if o.storeFailed != nil {
+		o.storeFailed(i)
+	}
+}
+
+func (o observer) Throttled(i middleware.ThrottleInfo) {
+	if o.throttled != nil {
+		o.throttled(i)
+	}
+}
+
+func (o observer) BreakerChanged(i middleware.BreakerInfo) {
+	if o.breaker != nil {
+		o.breaker(i)
+	}
+}

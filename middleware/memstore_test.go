@@ -2,6 +2,7 @@ package middleware_test
 
 import (
 	"context"
+	"math"
 	"strconv"
 	"testing"
 	"testing/synctest"
@@ -53,4 +54,23 @@ func TestMemoryStoreExpiresLazily(t *testing.T) {
 			t.Errorf("at lease end: %v", st)
 		}
 	})
+}
+
+// A lease or TTL too long to add to the clock (math.MaxInt64) never
+// expires, instead of expiring at once.
+func TestMemoryStoreForEver(t *testing.T) {
+	ctx := context.Background()
+	s := middleware.NewMemoryStore(middleware.MemoryStoreConfig{})
+	if st, _ := s.Claim(ctx, "k", "o", math.MaxInt64); st != middleware.Claimed {
+		t.Fatal(st)
+	}
+	if st, _ := s.Claim(ctx, "k", "p", time.Minute); st != middleware.InProgress {
+		t.Errorf("second Claim under an endless lease = %v, want InProgress", st)
+	}
+	if err := s.Commit(ctx, "k", math.MaxInt64); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := s.Claim(ctx, "k", "p", time.Minute); st != middleware.AlreadyDone {
+		t.Errorf("Claim after an endless TTL = %v, want AlreadyDone", st)
+	}
 }

@@ -1,6 +1,7 @@
 package middleware
 
 import (
+	"context"
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
@@ -28,8 +29,9 @@ const (
 // after a delay rather than at once: brokers redeliver a nacked message
 // immediately (RabbitMQ requeues it, Kafka's subscriber loops on it, the
 // in-process broker resends it), which turns a persistent failure into a hot
-// loop. While it waits the message stays unacked, which also pauses
-// consumption of its partition or queue.
+// loop. It is Busline's one nack delay: the brokers and [DeadLetter] do not
+// wait on their own. While it waits the message stays unacked, which also
+// pauses consumption of its partition or queue.
 //
 // The wait grows while errors repeat: InitialDelay doubled per consecutive
 // error this middleware instance saw (across messages), capped at MaxDelay,
@@ -83,8 +85,6 @@ func (n *nackDelay) succeeded() {
 }
 
 // failed waits before an error escapes, unless msg's context is done.
-//
-//go:noinline
 func (n *nackDelay) failed(msg *message.Message) {
 	ctx := msg.Context()
 	if ctx.Err() != nil {
@@ -101,4 +101,14 @@ func (n *nackDelay) failed(msg *message.Message) {
 	d = min(d, n.cfg.MaxDelay)
 	d = time.Duration(float64(d) * (0.75 + 0.5*rand.Float64()))
 	sleep(ctx, d)
+}
+
+// sleep waits d or until ctx is done, whichever comes first.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }

@@ -41,3 +41,84 @@ func (NopObserver) BreakerChanged(BreakerInfo) {}
 
 // Redelivered does nothing.
 func (NopObserver) Redelivered(RedeliveryInfo) {}
+
+// observerOr returns o, or def when o is nil (a step's own Observer wins
+// over the stack's).
+func observerOr(o, def Observer) Observer {
+	if o != nil {
+		return o
+	}
+	return def
+}
+
+// Observers returns an [Observer] that tells each of obs, in order; nil
+// ones are left out (Observers() and Observers(nil) are nil).
+func Observers(obs ...Observer) Observer {
+	var all multiObserver
+	for _, o := range obs {
+		switch o := o.(type) {
+		case nil:
+		case multiObserver:
+			all = append(all, o...)
+		default:
+			all = append(all, o)
+		}
+	}
+	switch len(all) {
+	case 0:
+		return nil
+	case 1:
+		return all[0]
+	}
+	return all
+}
+
+type multiObserver []Observer
+
+func (m multiObserver) Retried(i RetryInfo) {
+	for _, o := range m {
+		o.Retried(i)
+	}
+}
+
+func (m multiObserver) DeadLettered(i DeadLetterInfo) {
+	for _, o := range m {
+		o.DeadLettered(i)
+	}
+}
+
+func (m multiObserver) Duplicate(i DedupInfo) {
+	for _, o := range m {
+		o.Duplicate(i)
+	}
+}
+
+func (m multiObserver) DedupWaited(i DedupInfo) {
+	for _, o := range m {
+		o.DedupWaited(i)
+	}
+}
+
+func (m multiObserver) DedupStoreFailed(i DedupInfo) {
+	for _, o := range m {
+		o.DedupStoreFailed(i)
+	}
+}
+
+func (m multiObserver) Throttled(i ThrottleInfo) {
+	for _, o := range m {
+		o.Throttled(i)
+	}
+}
+
+func (m multiObserver) BreakerChanged(i BreakerInfo) {
+	for _, o := range m {
+		o.BreakerChanged(i)
+	}
+}
+
+func (m multiObserver) Redelivered(i RedeliveryInfo) {
+	for _, o := range m {
+		o.Redelivered(i)
+	}
+}

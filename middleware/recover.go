@@ -13,18 +13,13 @@ import (
 // every middleware outside it sees an ordinary error.
 func Recover() message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
-		return func(msg *message.Message) ([]*message.Message, error) {
-			return protect(h, msg)
+		return func(msg *message.Message) (out []*message.Message, err error) {
+			defer func() {
+				if v := recover(); v != nil {
+					out, err = nil, &PanicError{Value: v, Stack: debug.Stack()}
+				}
+			}()
+			return h(msg)
 		}
 	}
-}
-
-// protect runs h, turning a panic into a [*PanicError].
-func protect(h message.HandlerFunc, msg *message.Message) (out []*message.Message, err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			out, err = nil, &PanicError{Value: v, Stack: debug.Stack()}
-		}
-	}()
-	return h(msg)
 }

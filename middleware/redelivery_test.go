@@ -36,7 +36,7 @@ func (d *delayedTier) Redeliver(_ context.Context, m *message.Message, delay tim
 
 func redeliveryStack(pub message.Publisher, tier *delayedTier, maxTotal time.Duration, h message.HandlerFunc) message.HandlerFunc {
 	dl := middleware.DeadLetter(middleware.DeadLetterConfig{
-		Publisher: pub, Topic: "dlq", NackDelay: -1,
+		Publisher: pub, Topic: "dlq",
 		Redelivery: middleware.RedeliveryConfig{Redeliverer: tier, Delays: []time.Duration{time.Second, time.Minute}, MaxTotal: maxTotal},
 	})
 	return dl(middleware.Retry(middleware.RetryConfig{MaxAttempts: 2, InitialInterval: time.Nanosecond, RandomizationFactor: -1})(h))

@@ -31,13 +31,12 @@ type RetryConfig struct {
 	// its wait would end later than this after the first attempt began.
 	// Zero means 1 minute; negative means no time bound.
 	MaxElapsedTime time.Duration
-	// OnRetry, when set, is called before each wait with what happened. It
-	// observes only (telemetry counts retries with it). It runs on the
-	// handler goroutine and must not block.
-	OnRetry func(RetryInfo)
+	// Observer, when set, is told of each retry (Retried, before its
+	// wait). Nil means none.
+	Observer Observer
 }
 
-// RetryInfo describes one retry for [RetryConfig].OnRetry.
+// RetryInfo describes one retry for [Observer].Retried.
 type RetryInfo struct {
 	// Message is the message being handled.
 	Message *message.Message
@@ -104,8 +103,8 @@ func (c RetryConfig) withDefaults() RetryConfig {
 // (cenkalti/backoff/v5) between attempts, within MaxAttempts and
 // MaxElapsedTime.
 //
-//   - A [Permanent] error (or any error whose Permanent() is true) is
-//     returned at once, without retries.
+//   - A permanent error ([IsPermanent]: made by [Permanent], or a schema
+//     error) is returned at once, without retries.
 //   - A redelivery error ([IsRedelivery]: a concurrent duplicate, a failed
 //     dedup store) is retried like a transient error.
 //   - When the message's context is cancelled (shutdown), Retry stops at
@@ -130,12 +129,12 @@ func Retry(cfg RetryConfig) message.HandlerMiddleware {
 			if err == nil {
 				return out, nil
 			}
-			return retryAfterFailure(cfg, h, msg, err)
+			return retryAfterFailure(&cfg, h, msg, err)
 		}
 	}
 }
 
-func retryAfterFailure(cfg RetryConfig, h message.HandlerFunc, msg *message.Message, err error) ([]*message.Message, error) {
+func retryAfterFailure(cfg *RetryConfig, h message.HandlerFunc, msg *message.Message, err error) ([]*message.Message, error) {
 	orig := msg.Context()
 	first := time.Now()
 	last := first
@@ -164,8 +163,8 @@ func retryAfterFailure(cfg RetryConfig, h message.HandlerFunc, msg *message.Mess
 		if cfg.MaxElapsedTime > 0 && time.Since(first)+delay > cfg.MaxElapsedTime {
 			break
 		}
-		if cfg.OnRetry != nil {
-			cfg.OnRetry(RetryInfo{Message: msg, Attempt: attempt, Err: err, Delay: delay})
+		if cfg.Observer != nil {
+			cfg.Observer.Retried(RetryInfo{Message: msg, Attempt: attempt, Err: err, Delay: delay})
 		}
 		if timer == nil {
 			timer = time.NewTimer(delay)

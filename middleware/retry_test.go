@@ -19,7 +19,7 @@ func TestRetrySucceedsAfterTransientFailures(t *testing.T) {
 		var infos []middleware.RetryInfo
 		h := middleware.Retry(middleware.RetryConfig{
 			InitialInterval: 100 * time.Millisecond,
-			OnRetry:         func(i middleware.RetryInfo) { infos = append(infos, i) },
+			Observer:        observer{retried: func(i middleware.RetryInfo) { infos = append(infos, i) }},
 		})(func(m *message.Message) ([]*message.Message, error) {
 			attempts = append(attempts, middleware.AttemptFromContext(m.Context()))
 			starts = append(starts, time.Now())
@@ -42,7 +42,7 @@ func TestRetrySucceedsAfterTransientFailures(t *testing.T) {
 				t.Errorf("gap %d = %v, want in [%v, %v]", i+1, gap, r[0], r[1])
 			}
 			if infos[i].Delay != gap || infos[i].Attempt != i+1 || !errors.Is(infos[i].Err, errTransient) {
-				t.Errorf("OnRetry %d = %+v, gap %v", i, infos[i], gap)
+				t.Errorf("Retried %d = %+v, gap %v", i, infos[i], gap)
 			}
 		}
 	})

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -75,7 +76,7 @@ func TestStackUnderRouter(t *testing.T) {
 		DeadLetter: middleware.DeadLetterConfig{Publisher: pubsub},
 		Retry:      middleware.RetryConfig{MaxAttempts: 3, InitialInterval: time.Millisecond},
 		Dedup: middleware.DedupConfig{
-			OnDuplicate: func(i middleware.DedupInfo) { dupHits <- i.Message.UUID },
+			Observer: observer{duplicate: func(i middleware.DedupInfo) { dupHits <- i.Message.UUID }},
 		},
 	}))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -231,4 +232,40 @@ func TestStackShutdownDoesNotDeadLetter(t *testing.T) {
 	if err := <-stackErrs; !errors.Is(err, context.Canceled) {
 		t.Errorf("stack returned %v, want context.Canceled", err)
 	}
+}
+
+// StackConfig.Observer is told what every step did, unless the step has an
+// Observer of its own.
+func TestStackObserver(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var stackSaw, retrySaw []string
+		stackObs := observer{
+			retried:      func(i middleware.RetryInfo) { stackSaw = append(stackSaw, "retried") },
+			deadLettered: func(i middleware.DeadLetterInfo) { stackSaw = append(stackSaw, "dead-lettered "+i.Reason) },
+			duplicate:    func(i middleware.DedupInfo) { stackSaw = append(stackSaw, "duplicate "+i.Message.UUID) },
+		}
+		h := middleware.Stack(middleware.StackConfig{
+			Observer:   stackObs,
+			DeadLetter: middleware.DeadLetterConfig{Publisher: &recordingPublisher{}, Topic: "dlq"},
+			Retry: middleware.RetryConfig{MaxAttempts: 2, Observer: observer{
+				retried: func(middleware.RetryInfo) { retrySaw = append(retrySaw, "retried") },
+			}},
+		})(func(m *message.Message) ([]*message.Message, error) {
+			if m.UUID == "bad" {
+				return nil, errTransient
+			}
+			return nil, nil
+		})
+		for _, id := range []string{"bad", "ok", "ok"} {
+			if _, err := h(newMsg(id, "")); err != nil {
+				t.Fatalf("%s: %v", id, err)
+			}
+		}
+		if got, want := strings.Join(stackSaw, ", "), "dead-lettered retries_exhausted, duplicate ok"; got != want {
+			t.Errorf("stack observer saw %q, want %q", got, want)
+		}
+		if len(retrySaw) != 1 {
+			t.Errorf("retry's own observer saw %v, want one retry", retrySaw)
+		}
+	})
 }

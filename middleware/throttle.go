@@ -21,14 +21,13 @@ type ThrottleConfig struct {
 	// Concurrency caps how many attempts of the wrapped handler run at
 	// once. Zero means unlimited.
 	Concurrency int
-	// OnWait, when set, is called after an attempt had to wait for a token
-	// or a concurrency slot (telemetry counts throttle waits with it). It is
-	// not called for attempts that started at once. It runs on the handler
-	// goroutine and must not block.
-	OnWait func(ThrottleInfo)
+	// Observer, when set, is told after an attempt had to wait for a token
+	// or a concurrency slot (Throttled), not for attempts that started at
+	// once. Nil means none.
+	Observer Observer
 }
 
-// ThrottleInfo describes a throttle wait for [ThrottleConfig].OnWait.
+// ThrottleInfo describes a throttle wait for [Observer].Throttled.
 type ThrottleInfo struct {
 	// Message is the message that waited.
 	Message *message.Message
@@ -78,14 +77,14 @@ func Throttle(cfg ThrottleConfig) message.HandlerMiddleware {
 					case <-ctx.Done():
 						return nil, ctx.Err()
 					}
-					if cfg.OnWait != nil {
-						cfg.OnWait(ThrottleInfo{Message: msg, Limit: "concurrency", Waited: time.Since(start)})
+					if cfg.Observer != nil {
+						cfg.Observer.Throttled(ThrottleInfo{Message: msg, Limit: "concurrency", Waited: time.Since(start)})
 					}
 				}
 				defer func() { <-sem }()
 			}
 			if lim != nil && !lim.Allow() {
-				if err := waitToken(ctx, lim, msg, cfg.OnWait); err != nil {
+				if err := waitToken(ctx, lim, msg, cfg.Observer); err != nil {
 					return nil, err
 				}
 			}
@@ -94,7 +93,7 @@ func Throttle(cfg ThrottleConfig) message.HandlerMiddleware {
 	}
 }
 
-func waitToken(ctx context.Context, lim *rate.Limiter, msg *message.Message, onWait func(ThrottleInfo)) error {
+func waitToken(ctx context.Context, lim *rate.Limiter, msg *message.Message, obs Observer) error {
 	start := time.Now()
 	if err := lim.Wait(ctx); err != nil {
 		if cerr := ctx.Err(); cerr != nil {
@@ -102,8 +101,8 @@ func waitToken(ctx context.Context, lim *rate.Limiter, msg *message.Message, onW
 		}
 		return fmt.Errorf("middleware: throttle: %w", err)
 	}
-	if onWait != nil {
-		onWait(ThrottleInfo{Message: msg, Limit: "rate", Waited: time.Since(start)})
+	if obs != nil {
+		obs.Throttled(ThrottleInfo{Message: msg, Limit: "rate", Waited: time.Since(start)})
 	}
 	return nil
 }

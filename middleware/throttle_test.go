@@ -19,7 +19,7 @@ func TestThrottleRate(t *testing.T) {
 		var waits []middleware.ThrottleInfo
 		h := middleware.Throttle(middleware.ThrottleConfig{
 			Rate: 10, Burst: 1,
-			OnWait: func(i middleware.ThrottleInfo) { waits = append(waits, i) },
+			Observer: observer{throttled: func(i middleware.ThrottleInfo) { waits = append(waits, i) }},
 		})(ok)
 		start := time.Now()
 		for range 5 {
@@ -41,7 +41,7 @@ func TestThrottleConcurrency(t *testing.T) {
 		var running, maxRunning, waits atomic.Int32
 		h := middleware.Throttle(middleware.ThrottleConfig{
 			Concurrency: 2,
-			OnWait:      func(middleware.ThrottleInfo) { waits.Add(1) },
+			Observer:    observer{throttled: func(middleware.ThrottleInfo) { waits.Add(1) }},
 		})(func(*message.Message) ([]*message.Message, error) {
 			n := running.Add(1)
 			if n > maxRunning.Load() {

@@ -13,17 +13,14 @@ import (
 const DefaultTimeout = 30 * time.Second
 
 // Timeout returns a middleware that gives each handler attempt a context
-// that is cancelled after d. It is cooperative: the handler must watch
-// msg.Context(). When the attempt fails after its deadline passed (and the
-// message's own context is still live, and the error is not permanent), the error becomes a [*TimeoutError]
-// (ErrorType [ReasonTimeout]), which is transient. The message's original
-// context is restored when the attempt ends, so an attempt after it (see
-// [Retry]) starts with a fresh budget. A handler that succeeds after the
-// deadline keeps its success. Timeout panics when d <= 0.
-//
-// The attempt's context behaves like context.WithTimeout's and is cancelled
-// when the attempt ends, but it starts no timer until the handler asks for
-// Done: a handler that never waits on its context pays for no timer.
+// that is cancelled after d (context.WithTimeout), and cancelled when the
+// attempt ends. It is cooperative: the handler must watch msg.Context().
+// When the attempt fails after its deadline passed (and the message's own
+// context is still live, and the error is not permanent), the error becomes
+// a [*TimeoutError] (ErrorType [ReasonTimeout]), which is transient. The
+// message's original context is restored when the attempt ends, so an
+// attempt after it (see [Retry]) starts with a fresh budget. A handler that
+// succeeds after the deadline keeps its success. Timeout panics when d <= 0.
 func Timeout(d time.Duration) message.HandlerMiddleware {
 	if d <= 0 {
 		panic("middleware: Timeout duration must be positive, got " + d.String())
@@ -31,30 +28,22 @@ func Timeout(d time.Duration) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
 			orig := msg.Context()
-			ctx := newAttemptCtx(orig, d)
+			ctx, cancel := context.WithTimeout(orig, d)
 			msg.SetContext(ctx)
 			out, err := h(msg)
-			if err != nil && attemptTimedOut(msg, ctx, orig, err) {
+			cancel() // a context whose deadline passed keeps DeadlineExceeded
+			msg.SetContext(orig)
+			if err != nil && timedOut(ctx, orig, err) {
 				return nil, &TimeoutError{After: d, Err: err}
 			}
-			ctx.cancel(context.Canceled)
-			msg.SetContext(orig)
 			return out, err
 		}
 	}
 }
 
-// attemptTimedOut reports whether the attempt of [Timeout] with context ctx,
-// which failed with err, ran out of time: its deadline passed while the
-// message's own context orig is live, and err is not permanent. When it
-// did, it also ends ctx and restores orig.
-//
-//go:noinline
-func attemptTimedOut(msg *message.Message, ctx *attemptCtx, orig context.Context, err error) bool {
-	if !errors.Is(ctx.Err(), context.DeadlineExceeded) || orig.Err() != nil || IsPermanent(err) {
-		return false
-	}
-	ctx.cancel(context.Canceled)
-	msg.SetContext(orig)
-	return true
+// timedOut reports whether an attempt with context ctx, which failed with
+// err, ran out of time: its deadline passed while the message's own
+// context orig is live, and err is not permanent.
+func timedOut(ctx, orig context.Context, err error) bool {
+	return errors.Is(ctx.Err(), context.DeadlineExceeded) && orig.Err() == nil && !IsPermanent(err)
 }

@@ -98,10 +98,8 @@ func (r *Registry) Encode(ctx context.Context, v any, opts ...MessageOption) (En
 	}
 	if ctx != nil {
 		if parent, ok := EnvelopeFromContext(ctx); ok {
-			env.CorrelationID = parent.CorrelationID
-			if env.CorrelationID == "" {
-				env.CorrelationID = parent.ID
-			}
+			// The parent's correlation: its own id when it carries none.
+			env.CorrelationID = Correlation("", parent.CorrelationID, parent.ID)
 			env.CausationID = parent.ID
 		}
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/internal/ordertest"
+	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
 
@@ -108,8 +109,7 @@ func assertCode(t *testing.T, err error, code string) {
 	if se.Code != code || se.ErrorType() != code {
 		t.Errorf("code = %q, want %q (error %v)", se.Code, code, err)
 	}
-	var p interface{ Permanent() bool }
-	if !errors.As(err, &p) || !p.Permanent() {
+	if !middleware.IsPermanent(err) {
 		t.Errorf("error %v is not permanent", err)
 	}
 }

@@ -97,9 +97,6 @@ func (e *Error) Is(target error) bool {
 	return ok && t.Code == e.Code && t.Type == "" && t.Version == 0 && t.Err == nil
 }
 
-// Permanent reports true: schema errors are never worth retrying.
-func (e *Error) Permanent() bool { return true }
-
 // ErrorType returns Code, the machine-readable reason.
 func (e *Error) ErrorType() string { return e.Code }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
 
@@ -69,7 +70,7 @@ func Example() {
 	schema.Envelope{Source: "/orders-v4", Type: "com.acme.order.created", DataVersion: 4}.Apply(newer)
 	_, _, err = schema.DecodeAs[OrderCreated](r, newer)
 	var se *schema.Error
-	fmt.Println(errors.As(err, &se), se.ErrorType(), se.Permanent(), errors.Is(err, schema.ErrUnknownVersion))
+	fmt.Println(errors.As(err, &se), se.ErrorType(), middleware.IsPermanent(err), errors.Is(err, schema.ErrUnknownVersion))
 	// Output:
 	// {OrderID:o-1 AmountCents:1250 Currency:EUR} from v1, err=<nil>
 	// com.acme.order.created 3 https://schemas.acme.example/events/com.acme.order.created/v3.json

@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/busline/busline/internal/ordertest"
+	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
 
@@ -22,7 +23,7 @@ func checkSchemaError(t *testing.T, err error) {
 		return
 	}
 	var se *schema.Error
-	if !errors.As(err, &se) || !se.Permanent() || se.ErrorType() == "" {
+	if !errors.As(err, &se) || !middleware.IsPermanent(err) || se.ErrorType() == "" {
 		t.Fatalf("error %v (%T) is not a permanent *schema.Error", err, err)
 	}
 }

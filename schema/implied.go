@@ -26,24 +26,56 @@ func CorrelationID(md message.Metadata) string {
 	return md[KeyWatermillCorrelationID]
 }
 
+// Correlation is the rule of correlation, in one place: the correlation
+// id of an event is the one it carries, else the one it inherits from the
+// event being handled when it was made, else its own id (it starts a
+// correlation). The first non-empty of carried, inherited and own.
+func Correlation(carried, inherited, own string) string {
+	switch {
+	case carried != "":
+		return carried
+	case inherited != "":
+		return inherited
+	}
+	return own
+}
+
+// MessageCorrelation returns the correlation id of a message with metadata
+// md and UUID uuid: the one it carries ([CorrelationID]), else its event id
+// (ce_id), else its UUID. A message that carries none starts a
+// correlation of its own.
+func MessageCorrelation(md message.Metadata, uuid string) string {
+	return Correlation(CorrelationID(md), md[KeyID], uuid)
+}
+
 // RestoreCorrelation gives md the correlation id it carries or its event
-// id implies: when md has no ce_correlationid, it becomes Watermill's
-// correlation_id when md has one ([CorrelationID]), else the event id
-// (ce_id). A message that carries no correlation id starts a
-// correlation of its own, named by its event id, which is what Busline's
-// correlation middleware decides for it too (middleware.RootCorrelation);
-// restoring it in the unmarshaler lets everything that reads metadata
-// before the middleware (telemetry, logs, the dead-letter tool) see the
-// same id. An empty correlation id counts as none.
+// id implies ([MessageCorrelation], without a UUID): the unmarshalers apply
+// it so that everything that reads metadata before the handler
+// (telemetry, logs, the dead-letter tool) sees the id the correlation
+// middleware uses. An empty correlation id counts as none.
 func RestoreCorrelation(md message.Metadata) {
 	if md[KeyCorrelationID] != "" {
 		return
 	}
-	if c := md[KeyWatermillCorrelationID]; c != "" {
+	if c := MessageCorrelation(md, ""); c != "" {
 		md[KeyCorrelationID] = c
-		return
 	}
-	if id := md[KeyID]; id != "" {
-		md[KeyCorrelationID] = id
+}
+
+// Inherit gives md, the metadata of a message published while handling the
+// message with correlation id correlationID and id causationID, the ids it
+// inherits, keeping those it carries: ce_correlationid by [Correlation]
+// (what md carries, Watermill's correlation_id included; else
+// correlationID; else own, the id of md's message, which then starts a
+// correlation), and ce_causationid causationID when it is not empty.
+// Outside a handler both are "". md must not be nil.
+func Inherit(md message.Metadata, correlationID, causationID, own string) {
+	if md[KeyCorrelationID] == "" {
+		if c := Correlation(md[KeyWatermillCorrelationID], correlationID, own); c != "" {
+			md[KeyCorrelationID] = c
+		}
+	}
+	if causationID != "" && md[KeyCausationID] == "" {
+		md[KeyCausationID] = causationID
 	}
 }

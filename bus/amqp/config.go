@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"time"
 
 	"github.com/busline/busline/internal/tlsconfig"
 )
@@ -13,7 +12,6 @@ import (
 const (
 	DefaultPrefetch        = 16
 	DefaultChannelPoolSize = 4
-	DefaultNackDelay       = time.Second
 	DefaultConcurrency     = 1
 	DefaultPublishWindow   = 512
 	DefaultQueueType       = QueueTypeClassic
@@ -61,10 +59,6 @@ type Config struct {
 	// messages are published mandatory, and one RabbitMQ cannot route is
 	// returned and reported by Publish as [ErrUnroutable].
 	AllowUnroutable bool
-	// NackDelay is how long a nacked delivery waits before it is requeued.
-	// Zero: 1s. RabbitMQ requeues a nack at once, so a zero delay would be a
-	// hot loop.
-	NackDelay time.Duration
 	// QueueType is the type of every queue the broker declares: the
 	// groups' queues ([QueueName]) and the wait queues of delayed
 	// redelivery ([WaitQueueName]). "classic" or "quorum"; zero: "classic".
@@ -130,9 +124,6 @@ func (c Config) Validate() error {
 	if c.PublishWindow < 0 {
 		errs = append(errs, fmt.Errorf("amqp: publish window %d is negative", c.PublishWindow))
 	}
-	if c.NackDelay < 0 {
-		errs = append(errs, fmt.Errorf("amqp: nack delay %v is negative", c.NackDelay))
-	}
 	switch c.QueueType {
 	case "", QueueTypeClassic, QueueTypeQuorum:
 	default:
@@ -160,9 +151,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PublishWindow == 0 {
 		c.PublishWindow = DefaultPublishWindow
-	}
-	if c.NackDelay == 0 {
-		c.NackDelay = DefaultNackDelay
 	}
 	if c.QueueType == "" {
 		c.QueueType = DefaultQueueType

@@ -3,7 +3,6 @@ package amqp
 import (
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
@@ -23,12 +22,12 @@ func TestMarshalPersistent(t *testing.T) {
 
 func TestDefaults(t *testing.T) {
 	c := Config{}.withDefaults()
-	want := Config{Prefetch: 16, Concurrency: 1, ChannelPoolSize: 4, PublishWindow: 512, NackDelay: time.Second, QueueType: QueueTypeClassic}
+	want := Config{Prefetch: 16, Concurrency: 1, ChannelPoolSize: 4, PublishWindow: 512, QueueType: QueueTypeClassic}
 	if c != want {
 		t.Errorf("defaults %+v, want %+v", c, want)
 	}
-	c = Config{Prefetch: 1, Concurrency: 1, ChannelPoolSize: 2, PublishWindow: 8, NackDelay: time.Minute}.withDefaults()
-	if c.Prefetch != 1 || c.ChannelPoolSize != 2 || c.PublishWindow != 8 || c.NackDelay != time.Minute {
+	c = Config{Prefetch: 1, Concurrency: 1, ChannelPoolSize: 2, PublishWindow: 8}.withDefaults()
+	if c.Prefetch != 1 || c.ChannelPoolSize != 2 || c.PublishWindow != 8 {
 		t.Errorf("set fields overridden: %+v", c)
 	}
 	// The prefetch follows a concurrency above the default prefetch.

@@ -31,7 +31,7 @@ func TestPubSubConformance(t *testing.T) {
 	tp := newTopology(t)
 	tp.group(defaultGroup)
 	constructor := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
-		b := newBroker(t, amqp.Config{NackDelay: 10 * time.Millisecond})
+		b := newBroker(t, amqp.Config{})
 		sub, err := b.Subscriber(tp.group(group))
 		if err != nil {
 			t.Fatal(err)
@@ -75,7 +75,7 @@ func TestInteropConformanceReconnect(t *testing.T) {
 		t.Skip("TestReconnect publishes 10,000 messages")
 	}
 	tp := newTopology(t)
-	b, px := proxiedBroker(t, amqp.Config{NackDelay: 10 * time.Millisecond})
+	b, px := proxiedBroker(t, amqp.Config{})
 	topic, group := tp.topic("reconnect-suite"), tp.group("g")
 	ctx := bustest.Context(t, 2*time.Minute)
 	if err := b.Prepare(ctx, topic, group); err != nil {

@@ -86,15 +86,10 @@
 //     holds at most Prefetch (default: the larger of [DefaultPrefetch] and
 //     Concurrency) unacknowledged deliveries, those in the handlers
 //     included; Prefetch below Concurrency is a configuration error.
-//   - Nack delay: RabbitMQ requeues a nacked delivery at once, which makes a
-//     failing message a hot loop. Here a Nack waits NackDelay (default
-//     [DefaultNackDelay]) before the delivery is returned to the queue. The
-//     subscription holds the delivery meanwhile and hands out nothing else,
-//     so order within the subscription is kept and a failing message slows
-//     only its own subscription (and the deliveries it has prefetched).
-//     It is a floor that holds for every nack, also those the router makes
-//     outside the middleware stack; a backoff in the handler's middleware
-//     (middleware.NackDelay) adds to it.
+//   - Nack: RabbitMQ requeues a nacked delivery at once. The bus's
+//     middleware stack waits before it nacks (middleware.NackDelay, the one
+//     nack delay), holding the delivery, so a failing message is no hot
+//     loop and slows only its own subscription.
 //   - Tolerant marshaler: unmarshalling never fails. Headers of any AMQP
 //     type (RabbitMQ's x-death table on dead-lettered messages, integers,
 //     booleans and timestamps from other producers) become string metadata,
@@ -139,11 +134,10 @@
 //
 // Cancelling the context given to Subscribe stops fetching: no further
 // message is handed out and the messages channel is closed; the messages
-// being processed may still be acked (a nack returns them at once,
-// without the delay), then the AMQP channel is closed, which returns what
-// it prefetched. Closing a subscriber returns its in-flight deliveries to the
-// queue at once, also one waiting out a nack delay, and closes its
-// channels; Close never waits for a nack delay or for a reader. The bus
+// being processed may still be acked (a nack returns them at once), then
+// the AMQP channel is closed, which returns what it prefetched. Closing a
+// subscriber returns its in-flight deliveries to the queue at once and
+// closes its channels; Close never waits for a reader. The bus
 // closes subscribers and the publisher before [Broker.Close], which closes
 // whatever is left and then the connection.
 package amqp

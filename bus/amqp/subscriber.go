@@ -18,17 +18,15 @@ import (
 // has its own channel (prefetch Config.Prefetch) and one goroutine that
 // hands deliveries out while fewer than Config.Concurrency handed-out
 // messages are unsettled; each handed-out message gets a goroutine that
-// waits for its ack or nack and settles the delivery (a nack after the
-// nack delay). Close ends them all, and every wait in them selects on the
-// close signal, so Close never waits for a nack delay nor for a reader
-// that stopped reading (the trap of Watermill's
+// waits for its ack or nack and settles the delivery. Close ends them
+// all, and every wait in them selects on the close signal, so Close never
+// waits for a reader that stopped reading (the trap of Watermill's
 // MessageTransformSubscriberDecorator).
 type subscriber struct {
 	b           *Broker
 	group       string
 	concurrency int
 	prefetch    int
-	nackDelay   time.Duration
 	logger      watermill.LoggerAdapter
 
 	closing   chan struct{}
@@ -52,7 +50,6 @@ func newSubscriber(b *Broker, group string) *subscriber {
 		group:       group,
 		concurrency: b.cfg.Concurrency,
 		prefetch:    b.cfg.Prefetch,
-		nackDelay:   b.cfg.NackDelay,
 		logger:      b.logger,
 		closing:     make(chan struct{}),
 	}
@@ -96,8 +93,8 @@ func (s *subscriber) SubscribeInitialize(topic string) error {
 	return nil
 }
 
-// Close stops every subscription: deliveries in flight (also those waiting
-// out a nack delay) go back to the queue at once, and every channel
+// Close stops every subscription: deliveries in flight go back to the
+// queue at once, and every channel
 // returned by Subscribe is closed. Close is idempotent.
 func (s *subscriber) Close() error {
 	s.closeOnce.Do(func() {
@@ -322,7 +319,7 @@ func (sub *subscription) isClosing() bool {
 }
 
 // settle acks or nacks d the way the reader settled msg, then frees its
-// place. A nack waits the nack delay first, unless the subscription ends.
+// place. A nack requeues d at once (the stack waited before it nacked).
 // When the subscriber closes first, d goes back to the queue at once.
 func (sub *subscription) settle(a *acker, d amqp091.Delivery, msg *message.Message, cancel context.CancelFunc) {
 	defer sub.wg.Done()
@@ -333,7 +330,6 @@ func (sub *subscription) settle(a *acker, d amqp091.Delivery, msg *message.Messa
 	case <-msg.Acked():
 		a.ack(d.DeliveryTag)
 	case <-msg.Nacked():
-		sub.delay()
 		err = a.nack(d.DeliveryTag)
 	case <-sub.s.closing:
 		// select picks at random among ready cases: an ack that raced the
@@ -347,19 +343,5 @@ func (sub *subscription) settle(a *acker, d amqp091.Delivery, msg *message.Messa
 	}
 	if err != nil && !errors.Is(err, amqp091.ErrClosed) {
 		sub.s.logger.Error("AMQP subscription: settle delivery", err, watermill.LogFields{"message_uuid": msg.UUID})
-	}
-}
-
-// delay waits the nack delay, or less when the subscription ends first.
-func (sub *subscription) delay() {
-	if sub.s.nackDelay <= 0 || sub.ctx.Err() != nil {
-		return
-	}
-	t := time.NewTimer(sub.s.nackDelay)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-sub.s.closing:
-	case <-sub.ctx.Done():
 	}
 }

@@ -127,9 +127,9 @@ func (b *Broker) Subscriber(group string) (message.Subscriber, error) {
 //
 // A record is handed out when its ordering allows (see Config.Ordering),
 // and its offset is committed once it and every earlier record of its
-// partition were acked. A nacked record is handed out again after
-// Config.NackDelay; meanwhile only its lane (its partition, or its key)
-// waits. When partitions are revoked, each finishes the records up to the
+// partition were acked. A nacked record is handed out again at once (the
+// bus's middleware stack waited before it nacked, holding only the record's
+// lane: its partition, or its key). When partitions are revoked, each finishes the records up to the
 // highest one it handed out (within three quarters of
 // Config.RebalanceTimeout), hands out no later one, commits what finished,
 // and then the rebalance goes on. Closing the subscriber commits what
@@ -152,7 +152,6 @@ func (b *Broker) SubscriberWith(group string, cfg broker.SubscriberOptions) (mes
 		batch:            cfg.BatchSize,
 		maxInFlight:      int64(b.cfg.MaxInFlight),
 		maxPerPartition:  b.cfg.MaxInFlightPerPartition,
-		nackDelay:        b.cfg.NackDelay,
 		commitInterval:   b.cfg.CommitInterval,
 		rebalanceTimeout: b.cfg.RebalanceTimeout,
 		transactions:     cfg.Transactions,

@@ -29,11 +29,6 @@ type Config struct {
 	Partitions int32
 	// ReplicationFactor of topics the bus creates. Zero: 1.
 	ReplicationFactor int16
-	// NackDelay is how long a nacked record waits before it is delivered
-	// again. Zero: 1s. Only the record's lane waits (see Ordering): in
-	// "partition" mode that is its partition, in "key" mode its key. Never
-	// zero: a zero delay is a hot loop.
-	NackDelay time.Duration
 	// RebalanceTimeout is how long the group coordinator waits for every
 	// member to rejoin during a rebalance, and so bounds how long a member
 	// whose partitions are revoked takes to finish their records up to the
@@ -159,9 +154,6 @@ func (c Config) Validate() error {
 	if c.RebalanceTimeout < 0 {
 		errs = append(errs, fmt.Errorf("kafka: rebalance timeout %v is negative", c.RebalanceTimeout))
 	}
-	if c.NackDelay < 0 {
-		errs = append(errs, fmt.Errorf("kafka: nack delay %v is negative", c.NackDelay))
-	}
 	if err := (broker.SubscriberOptions{Ordering: c.Ordering}).Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("kafka: %w", err))
 	}
@@ -198,7 +190,6 @@ func (c Config) Validate() error {
 // Defaults of the zero Config fields.
 const (
 	defaultClientID                = "busline"
-	defaultNackDelay               = time.Second
 	defaultRebalanceTimeout        = 60 * time.Second
 	defaultMaxInFlight             = 1024
 	defaultMaxInFlightPerPartition = 256
@@ -219,9 +210,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ReplicationFactor == 0 {
 		c.ReplicationFactor = 1
-	}
-	if c.NackDelay == 0 {
-		c.NackDelay = defaultNackDelay
 	}
 	if c.RebalanceTimeout == 0 {
 		c.RebalanceTimeout = defaultRebalanceTimeout

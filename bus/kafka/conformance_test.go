@@ -49,8 +49,6 @@ func TestConformance(t *testing.T) {
 					Partitions: tc.partitions,
 					// TestContinueAfterErrors nacks 300 times; at the
 					// default 1s that alone takes 5 minutes.
-					// TestNackWaitsNackDelay covers the delay itself.
-					NackDelay: 10 * time.Millisecond,
 					// TestTopic subscribes twice in one group and reads
 					// one subscription only after the other has
 					// delivered. If the unread member joins first, its

@@ -66,8 +66,9 @@
 //     default, the newest, silently skips every message published before
 //     the group first joined. At most 1024 records in flight per
 //     subscription (Config.MaxInFlight), offsets committed every second.
-//   - Nack: a nacked message is delivered again after Config.NackDelay (1s),
-//     never in a hot loop; only its lane waits.
+//   - Nack: a nacked message is delivered again at once; the bus's
+//     middleware stack waits before it nacks (middleware.NackDelay), so it
+//     is never a hot loop, and only its lane waits.
 //   - Security: TLS and SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) from
 //     Config, for producer and consumer alike; user names and passwords are
 //     sent as given (no SASLprep).
@@ -197,9 +198,9 @@
 // records in flight and those finished within about one commit interval
 // (TestKafkaConsumerCrash counts them).
 //
-// A nacked record is handed out again after Config.NackDelay; meanwhile
-// only its lane waits (its partition, or its key), and the committed offset
-// stays at it, so a crash loses nothing. Records queued behind a waiting
+// A nacked record is handed out again at once, after the stack's nack
+// delay; meanwhile only its lane waits (its partition, or its key), and the
+// committed offset stays at it, so a crash loses nothing. Records queued behind a waiting
 // lane count against the in-flight bound.
 //
 // Rebalances (cooperative-sticky) block while a poll's records are being
@@ -248,9 +249,9 @@
 // was acked, the consumed offsets and every output commit atomically
 // (TxnOffsetCommit, EndTxn); a nack, a failed produce, a revoked or lost
 // partition or a close aborts the transaction, drops its outputs, rewinds
-// to the committed offsets and polls the same records again after
-// Config.NackDelay. A crash leaves the transaction open until the restarted
-// member (same InstanceID) fences it, or the brokers' transaction timeout
+// to the committed offsets and polls the same records again (the stack
+// waited its nack delay before the nack). A crash leaves the transaction
+// open until the restarted member (same InstanceID) fences it, or the brokers' transaction timeout
 // (40s) aborts it. So, for read_committed readers, each input's outputs
 // appear exactly once (TestKafkaTransactionCrash: 20 SIGKILLs over 10,000
 // records; TestKafkaTransactionRebalance). Effects outside Kafka still run

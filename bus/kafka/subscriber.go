@@ -38,7 +38,6 @@ type consumerConfig struct {
 	batch            int
 	maxInFlight      int64
 	maxPerPartition  int
-	nackDelay        time.Duration
 	commitInterval   time.Duration
 	rebalanceTimeout time.Duration
 	transactions     bool
@@ -784,18 +783,17 @@ func (c *consumer) processCarried(p *partition, group []item) int {
 	return carriedAcked
 }
 
-// processOne hands out one record until it was acked, waiting out the
-// nack delay after each nack. In batch mode it is a record split from a
+// processOne hands out one record until it was acked, again at once after
+// each nack (the stack waited before it nacked). In batch mode it is a record split from a
 // failed batch: its message says so (internal/delivery), so that the batch
 // handler handles it alone, at once. It returns false when the partition
 // stopped or the consumer closed.
 func (c *consumer) processOne(p *partition, it item) bool {
 	msg := unmarshalRecord(it.rec)
-	var timer *time.Timer
 	for round := 0; ; round++ {
 		// runLane took the record under the lock, within the cutoff;
-		// after a nack delay the partition may have stopped or begun to
-		// drain meanwhile.
+		// after a nack the partition may have stopped or begun to drain
+		// meanwhile.
 		if round > 0 && len(p.handOut([]item{it})) == 0 {
 			return false
 		}
@@ -834,19 +832,14 @@ func (c *consumer) processOne(p *partition, it item) bool {
 			cancel()
 			return false
 		}
-		if timer == nil {
-			timer = time.NewTimer(c.cfg.nackDelay)
-		} else {
-			timer.Reset(c.cfg.nackDelay)
-		}
+		// Nacked: hand it out again at once (the stack waited before it
+		// nacked), unless the partition stopped or the consumer closes.
 		select {
-		case <-timer.C:
 		case <-p.stop:
-			timer.Stop()
 			return false
 		case <-c.done:
-			timer.Stop()
 			return false
+		default:
 		}
 		msg = msg.Copy() // a message is acked or nacked once
 	}

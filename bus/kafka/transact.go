@@ -31,8 +31,8 @@ import (
 //     (TxnOffsetCommit) and the published records commit atomically; when
 //     one was nacked, a publish failed, the group rebalanced meanwhile or the
 //     subscription is closing, End(TryAbort): the outputs are discarded, the
-//     session rewinds to the committed offsets, and after NackDelay the same
-//     records are polled again.
+//     session rewinds to the committed offsets, and the same records are
+//     polled again (a nack came after the stack's nack delay).
 //
 // Why a loop of its own and not the lanes and tracker of consumer: a
 // transaction commits the offsets of everything the session polled (franz-go
@@ -269,8 +269,8 @@ const transactionTimeout = 40 * time.Second
 // endTimeout bounds a transaction's end (flush, offset commit, EndTxn).
 const endTimeout = 30 * time.Second
 
-// pollLoop polls, handles each poll in one transaction, and after an aborted
-// one waits NackDelay before polling again.
+// pollLoop polls and handles each poll in one transaction; after an aborted
+// one it polls the same records again.
 func (c *txnConsumer) pollLoop() {
 	defer c.loops.Done()
 	defer close(c.stopped)
@@ -292,7 +292,7 @@ func (c *txnConsumer) pollLoop() {
 			}
 			continue
 		}
-		committed, err := c.transact(fs)
+		_, err := c.transact(fs)
 		if err != nil {
 			// The session failed (fenced by a member with the same
 			// transactional id, a transaction timed out, retries
@@ -312,9 +312,6 @@ func (c *txnConsumer) pollLoop() {
 				}
 			}
 			continue
-		}
-		if !committed {
-			c.sleep(c.cfg.nackDelay)
 		}
 	}
 }

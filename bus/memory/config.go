@@ -15,9 +15,6 @@ type Config struct {
 	// before it fails with ErrQueueFull. Zero: 10s. Negative: wait as long as
 	// the message's context allows.
 	PublishTimeout time.Duration
-	// NackDelay is how long a nacked message waits before it is delivered
-	// again. Zero: 100ms.
-	NackDelay time.Duration
 }
 
 // Validate reports every problem of c at once.
@@ -25,9 +22,6 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.Buffer < 0 {
 		errs = append(errs, fmt.Errorf("memory: buffer %d is negative", c.Buffer))
-	}
-	if c.NackDelay < 0 {
-		errs = append(errs, fmt.Errorf("memory: nack delay %v is negative", c.NackDelay))
 	}
 	return errors.Join(errs...)
 }

@@ -21,9 +21,10 @@
 // # Order and redelivery
 //
 // A subscription delivers the next message only after the previous one was
-// acked; a nacked message is delivered again after Config.NackDelay, before
-// any later one. One subscription per group therefore sees its messages in
-// publish order. Subscriptions of the same group compete.
+// acked; a nacked message is delivered again at once (the bus's middleware
+// stack waits before it nacks: middleware.NackDelay), before any later
+// one. One subscription per group therefore sees its messages in publish
+// order. Subscriptions of the same group compete.
 //
 // # Shutdown
 //

@@ -79,9 +79,6 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.PublishTimeout == 0 {
 		cfg.PublishTimeout = 10 * time.Second
 	}
-	if cfg.NackDelay == 0 {
-		cfg.NackDelay = 100 * time.Millisecond
-	}
 	return &Broker{
 		cfg:      cfg,
 		topics:   make(map[string]*topic),
@@ -311,7 +308,7 @@ func (s *Subscriber) SubscribeInitialize(topic string) error {
 
 // Subscribe returns a channel of the group's messages on topic. The channel
 // delivers the next message only after the previous one was acked; a nacked
-// message is delivered again after Config.NackDelay, before any later one,
+// message is delivered again at once, before any later one,
 // so a single subscription sees its group's messages in publish order. The
 // channel closes when ctx is done or the subscriber or broker is closed; a
 // message then in flight is kept for the group's next subscription.
@@ -407,7 +404,7 @@ func (u *subscription) run() {
 func (u *subscription) deliver(m *message.Message) bool {
 	b := u.s.b
 	for {
-		mctx := newMsgCtx(u.ctx)
+		mctx, cancel := context.WithCancel(u.ctx)
 		m.SetContext(mctx)
 		b.inflight.Add()
 		select {
@@ -416,55 +413,46 @@ func (u *subscription) deliver(m *message.Message) bool {
 			select {
 			case u.out <- m:
 			case <-u.quit:
-				return u.interrupted(m, mctx, false)
+				return u.interrupted(m, cancel, false)
 			}
 		}
 		select {
 		case <-m.Acked():
-			mctx.cancel()
+			cancel()
 			b.inflight.Done()
 			return true
 		case <-m.Nacked():
 		case <-u.quit:
-			return u.interrupted(m, mctx, true)
+			return u.interrupted(m, cancel, true)
 		}
-		mctx.cancel()
+		cancel()
 		m = m.Copy() // a message is acked or nacked once; the next try needs a fresh one
 		b.inflight.Done()
-		if again, ok := u.nackWait(m); !again {
+		if again, ok := u.redeliver(m); !again {
 			return ok
 		}
 	}
 }
 
-// nackWait waits Config.NackDelay before a nacked message m is delivered
-// again (again true). When a graceful shutdown begins meanwhile, or the
-// subscription ends (ok false), m is kept for the group's next
-// subscription instead.
-func (u *subscription) nackWait(m *message.Message) (again, ok bool) {
-	b := u.s.b
+// redeliver reports whether a nacked message m is delivered again at once
+// (again true; the stack's nack-delay step waited before the nack). When a
+// graceful shutdown began, or the subscription ended (ok false), m is kept
+// for the group's next subscription instead.
+func (u *subscription) redeliver(m *message.Message) (again, ok bool) {
 	select {
-	case <-b.stopping:
-		u.q.putBack(m)
-		return false, true
-	default:
-	}
-	t := time.NewTimer(b.cfg.NackDelay)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true, true
 	case <-u.quit:
 		u.q.putBack(m)
 		return false, false
-	case <-b.stopping:
+	case <-u.s.b.stopping:
 		u.q.putBack(m)
 		return false, true
+	default:
+		return true, true
 	}
 }
 
-func (u *subscription) interrupted(m *message.Message, mctx *msgCtx, delivered bool) bool {
-	mctx.cancel()
+func (u *subscription) interrupted(m *message.Message, cancel context.CancelFunc, delivered bool) bool {
+	cancel()
 	if delivered {
 		m = m.Copy()
 	}

@@ -19,7 +19,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestConformance(t *testing.T) {
 	// The suite publishes up to 5,000 messages before it subscribes: room
 	// for them, or Publish rightly reports the queue full.
-	b, err := memory.New(memory.Config{Buffer: 10000, NackDelay: time.Millisecond})
+	b, err := memory.New(memory.Config{Buffer: 10000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestPublishTimeoutReportsQueueFull(t *testing.T) {
 }
 
 func TestOrderKeptAcrossNacks(t *testing.T) {
-	b, err := memory.New(memory.Config{NackDelay: time.Microsecond})
+	b, err := memory.New(memory.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

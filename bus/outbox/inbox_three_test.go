@@ -2,6 +2,7 @@ package outbox_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"maps"
 	"sync"
@@ -55,7 +56,7 @@ func TestInboxThreeWaysOfRedelivery(t *testing.T) {
 		return resp, nil, true
 	})
 	b, err := bus.New(bus.Config{Broker: bus.BrokerKafka, Group: bustest.Name("g"), Kafka: kafka.Config{
-		Brokers: c.ListenAddrs(), SessionTimeout: time.Second, NackDelay: 10 * time.Millisecond,
+		Brokers: c.ListenAddrs(), SessionTimeout: time.Second,
 	}}, bus.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +94,7 @@ func TestInboxThreeWaysOfRedelivery(t *testing.T) {
 			mu.Unlock()
 			switch n {
 			case 1: // the ack is lost: the broker delivers it again
-				return nil, lostAck{}
+				return nil, errLostAck
 			case 2: // the member is forgotten while it holds the message
 				close(loseMember)
 				select {
@@ -158,9 +159,6 @@ func TestInboxThreeWaysOfRedelivery(t *testing.T) {
 	}
 }
 
-// lostAck stands for an ack that never reached the broker: the stack nacks
-// the message, and the broker delivers it again.
-type lostAck struct{}
-
-func (lostAck) Error() string   { return "the ack was lost" }
-func (lostAck) Redeliver() bool { return true }
+// errLostAck stands for an ack that never reached the broker: the stack
+// nacks the message, and the broker delivers it again.
+var errLostAck = middleware.Redeliver(errors.New("the ack was lost"))

@@ -140,8 +140,6 @@ func (h *Handler) Middleware() message.HandlerMiddleware {
 
 // begin starts the process span and counts the message consumed; msg's
 // context becomes the returned procCtx.
-//
-//go:noinline
 func (h *Handler) begin(msg *message.Message) *procCtx {
 	t := h.t
 	orig := msg.Context()
@@ -162,8 +160,6 @@ func (h *Handler) begin(msg *message.Message) *procCtx {
 
 // end ends the process span, records the process and end-to-end
 // durations, and logs a failure.
-//
-//go:noinline
 func (h *Handler) end(pc *procCtx, msg *message.Message, err error) {
 	t := h.t
 	var et, desc string
@@ -217,8 +213,6 @@ func (h *Handler) startProcess(ctx context.Context, msg *message.Message) (conte
 // the metadata (unless an ambient span is in ctx or NewRootOnProcess was
 // set) and it always links to it. Every attribute is given at start, so
 // samplers see them.
-//
-//go:noinline
 func (h *Handler) processOptions(ctx context.Context, msg *message.Message, a *spanArgs) context.Context {
 	t := h.t
 	a.opts = append(a.opts, consumerKind)

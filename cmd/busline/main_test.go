@@ -20,12 +20,11 @@ import (
 	"github.com/busline/busline/schema"
 )
 
-// reasonError is a permanent handler error with a dead-letter reason.
+// reasonError is a handler error with a dead-letter reason (returned permanent).
 type reasonError string
 
 func (e reasonError) Error() string     { return "rejected: " + string(e) }
 func (e reasonError) ErrorType() string { return string(e) }
-func (e reasonError) Permanent() bool   { return true }
 
 func TestKafka(t *testing.T) {
 	addrs := testserver.Kafka(t, 1)
@@ -114,7 +113,7 @@ func testCLI(t *testing.T, cleanup func(topic, group string)) {
 	}
 	dead := make(chan string, 10)
 	b, err := bus.New(cfg, bus.WithStack(func(c *middleware.StackConfig) {
-		c.DeadLetter.OnDeadLetter = func(i middleware.DeadLetterInfo) { dead <- i.Message.UUID }
+		c.DeadLetter.Observer = deadObserver{dead: dead}
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -124,7 +123,7 @@ func testCLI(t *testing.T, cleanup func(topic, group string)) {
 	handled := make(chan *message.Message, 10)
 	err = b.Handle("billing", topic, func(ctx context.Context, m *message.Message) error {
 		if broken.Load() {
-			return reasonError(m.Metadata.Get("want_reason"))
+			return middleware.Permanent(reasonError(m.Metadata.Get("want_reason")))
 		}
 		handled <- m
 		return nil
@@ -307,3 +306,10 @@ func TestDelayedRetryShowListsRounds(t *testing.T) {
 		}
 	}
 }
+// deadObserver sends the UUID of every message the stack dead-letters.
+type deadObserver struct {
+	middleware.NopObserver
+	dead chan<- string
+}
+
+func (o deadObserver) DeadLettered(i middleware.DeadLetterInfo) { o.dead <- i.Message.UUID }

@@ -64,7 +64,7 @@ func runDelayedChild(raw string) int {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	b, err := bus.New(delayedBusConfig(cfg), bus.WithLogger(logger), bus.WithStack(func(c *middleware.StackConfig) {
 		c.Retry = middleware.RetryConfig{MaxAttempts: delayedAttempts, InitialInterval: time.Millisecond}
-		c.DeadLetter.Observer = lineObserver{}
+		c.Observer = lineObserver{}
 	}))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "delayed child:", err)

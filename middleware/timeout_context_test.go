@@ -36,7 +36,7 @@ func runAttempt(t *testing.T, parent context.Context, d time.Duration, f func(ct
 	return got
 }
 
-func TestTimeoutContextLazyDeadline(t *testing.T) {
+func TestTimeoutContextDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		parent := context.WithValue(context.Background(), ctxKey{}, "v")
 		ctx := runAttempt(t, parent, time.Second, func(ctx context.Context) {
@@ -50,6 +50,7 @@ func TestTimeoutContextLazyDeadline(t *testing.T) {
 				t.Errorf("Err before the deadline = %v", err)
 			}
 			time.Sleep(time.Second) // never asks for Done
+			synctest.Wait()         // the deadline's timer has fired
 			if err := ctx.Err(); err != context.DeadlineExceeded {
 				t.Errorf("Err after the deadline = %v", err)
 			}
