@@ -306,6 +306,7 @@ func TestDelayedRetryShowListsRounds(t *testing.T) {
 		}
 	}
 }
+
 // deadObserver sends the UUID of every message the stack dead-letters.
 type deadObserver struct {
 	middleware.NopObserver
