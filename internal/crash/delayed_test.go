@@ -198,12 +198,15 @@ func delayedCrash(t *testing.T, set func(*childConfig), settled func(context.Con
 	if got, want := len(lines.attempts), 2*delayedAttempts; got != want {
 		t.Errorf("%d attempts in all, want exactly %d (%d rounds of %d)", got, want, 2, delayedAttempts)
 	}
-	if len(lines.attempts) > before {
-		back := lines.attempts[before].Sub(redeliveredAt)
+	if len(lines.attempts) > before && before > 0 {
+		// The delay runs from the hand-over, which began after the
+		// round's last attempt failed and ended before the R line.
+		back := lines.attempts[before].Sub(lines.attempts[before-1])
 		if back < delayedWait {
-			t.Errorf("the message came back %v after it went to the delayed tier, before its delay of %v", back, delayedWait)
+			t.Errorf("the message came back %v after its last failed attempt, before its delay of %v", back, delayedWait)
 		}
-		t.Logf("killed during the wait; the restarted consumer got the message %v after it went to the delayed tier", back.Round(time.Millisecond))
+		t.Logf("killed during the wait; the restarted consumer got the message %v after its last failed attempt (%v after the hand-over ended)",
+			back.Round(time.Millisecond), lines.attempts[before].Sub(redeliveredAt).Round(time.Millisecond))
 	}
 	for k, want := range map[string]string{
 		middleware.KeyDLQAttempts: strconv.Itoa(2 * delayedAttempts),
