@@ -81,7 +81,7 @@ func benchTelemetryStack(b *testing.B, tel *telemetry.Telemetry) []message.Handl
 		DeadLetter: middleware.DeadLetterConfig{Publisher: benchDeadLetters(b), Topic: benchDeadLetterTopic},
 	}
 	h := tel.Handler("bench", benchTopic, "bench")
-	observe(&cfg, h)
+	h.Observe(&cfg)
 	return []message.HandlerMiddleware{h.Middleware(), middleware.Stack(cfg)}
 }
 

@@ -169,16 +169,12 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	if _, ok := b.transactional(ho); ok {
 		transactionalStack(&stack)
 	}
-	delays := b.redeliveryDelays(ho)
-	if err := b.delayedTier(&stack, topic, group, delays); err != nil {
+	if err := b.delayedTier(&stack, &ho, topic, group); err != nil {
 		return fmt.Errorf("bus: handler %q: %w", name, err)
-	}
-	if stack.DeadLetter.Redelivery.Redeliverer != nil {
-		ho.sub.RetryDelays = stack.DeadLetter.Redelivery.Delays
 	}
 	// Telemetry observes the stack; hooks the options set run too.
 	tel := b.tel.Handler(name, topic, group)
-	observe(&stack, tel)
+	tel.Observe(&stack)
 	ctx, cancel := context.WithTimeout(context.Background(), prepareTimeout)
 	defer cancel()
 	if err := b.broker.Prepare(ctx, topic, group); err != nil {
@@ -200,27 +196,17 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 	return nil
 }
 
-// redeliveryDelays returns the delays of a handler's delayed tier: none
-// for transactions and batches, which are retried whole.
-func (b *Bus) redeliveryDelays(ho handlerOptions) []time.Duration {
-	if _, ok := b.transactional(ho); ok || ho.sub.BatchSize > 1 {
-		return nil
-	}
-	if ho.delays != nil {
-		return ho.delays
-	}
-	return b.cfg.RedeliveryDelays
-}
-
 // delayedTier gives the stack's dead-letter step the broker's delayed
-// tier for the handler's group, unless the handler's own stack options set
-// one.
-func (b *Bus) delayedTier(stack *middleware.StackConfig, topic, group string, delays []time.Duration) error {
-	if len(delays) == 0 || stack.DeadLetter.Redelivery.Redeliverer != nil {
-		return nil
+// tier for the handler's group, and the subscriber its delays; none for
+// transactions and batches (retried whole), nor when the handler's stack
+// options set one.
+func (b *Bus) delayedTier(stack *middleware.StackConfig, ho *handlerOptions, topic, group string) error {
+	delays := b.cfg.RedeliveryDelays
+	if ho.delays != nil {
+		delays = ho.delays
 	}
 	rb, ok := b.broker.(broker.Redelivering)
-	if !ok {
+	if _, tx := b.transactional(*ho); !ok || tx || ho.sub.BatchSize > 1 || len(delays) == 0 || stack.DeadLetter.Redelivery.Redeliverer != nil {
 		return nil
 	}
 	r, err := rb.Redeliverer(topic, group, delays)
@@ -228,6 +214,7 @@ func (b *Bus) delayedTier(stack *middleware.StackConfig, topic, group string, de
 		return fmt.Errorf("delayed redelivery for %s: %w", group, err)
 	}
 	stack.DeadLetter.Redelivery = middleware.RedeliveryConfig{Redeliverer: r, Delays: delays, MaxTotal: b.cfg.RedeliveryMaxTotal}
+	ho.sub.RetryDelays = delays
 	return nil
 }
 

@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/busline/busline/bus/amqp"
+	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/bus/memory"
 	"github.com/busline/busline/internal/env"
@@ -125,15 +125,10 @@ func (c Config) Validate() error {
 var NoRedelivery = []time.Duration{}
 
 func validateDelays(ds []time.Duration) error {
-	var errs []error
-	for i, d := range ds {
-		if d <= 0 {
-			errs = append(errs, fmt.Errorf("bus: redelivery delay %d (%v) is not positive", i+1, d))
-		} else if slices.Contains(ds[:i], d) {
-			errs = append(errs, fmt.Errorf("bus: redelivery delay %v is listed twice", d))
-		}
+	if err := broker.ValidateDelays(ds); err != nil {
+		return fmt.Errorf("bus: %w", err)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 func (c Config) withDefaults() Config {

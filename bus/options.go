@@ -175,38 +175,20 @@ func WithBatchDelivery(size int) HandlerOption {
 	}
 }
 
-// WithKafkaTransactions makes this handler consume-transform-produce with
+// WithKafkaTransactions makes this handler consume-transform-produce in
 // Kafka transactions, for a handler on Kafka that only publishes to Kafka:
-// the records of each poll are handled in one transaction, and what the
-// handler publishes with its ctx ([Bus.Publish], handlers.Publish, or a
-// message whose context is ctx) and the dead letters of its failures are
-// produced inside it. When every record of the poll was acked, the consumed
-// offsets and the published messages commit atomically; when one was
-// nacked, a publish failed, or the group rebalanced, the transaction aborts
-// and the records are handled again, their earlier outputs discarded. A
-// crash or a rebalance thus never publishes an output twice nor skips one,
-// for readers that read with read_committed (Busline's Kafka consumers all
-// do; set isolation.level=read_committed elsewhere). Effects outside Kafka
-// (a database write, an HTTP call) are not in the transaction: they still
-// run at least once.
-//
-// The handler's stack has no dedup step on Kafka: the transaction is the
-// dedup (a committed record is not delivered again; an aborted one must be
-// handled again, which a dedup store would swallow).
-//
-// Records are handed out in [OrderPartition] (each partition in offset
-// order, partitions in parallel); the option does not go with another
-// ordering or with [WithBatchDelivery]. Set Config.Kafka.InstanceID to a
-// name of the process that is stable across restarts, so that a restarted
-// process aborts its predecessor's open transaction at once.
-//
-// Cost: a transaction per poll (begin, the offsets' commit, a heartbeat, the
-// commit markers; a few round trips to the coordinator), outputs visible to
-// read_committed readers only at the end of the poll, and a nack or a
-// rebalance redoes the whole poll. See docs/benchmarks.md for the measured
-// throughput. The in-process broker and RabbitMQ have no transactions: they
-// run the handler as usual (at least once, with the stack's dedup), so the
-// same code runs on every broker.
+// each poll's records, what the handler publishes with its ctx and its dead
+// letters commit atomically with the consumed offsets, or abort together
+// (a nack, a failed publish, a rebalance) and are handled again, their
+// earlier outputs discarded; read_committed readers (every Busline
+// consumer) see each output once. Effects outside Kafka still run at least
+// once. The handler's stack has no dedup step (the transaction is the
+// dedup) and no delayed tier; it runs in [OrderPartition] and does not go
+// with another ordering or [WithBatchDelivery]. Set Config.Kafka.InstanceID
+// to a stable process name, so that a restart aborts its predecessor's open
+// transaction at once. The README's "Exactly-once effects" section and
+// docs/benchmarks.md give the costs. On the other brokers the handler runs
+// as usual, at least once with dedup.
 func WithKafkaTransactions() HandlerOption {
 	return func(o *handlerOptions) { o.sub.Transactions = true }
 }

@@ -5,7 +5,6 @@ import (
 	"log/slog"
 
 	"github.com/busline/busline/bus/telemetry"
-	"github.com/busline/busline/middleware"
 )
 
 // newTelemetry builds the bus's telemetry (package bus/telemetry) from
@@ -25,35 +24,10 @@ func (b *Bus) newTelemetry() *telemetry.Telemetry {
 	})
 }
 
-// observe makes o observe what the steps of cfg do, besides the observers
-// set before (by [WithStack] or [HandlerStack]), the stack's and each
-// step's own.
-func observe(cfg *middleware.StackConfig, o middleware.Observer) {
-	cfg.Observer = middleware.Observers(o, cfg.Observer)
-	for _, step := range []*middleware.Observer{
-		&cfg.DeadLetter.Observer, &cfg.Retry.Observer, &cfg.Dedup.Observer,
-		&cfg.Throttle.Observer, &cfg.Breaker.Observer,
-	} {
-		if *step != nil {
-			*step = middleware.Observers(o, *step)
-		}
-	}
-}
-
 // Logger returns the bus's logger (see [WithLogger]) with the attributes
 // that tie a log line to the message being handled in ctx: correlation_id,
 // message_id (the handled message, the causation parent of what it
 // publishes), trace_id and span_id. Attributes ctx does not carry are left
 // out, so outside a handler it is the bus's logger as is. The bus logs
 // dead letters, retries and failed handlings with the same attributes.
-func (b *Bus) Logger(ctx context.Context) *slog.Logger {
-	attrs := telemetry.LogAttrs(ctx)
-	if len(attrs) == 0 {
-		return b.logger
-	}
-	args := make([]any, len(attrs))
-	for i, a := range attrs {
-		args[i] = a
-	}
-	return b.logger.With(args...)
-}
+func (b *Bus) Logger(ctx context.Context) *slog.Logger { return telemetry.Logger(b.logger, ctx) }

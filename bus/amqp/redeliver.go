@@ -10,6 +10,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/busline/busline/bus/broker"
 )
 
 // Redeliverer declares (idempotently) one wait queue per delay for the queue
@@ -61,13 +63,11 @@ func (b *Broker) Redeliverer(topic, group string, delays []time.Duration) (inter
 	if len(delays) == 0 {
 		errs = append(errs, errors.New("amqp: redeliverer: no delays"))
 	}
-	for i, d := range delays {
-		switch {
-		case d <= 0 || d%time.Millisecond != 0:
-			errs = append(errs, fmt.Errorf("amqp: redeliverer: delay %v is not a positive whole number of milliseconds", d))
-		case slices.Contains(delays[:i], d):
-			errs = append(errs, fmt.Errorf("amqp: redeliverer: delay %v given twice", d))
-		case len(WaitQueueName(topic, group, d)) > maxNameLen:
+	if err := broker.ValidateDelays(delays); err != nil {
+		errs = append(errs, fmt.Errorf("amqp: redeliverer: %w", err))
+	}
+	for _, d := range delays {
+		if len(WaitQueueName(topic, group, d)) > maxNameLen {
 			errs = append(errs, fmt.Errorf("amqp: redeliverer: wait queue name %.40q... is longer than %d bytes", WaitQueueName(topic, group, d), maxNameLen))
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -161,6 +162,24 @@ type Redeliverer = interface {
 // Redeliverer declares what it needs, idempotently.
 type Redelivering interface {
 	Redeliverer(topic, group string, delays []time.Duration) (Redeliverer, error)
+}
+
+// ValidateDelays reports every problem of delays as the delays of a
+// delayed redelivery tier, joined: each must be a positive whole number of
+// milliseconds (the unit of RabbitMQ's TTLs and Kafka's timestamps), and
+// none may be given twice. Its messages name no package: the caller wraps
+// them.
+func ValidateDelays(delays []time.Duration) error {
+	var errs []error
+	for i, d := range delays {
+		switch {
+		case d <= 0 || d%time.Millisecond != 0:
+			errs = append(errs, fmt.Errorf("redelivery delay %v is not a positive whole number of milliseconds", d))
+		case slices.Contains(delays[:i], d):
+			errs = append(errs, fmt.Errorf("redelivery delay %v is given twice", d))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Drainer is a broker that stops fetching and waits for the messages in

@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/busline/busline/bus/broker"
 )
 
 // retryDueHeader carries the time a record of a retry topic is due, in
@@ -30,18 +31,10 @@ func RetryTopic(topic, group string, delay time.Duration) string {
 // a handler: each must be positive, whole milliseconds (the due time's
 // unit; "µs" would also not be a legal topic name) and given once.
 func validRetryDelays(delays []time.Duration) error {
-	var errs []error
-	for i, d := range delays {
-		switch {
-		case d <= 0:
-			errs = append(errs, fmt.Errorf("kafka: retry delay %v is not positive", d))
-		case d%time.Millisecond != 0:
-			errs = append(errs, fmt.Errorf("kafka: retry delay %v is not whole milliseconds", d))
-		case slices.Contains(delays[:i], d):
-			errs = append(errs, fmt.Errorf("kafka: retry delay %v given twice", d))
-		}
+	if err := broker.ValidateDelays(delays); err != nil {
+		return fmt.Errorf("kafka: %w", err)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // ensureRetryTopics creates, unless they exist, the retry topics of group

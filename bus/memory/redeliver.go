@@ -26,6 +26,9 @@ var ErrTooManyDelayed = errors.New("memory: too many delayed messages")
 func (b *Broker) Redeliverer(topic, group string, delays []time.Duration) (interface {
 	Redeliver(ctx context.Context, msg *message.Message, delay time.Duration) error
 }, error) {
+	if err := broker.ValidateDelays(delays); err != nil {
+		return nil, fmt.Errorf("memory: %w", err)
+	}
 	if b.closed.Load() {
 		return nil, broker.ErrClosed
 	}

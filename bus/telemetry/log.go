@@ -26,6 +26,20 @@ func LogAttrs(ctx context.Context) []slog.Attr {
 	return appendTraceAttrs(ctx, attrs)
 }
 
+// Logger returns base with the [LogAttrs] of ctx, or base itself when ctx
+// carries none: the bus's Logger.
+func Logger(base *slog.Logger, ctx context.Context) *slog.Logger {
+	attrs := LogAttrs(ctx)
+	if len(attrs) == 0 {
+		return base
+	}
+	args := make([]any, len(attrs))
+	for i, a := range attrs {
+		args[i] = a
+	}
+	return base.With(args...)
+}
+
 func appendTraceAttrs(ctx context.Context, attrs []slog.Attr) []slog.Attr {
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
 		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String()))

@@ -162,3 +162,17 @@ func attemptsOf(info middleware.DeadLetterInfo) int {
 	}
 	return 1
 }
+
+// Observe makes h observe what the steps of cfg do, besides the observers
+// set before: the stack's and each step's own.
+func (h *Handler) Observe(cfg *middleware.StackConfig) {
+	cfg.Observer = middleware.Observers(h, cfg.Observer)
+	for _, step := range []*middleware.Observer{
+		&cfg.DeadLetter.Observer, &cfg.Retry.Observer, &cfg.Dedup.Observer,
+		&cfg.Throttle.Observer, &cfg.Breaker.Observer,
+	} {
+		if *step != nil {
+			*step = middleware.Observers(h, *step)
+		}
+	}
+}
