@@ -694,3 +694,39 @@ func TestTraceNewRootOnProcess(t *testing.T) {
 		t.Errorf("process span links %v, want one to the send span", proc.Links)
 	}
 }
+
+// TestDelayedRetryRejectedPublishMetric checks busline.publish.rejected: a
+// bounded RabbitMQ queue that is full refuses a message, Publish fails with
+// amqp.ErrNacked, and the counter says so.
+func TestDelayedRetryRejectedPublishMetric(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	b, err := bus.New(bus.Config{Broker: bus.BrokerAMQP, Group: bustest.Name("svc"), DeadLetterTopic: bustest.Name("dlq"),
+		RedeliveryDelays: bus.NoRedelivery, AMQP: amqp.Config{URL: testserver.AMQPURL(t), MaxQueueLength: 2}},
+		bus.WithMeterProvider(mp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	topic := bustest.Name("orders")
+	t.Cleanup(func() { deleteAMQP(t, b.Config(), map[string]string{topic: "h"}) })
+	if err := b.Handle("h", topic, func(context.Context, *message.Message) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	nacked := 0
+	for i := range 3 {
+		err := b.Publish(context.Background(), topic, message.NewMessage(fmt.Sprint(i), nil))
+		switch {
+		case errors.Is(err, amqp.ErrNacked):
+			nacked++
+		case err != nil:
+			t.Fatal(err)
+		}
+	}
+	if nacked != 1 {
+		t.Errorf("%d of 3 publishes to a queue bounded at 2 refused, want 1", nacked)
+	}
+	if n := sumOf(t, metricsOf(t, reader), telemetry.MetricPublishRejected, "{message}", map[string]any{"messaging.system": "rabbitmq"}); n != 1 {
+		t.Errorf("%s = %d, want 1", telemetry.MetricPublishRejected, n)
+	}
+}

@@ -28,6 +28,7 @@ var (
 	_ broker.QueueDepther = (*Broker)(nil)
 	_ broker.Browser      = (*Broker)(nil)
 	_ broker.Redelivering = (*Broker)(nil)
+	_ broker.Rejecter     = (*Broker)(nil)
 )
 
 // Broker is the RabbitMQ adapter of the bus: one AMQP connection for its

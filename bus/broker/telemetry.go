@@ -114,3 +114,10 @@ type ConsumerStats struct {
 	// them and their in-flight results were dropped).
 	LostPartitions int64
 }
+
+// Rejecter is a broker whose queues refuse messages when they are full
+// (RabbitMQ with a maximum queue length): RejectedPublishes counts the
+// messages refused since the broker opened (each made its Publish fail).
+type Rejecter interface {
+	RejectedPublishes() int64
+}

@@ -196,6 +196,9 @@ func (t *Telemetry) Close() {
 	if t.reg != nil {
 		_ = t.reg.Unregister()
 	}
+	if t.rejectedReg != nil {
+		_ = t.rejectedReg.Unregister()
+	}
 	if t.consumerReg != nil {
 		_ = t.consumerReg.Unregister()
 	}

@@ -132,6 +132,7 @@ type Telemetry struct {
 	systemOpt       metric.ObserveOption
 	reg             metric.Registration // the gauges' callback; nil when metrics are off
 	consumerReg     metric.Registration // the consumer gauges' callback (consumer.go)
+	rejectedReg     metric.Registration // the rejected-publish counter's callback (rejected.go)
 	breakers        sync.Mutex
 	breakerHandlers []*Handler
 }
@@ -207,6 +208,9 @@ func New(cfg Config) *Telemetry {
 		}
 		if cs, ok := cfg.Broker.(broker.ConsumerStatser); ok {
 			t.registerConsumerStats(meter, cs)
+		}
+		if r, ok := cfg.Broker.(broker.Rejecter); ok {
+			t.registerRejected(meter, r)
 		}
 	}
 	return t
