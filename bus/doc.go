@@ -6,8 +6,8 @@
 //
 // The broker is chosen by configuration alone ([Config].Broker, or
 // BUSLINE_BROKER through [ConfigFromEnv]): "memory", the default, an
-// in-process broker (package bus/memory); "kafka" (package bus/kafka: a
-// franz-go producer, watermill-kafka's Sarama consumer); "amqp", RabbitMQ
+// in-process broker (package bus/memory); "kafka" (package bus/kafka, on
+// franz-go); "amqp", RabbitMQ
 // (package bus/amqp, on amqp091-go, wire-compatible with watermill-amqp).
 // The same service code runs on each. Each is a package behind the boundary
 // of package bus/broker; [OpenBroker] opens one for tools.
@@ -29,11 +29,16 @@
 //
 // # Errors
 //
-// A handler returning nil acks its message. An error is retried with
-// exponential backoff and jitter; when the retries are exhausted, or at once
-// for a [Permanent] error (and schema errors), the message goes to the
-// dead-letter topic ([Config].DeadLetterTopic) with the reason in its
-// busline_dlq_* metadata, and is acked only once that publish succeeded.
+// A handler returning nil acks its message. An error is retried in process
+// with exponential backoff and jitter; when those retries are exhausted,
+// the message goes back to the broker's delayed tier and comes back to the
+// same handler after each of [Config].RedeliveryDelays in turn (the
+// consumer moves on meanwhile; the budget travels in the message's
+// busline_retry_* metadata). When the budget is spent, or at once for a
+// [Permanent] error (and schema errors), the message goes to the
+// dead-letter topic ([Config].DeadLetterTopic) with the reason and the
+// totals of every round in its busline_dlq_* metadata, and is acked only
+// once that publish succeeded.
 // [Bus.DeadLetters] reads the dead-letter topic, [Bus.Replay] sends a dead
 // letter back to its topic. A bad configuration fails [New] with every
 // problem listed.
