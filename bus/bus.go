@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/busline/busline/bus/broker"
@@ -17,7 +17,6 @@ import (
 	"github.com/busline/busline/internal/drain"
 	"github.com/busline/busline/internal/workers"
 	"github.com/busline/busline/middleware"
-	"github.com/busline/busline/schema"
 )
 
 // HandlerFunc handles one message. ctx is the message's context: it carries
@@ -167,12 +166,15 @@ func (b *Bus) Handle(name, topic string, h HandlerFunc, opts ...HandlerOption) e
 		fn(&stack)
 	}
 	if _, ok := b.transactional(ho); ok {
-		transactionalStack(&stack)
+		// The transaction is the dedup: a record whose transaction
+		// committed is never delivered again, and one whose transaction
+		// aborted must be handled again, which a dedup store that recorded
+		// its first handling would swallow, losing its outputs.
+		stack.Disable |= middleware.StepDedup
 	}
 	if err := b.delayedTier(&stack, &ho, topic, group); err != nil {
 		return fmt.Errorf("bus: handler %q: %w", name, err)
 	}
-	// Telemetry observes the stack; hooks the options set run too.
 	tel := b.tel.Handler(name, topic, group)
 	tel.Observe(&stack)
 	ctx, cancel := context.WithTimeout(context.Background(), prepareTimeout)
@@ -246,15 +248,6 @@ func (b *Bus) transactional(ho handlerOptions) (broker.Transactional, bool) {
 	return t, ok && ho.sub.Transactions
 }
 
-// transactionalStack adapts a transactional handler's stack: the dedup
-// step goes. The transaction is the dedup: a record whose transaction
-// committed is never delivered again, and one whose transaction aborted
-// must be handled again, which a dedup store that recorded its first
-// handling would swallow, losing its outputs.
-func transactionalStack(stack *middleware.StackConfig) {
-	stack.Disable |= middleware.StepDedup
-}
-
 // Publish publishes msgs to topic. It returns when the broker accepted every
 // message (Kafka acks=all, RabbitMQ publisher confirms; the in-process
 // broker once queued, waiting while a queue is full). Messages get the
@@ -283,19 +276,10 @@ func (b *Bus) Publish(ctx context.Context, topic string, msgs ...*message.Messag
 // stamp gives msgs their ids and the correlation of ctx, and sets ctx as
 // their context: what Publish does before the broker, and Stamp too.
 func stamp(ctx context.Context, msgs []*message.Message) {
+	middleware.Propagate(ctx, msgs...)
 	for _, m := range msgs {
-		if m.UUID == "" {
-			m.UUID = watermill.NewUUID()
-		}
-		if m.Metadata == nil {
-			m.Metadata = make(message.Metadata, 4)
-		}
-		if m.Metadata[schema.KeyID] == "" {
-			m.Metadata[schema.KeyID] = m.UUID
-		}
 		m.SetContext(ctx)
 	}
-	middleware.Propagate(ctx, msgs...)
 }
 
 // Stamp gives msgs the envelope [Bus.Publish] would give them now, for
@@ -367,21 +351,23 @@ func (b *Bus) Run(ctx context.Context) error {
 		}
 		return ErrHandlersStopped
 	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), b.cfg.ShutdownTimeout)
-		defer cancel()
-		err := b.Close(sctx)
-		<-errc
-		return err
+		return b.shutdown(errc)
 	case <-b.closed:
 		<-errc
 		return b.closeErr
 	case werr := <-werrc:
-		sctx, cancel := context.WithTimeout(context.Background(), b.cfg.ShutdownTimeout)
-		defer cancel()
-		err := b.Close(sctx)
-		<-errc
-		return errors.Join(fmt.Errorf("bus: %w", werr), err)
+		return errors.Join(fmt.Errorf("bus: %w", werr), b.shutdown(errc))
 	}
+}
+
+// shutdown closes the bus within Config.ShutdownTimeout and waits for the
+// router's end on errc: Run's end when its context ended or a worker failed.
+func (b *Bus) shutdown(errc <-chan error) error {
+	sctx, cancel := context.WithTimeout(context.Background(), b.cfg.ShutdownTimeout)
+	defer cancel()
+	err := b.Close(sctx)
+	<-errc
+	return err
 }
 
 // Running is closed once every handler is subscribed and the bus is running.
@@ -421,17 +407,12 @@ func (b *Bus) Close(ctx context.Context) error {
 		// The router closes subscribers from goroutines it does not wait
 		// for, and one that never ran closes none: close each here, and
 		// wait, so nothing outlives Close.
-		for _, s := range b.subs {
+		b.mu.Lock()
+		subs := append(slices.Clip(b.subs), b.extraSubs...) // handlers' and DeadLetters'
+		b.mu.Unlock()
+		for _, s := range subs {
 			if err := s.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("bus: close subscriber: %w", err))
-			}
-		}
-		b.mu.Lock()
-		extra := b.extraSubs
-		b.mu.Unlock()
-		for _, s := range extra {
-			if err := s.Close(); err != nil {
-				errs = append(errs, fmt.Errorf("bus: close dead-letter subscriber: %w", err))
 			}
 		}
 		if wasRunning {

@@ -25,7 +25,8 @@ const (
 // Config configures a [Bus]. The zero value runs on the in-process broker
 // with the safe defaults documented on each field. Switching broker is a
 // configuration change only: set Broker and that broker's section, in code
-// or through the BUSLINE_* environment variables read by [ConfigFromEnv].
+// or through the BUSLINE_* environment variables read by [ConfigFromEnv]
+// (each field names its variable; [EnvVars] lists them all).
 type Config struct {
 	// Broker selects the broker: "memory", "kafka" or "amqp".
 	// Zero: "memory", the in-process broker. Env: BUSLINE_BROKER.
@@ -60,35 +61,13 @@ type Config struct {
 	// no cap. Env: BUSLINE_REDELIVERY_MAX_TOTAL.
 	RedeliveryMaxTotal time.Duration
 
-	// Memory configures the in-process broker.
-	// Env: BUSLINE_MEMORY_BUFFER, BUSLINE_MEMORY_PUBLISH_TIMEOUT.
+	// Memory, Kafka and AMQP configure the brokers; only the selected
+	// one's is used. Their variables are BUSLINE_MEMORY_*, BUSLINE_KAFKA_*
+	// and BUSLINE_AMQP_* ([EnvVars] lists every variable, the README's
+	// configuration reference describes each).
 	Memory memory.Config
-	// Kafka configures the Kafka broker.
-	// Env: BUSLINE_KAFKA_BROKERS (comma-separated), BUSLINE_KAFKA_CLIENT_ID,
-	// BUSLINE_KAFKA_INITIAL_OFFSET, BUSLINE_KAFKA_PARTITIONS,
-	// BUSLINE_KAFKA_REPLICATION_FACTOR, BUSLINE_KAFKA_REBALANCE_TIMEOUT,
-	// BUSLINE_KAFKA_SESSION_TIMEOUT,
-	// BUSLINE_KAFKA_INSTANCE_ID,
-	// BUSLINE_KAFKA_ORDERING, BUSLINE_KAFKA_MAX_IN_FLIGHT,
-	// BUSLINE_KAFKA_MAX_IN_FLIGHT_PER_PARTITION,
-	// BUSLINE_KAFKA_COMMIT_INTERVAL,
-	// BUSLINE_KAFKA_TLS, BUSLINE_KAFKA_TLS_CA_FILE,
-	// BUSLINE_KAFKA_TLS_CERT_FILE, BUSLINE_KAFKA_TLS_KEY_FILE,
-	// BUSLINE_KAFKA_TLS_SERVER_NAME, BUSLINE_KAFKA_TLS_INSECURE_SKIP_VERIFY,
-	// BUSLINE_KAFKA_SASL_MECHANISM, BUSLINE_KAFKA_SASL_USER,
-	// BUSLINE_KAFKA_SASL_PASSWORD, BUSLINE_KAFKA_PARTITIONER,
-	// BUSLINE_KAFKA_INSTANCE_ID.
-	Kafka kafka.Config
-	// AMQP configures the RabbitMQ broker.
-	// Env: BUSLINE_AMQP_URL, BUSLINE_AMQP_PREFETCH,
-	// BUSLINE_AMQP_CHANNEL_POOL_SIZE,
-	// BUSLINE_AMQP_CONCURRENCY, BUSLINE_AMQP_PUBLISH_WINDOW,
-	// BUSLINE_AMQP_ALLOW_UNROUTABLE, BUSLINE_AMQP_QUEUE_TYPE,
-	// BUSLINE_AMQP_MAX_QUEUE_LENGTH,
-	// BUSLINE_AMQP_TLS, BUSLINE_AMQP_TLS_CA_FILE, BUSLINE_AMQP_TLS_CERT_FILE,
-	// BUSLINE_AMQP_TLS_KEY_FILE, BUSLINE_AMQP_TLS_SERVER_NAME,
-	// BUSLINE_AMQP_TLS_INSECURE_SKIP_VERIFY.
-	AMQP amqp.Config
+	Kafka  kafka.Config
+	AMQP   amqp.Config
 }
 
 // Default values of [Config] fields left zero.
@@ -110,7 +89,9 @@ func (c Config) Validate() error {
 	if c.ShutdownTimeout < 0 {
 		errs = append(errs, fmt.Errorf("bus: shutdown timeout %v is negative", c.ShutdownTimeout))
 	}
-	errs = append(errs, validateDelays(c.RedeliveryDelays))
+	if err := broker.ValidateDelays(c.RedeliveryDelays); err != nil {
+		errs = append(errs, fmt.Errorf("bus: %w", err))
+	}
 	if strings.ContainsAny(c.Group, " \t\n") {
 		errs = append(errs, fmt.Errorf("bus: group %q contains white space", c.Group))
 	}
@@ -123,13 +104,6 @@ func (c Config) Validate() error {
 // NoRedelivery, as Config.RedeliveryDelays, switches the delayed
 // redelivery tier off.
 var NoRedelivery = []time.Duration{}
-
-func validateDelays(ds []time.Duration) error {
-	if err := broker.ValidateDelays(ds); err != nil {
-		return fmt.Errorf("bus: %w", err)
-	}
-	return nil
-}
 
 func (c Config) withDefaults() Config {
 	if e, err := brokerNamed(c.Broker); err == nil {

@@ -7,10 +7,8 @@
 // The broker is chosen by configuration alone ([Config].Broker, or
 // BUSLINE_BROKER through [ConfigFromEnv]): "memory", the default, an
 // in-process broker (package bus/memory); "kafka" (package bus/kafka, on
-// franz-go); "amqp", RabbitMQ
-// (package bus/amqp, on amqp091-go, wire-compatible with watermill-amqp).
-// The same service code runs on each. Each is a package behind the boundary
-// of package bus/broker; [OpenBroker] opens one for tools.
+// franz-go); "amqp", RabbitMQ (package bus/amqp, on amqp091-go). The same
+// service code runs on each, behind the boundary of package bus/broker.
 //
 // Each handler named h consumes its topic as the consumer group
 // "<Config.Group>.<h>": every handler gets every message of its topic, and
@@ -53,15 +51,8 @@
 // message comes back after a delay, never in a hot loop.
 //
 // Exactly once, for a Kafka handler that only publishes to Kafka, with
-// [WithKafkaTransactions]: each poll's records, the handler's publishes with
-// its ctx and its dead letters commit in one Kafka transaction, or abort
-// together and are handled again; read_committed readers see each output
-// once.
-//
-// The in-process broker is bounded: each queue holds Config.Memory.Buffer
-// messages and Publish waits while a queue is full (backpressure), failing
-// with memory.ErrQueueFull after Config.Memory.PublishTimeout. It keeps
-// nothing across a restart.
+// [WithKafkaTransactions]. The in-process broker is bounded (package
+// bus/memory): Publish waits while a queue is full.
 //
 // # Workers
 //
@@ -78,9 +69,7 @@
 // the handlers in flight finish with a live context until Close's context is
 // done, acks what finished, then cancels what is still running (those
 // messages are nacked and delivered again later), and closes the router,
-// publisher and broker connections. Watermill's own Router.Close cancels
-// handlers at once (Watermill #446); the bus does not call it until the
-// drain is over.
+// publisher and broker connections.
 //
 // # Concurrency
 //

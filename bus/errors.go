@@ -22,9 +22,6 @@ var (
 
 // Permanent marks err as permanent: the message is not retried but goes to
 // the dead-letter topic at once. Use it for errors retrying cannot fix
-// (invalid input, a business rule). Permanent(nil) is nil.
+// (invalid input, a business rule). Permanent(nil) is nil;
+// middleware.IsPermanent tells such errors (schema errors are too).
 func Permanent(err error) error { return middleware.Permanent(err) }
-
-// IsPermanent reports whether err is permanent (see [Permanent]); schema
-// errors are.
-func IsPermanent(err error) bool { return middleware.IsPermanent(err) }

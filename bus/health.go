@@ -2,11 +2,11 @@ package bus
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"time"
+
+	"github.com/busline/busline/internal/health"
 )
 
 // ErrNotRunning is returned by [Bus.Health] before [Bus.Run] has
@@ -64,47 +64,23 @@ func (b *Bus) runState() error {
 
 // DefaultHealthTimeout bounds the broker ping of [Bus.HealthHandler] when
 // the request's context has no earlier deadline.
-const DefaultHealthTimeout = 5 * time.Second
+const DefaultHealthTimeout = health.DefaultTimeout
 
 // HealthStatus is the JSON body of [Bus.HealthHandler] and
-// [Bus.LiveHandler].
-type HealthStatus struct {
-	// Status is "ok" or "unavailable".
-	Status string `json:"status"`
-	// Broker is the broker's name: "memory", "kafka" or "amqp".
-	Broker string `json:"broker"`
-	// Error says what is wrong when Status is "unavailable".
-	Error string `json:"error,omitempty"`
-}
+// [Bus.LiveHandler]: Status "ok" or "unavailable", Broker the broker's
+// name, Error what is wrong when unavailable.
+type HealthStatus = health.Status
 
 // HealthHandler returns an HTTP handler for readiness probes: it answers
 // 200 with {"status":"ok","broker":...} when [Bus.Health] returns nil,
 // else 503 with the error in the body. The check is bounded by the
 // request's context and [DefaultHealthTimeout].
 func (b *Bus) HealthHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), DefaultHealthTimeout)
-		defer cancel()
-		b.writeHealth(w, b.Health(ctx))
-	})
+	return health.Handler(b.cfg.Broker, DefaultHealthTimeout, b.Health)
 }
 
 // LiveHandler returns an HTTP handler for liveness probes: 200 or 503
 // after [Bus.Live], with the same body as [Bus.HealthHandler].
 func (b *Bus) LiveHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		b.writeHealth(w, b.Live())
-	})
-}
-
-func (b *Bus) writeHealth(w http.ResponseWriter, err error) {
-	st := HealthStatus{Status: "ok", Broker: b.cfg.Broker}
-	code := http.StatusOK
-	if err != nil {
-		st.Status, st.Error, code = "unavailable", err.Error(), http.StatusServiceUnavailable
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(st)
+	return health.Handler(b.cfg.Broker, 0, func(context.Context) error { return b.Live() })
 }

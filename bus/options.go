@@ -128,7 +128,7 @@ func HandlerMiddleware(mws ...message.HandlerMiddleware) HandlerOption {
 	return func(o *handlerOptions) { o.extra = append(o.extra, mws...) }
 }
 
-// Ordering modes for [WithOrdering].
+// Ordering modes for [WithOrdering] (see package broker).
 const (
 	// OrderPartition runs one message of a partition at a time, in order;
 	// partitions run in parallel. The default.
@@ -142,30 +142,24 @@ const (
 	OrderUnordered = broker.OrderUnordered
 )
 
-// WithOrdering sets how this handler's messages may run concurrently,
-// overriding the broker's default (on Kafka, Config.Kafka.Ordering):
-// [OrderPartition], [OrderKey] or [OrderUnordered]. On Kafka a failing
-// message then holds back only what its mode orders after it: its
-// partition, or its key. The in-process broker and RabbitMQ hand a
-// subscription's messages out one at a time, in order, which satisfies
-// every mode, so a handler written for one broker keeps its guarantees on
-// another. An unknown mode makes [Bus.Handle] fail.
+// WithOrdering sets how this handler's messages may run concurrently on
+// Kafka, overriding Config.Kafka.Ordering: [OrderPartition], [OrderKey] or
+// [OrderUnordered]; a failing message holds back only its partition, or
+// its key. The other brokers hand a subscription's messages out one at a
+// time, in order, which satisfies every mode. An unknown mode makes
+// [Bus.Handle] fail.
 func WithOrdering(mode string) HandlerOption {
 	return func(o *handlerOptions) { o.sub.Ordering = mode }
 }
 
-// WithBatchDelivery makes the broker hand this handler's messages out in
-// batches of up to size, for a batch handler ([handlers.Batcher.Handle],
-// whose Size it should match; register no other handler with it). On
-// Kafka, up to size records of a partition that one poll returned cross the
-// router and the middleware as one carrier message, in order, and each
-// record is acked after the batch handler returned; a failed batch is
-// retried whole, then its records are handed out one by one, each retried
-// and dead-lettered on its own (see [handlers.Batcher.Handle]). The next
-// batch of a partition follows when this one was acked. It implies
-// [OrderPartition]. Other brokers hand messages out as usual, and the batch
-// handler groups what is in flight within its MaxWait. A size below 1 makes
-// [Bus.Handle] fail.
+// WithBatchDelivery makes Kafka hand this handler's records out in batches
+// of up to size records of a partition, in order, as one carrier message
+// for a batch handler ([handlers.Batcher.Handle], whose Size it should
+// match; register no other handler with it); each record is acked after the
+// batch handler returned, and a failed batch is retried whole, then record
+// by record. It implies [OrderPartition]. Other brokers hand messages out as
+// usual, and the batch handler groups what is in flight within its
+// MaxWait. A size below 1 makes [Bus.Handle] fail.
 func WithBatchDelivery(size int) HandlerOption {
 	return func(o *handlerOptions) {
 		o.sub.BatchSize = size
@@ -201,14 +195,9 @@ func WithKafkaTransactions() HandlerOption {
 // this handler. With [WithKafkaTransactions] or [WithBatchDelivery] the tier
 // is off (a transaction or a batch is retried whole).
 func WithRedeliveryDelays(delays ...time.Duration) HandlerOption {
-	return func(o *handlerOptions) {
-		o.delays = delays
-		if o.delays == nil {
-			o.delays = NoRedelivery
-		}
-	}
+	return func(o *handlerOptions) { o.delays = append([]time.Duration{}, delays...) } // never nil
 }
 
 func (o handlerOptions) validate() error {
-	return errors.Join(validateDelays(o.delays), o.sub.Validate())
+	return errors.Join(broker.ValidateDelays(o.delays), o.sub.Validate())
 }

@@ -119,8 +119,8 @@ func TestEventRejectsBadMessages(t *testing.T) {
 			if !errors.Is(err, c.want) || !errors.As(err, &se) {
 				t.Fatalf("err %v, want %v", err, c.want)
 			}
-			if !bus.IsPermanent(err) || middleware.ErrorType(err) != se.Code {
-				t.Errorf("err %v: permanent %v, error type %q", err, bus.IsPermanent(err), middleware.ErrorType(err))
+			if !middleware.IsPermanent(err) || middleware.ErrorType(err) != se.Code {
+				t.Errorf("err %v: permanent %v, error type %q", err, middleware.IsPermanent(err), middleware.ErrorType(err))
 			}
 			if called {
 				t.Error("typed function called")
@@ -155,7 +155,7 @@ func TestEventPassesErrorsThrough(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 	h = handlers.Event(r, func(context.Context, ordertest.V3) error { return bus.Permanent(boom) })
-	if err := h(context.Background(), v1Message(t, "o", 1)); !errors.Is(err, boom) || !bus.IsPermanent(err) {
+	if err := h(context.Background(), v1Message(t, "o", 1)); !errors.Is(err, boom) || !middleware.IsPermanent(err) {
 		t.Fatalf("err %v", err)
 	}
 }

@@ -3,6 +3,7 @@ package middleware
 import (
 	"context"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/busline/busline/schema"
@@ -56,14 +57,16 @@ func RootCorrelation(msg *message.Message) string {
 	return schema.Correlation("", msg.Metadata[schema.KeyID], msg.UUID)
 }
 
-// Propagate stamps correlation metadata on messages about to be published
-// under ctx, by schema.Inherit: a message keeps the ids it carries (also
+// Propagate stamps the envelope on messages about to be published under
+// ctx: a UUID (watermill.NewUUID) and a CloudEvents id (its UUID) when it
+// has none, and the correlation, by schema.Inherit: a message keeps the
+// ids it carries (also
 // Watermill's correlation_id); else it gets the correlation id from ctx
 // (see [CorrelationIDFromContext]) or, when ctx has none, its own UUID: it
 // is the edge where a new correlation starts. A message that has no
 // ce_causationid gets the id of the message being handled in ctx, if any.
-// Propagate does not allocate when the metadata maps exist; nil messages
-// are skipped.
+// Apart from new ids, Propagate does not allocate when the metadata maps
+// exist; nil messages are skipped.
 func Propagate(ctx context.Context, msgs ...*message.Message) {
 	var corr, cause string
 	if h := handledFromContext(ctx); h != nil {
@@ -79,8 +82,14 @@ func Propagate(ctx context.Context, msgs ...*message.Message) {
 // stamp gives m the correlation of a message published while handling the
 // message with correlation id corr and id cause (schema.Inherit).
 func stamp(m *message.Message, corr, cause string) {
+	if m.UUID == "" {
+		m.UUID = watermill.NewUUID()
+	}
 	if m.Metadata == nil {
-		m.Metadata = make(message.Metadata, 2)
+		m.Metadata = make(message.Metadata, 4)
+	}
+	if m.Metadata[schema.KeyID] == "" {
+		m.Metadata[schema.KeyID] = m.UUID
 	}
 	schema.Inherit(m.Metadata, corr, cause, m.UUID)
 }
