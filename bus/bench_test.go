@@ -29,6 +29,8 @@ import (
 // process spent per message (cpu-ns/op: publisher, router, middleware, GC),
 // which other processes competing for the cores disturb much less.
 //
+//   - default_no_timeout: default without its timeout step, the floor of
+//     the composed stack (see the sub-benchmark);
 //   - default_otel: the default stack with tracing and metrics on (real SDK,
 //     always sample, batch span processor, discarding exporter; see
 //     bench_otel_test.go).
@@ -43,6 +45,16 @@ func BenchmarkStack(b *testing.B) {
 		}))
 	})
 	b.Run("default_otel", func(b *testing.B) { benchDefaultOTel(b, false) })
+	// The floor of one implementation: the default stack without its
+	// per-attempt timeout, whose context.WithTimeout (its context, timer
+	// and registration with the message's context) is most of what
+	// default costs over bare (docs/benchmarks.md, issue 14).
+	b.Run("default_no_timeout", func(b *testing.B) {
+		benchRouter(b, middleware.Stack(middleware.StackConfig{
+			DeadLetter: middleware.DeadLetterConfig{Publisher: benchDeadLetters(b), Topic: benchDeadLetterTopic},
+			Disable:    middleware.StepTimeout,
+		}))
+	})
 }
 
 // benchWindow bounds the messages published and not yet handled. Without
