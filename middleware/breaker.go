@@ -205,19 +205,26 @@ func (b *breaker) cleanFailed(err error) {
 
 // slow runs msg through gobreaker: the breaker is not clean.
 func (b *breaker) slow(h message.HandlerFunc, msg *message.Message) ([]*message.Message, error) {
-	ran := false
-	out, err := b.cb.Execute(func() ([]*message.Message, error) {
-		ran = true
-		return h(msg)
-	})
-	if ran {
-		b.recorded(err)
+	if out, ran, err := b.try(h, msg); ran {
 		if b.waiters.Load() > 0 {
 			b.notify()
 		}
 		return out, err
 	}
 	return b.wait(h, msg)
+}
+
+// try runs msg through gobreaker and records the outcome when the breaker
+// let it run (ran); else err is gobreaker's refusal.
+func (b *breaker) try(h message.HandlerFunc, msg *message.Message) (out []*message.Message, ran bool, err error) {
+	out, err = b.cb.Execute(func() ([]*message.Message, error) {
+		ran = true
+		return h(msg)
+	})
+	if ran {
+		b.recorded(err)
+	}
+	return out, ran, err
 }
 
 // recorded notes a success gobreaker recorded while closed: consecutive
@@ -247,13 +254,8 @@ func (b *breaker) wait(h message.HandlerFunc, msg *message.Message) ([]*message.
 
 		// Try again after taking the wake channel: an outcome reported
 		// after this point closes it, so none is missed.
-		ran := false
-		out, err := b.cb.Execute(func() ([]*message.Message, error) {
-			ran = true
-			return h(msg)
-		})
+		out, ran, err := b.try(h, msg)
 		if ran {
-			b.recorded(err)
 			b.notify()
 			return out, err
 		}
