@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -119,7 +120,7 @@ func (c Config) withDefaults() Config {
 		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
 	if c.RedeliveryDelays == nil {
-		c.RedeliveryDelays = middleware.DefaultRedeliveryDelays
+		c.RedeliveryDelays = slices.Clone(middleware.DefaultRedeliveryDelays)
 	}
 	if c.RedeliveryMaxTotal == 0 {
 		c.RedeliveryMaxTotal = middleware.DefaultRedeliveryMaxTotal

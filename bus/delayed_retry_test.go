@@ -16,6 +16,7 @@ import (
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/bustest"
 	"github.com/busline/busline/bus/kafka"
+	"github.com/busline/busline/bus/memory"
 	"github.com/busline/busline/internal/testserver"
 	"github.com/busline/busline/middleware"
 )
@@ -379,4 +380,56 @@ func TestDelayedRetryShutdownNeverDeadLetters(t *testing.T) {
 			}
 		})
 	}
+}
+
+// When the in-process tier is full (Config.Memory.Buffer delayed messages
+// per queue), a failed message is dead-lettered at once with reason
+// redelivery_full instead of being handled again in a loop, and the next
+// message of the queue is not held up.
+func TestDelayedRetryFullTierDeadLettersMemory(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b, err := bus.New(bus.Config{RedeliveryDelays: []time.Duration{time.Hour}, Memory: memory.Config{Buffer: 1}},
+			bus.WithStack(oneAttempt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		calls := map[string]int{}
+		if err := b.Handle("h", "orders", func(ctx context.Context, m *message.Message) error {
+			mu.Lock()
+			defer mu.Unlock()
+			calls[m.UUID]++
+			if m.UUID == "ok" {
+				return nil
+			}
+			return errors.New("downstream down")
+		}); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		dls, err := b.DeadLetters(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go b.Run(ctx)
+		<-b.Running()
+		for _, id := range []string{"waits", "finds-it-full", "ok"} {
+			if err := b.Publish(context.Background(), "orders", message.NewMessage(id, nil)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dl := <-dls
+		dl.Ack()
+		synctest.Wait()
+		if dl.UUID != "finds-it-full" || dl.Metadata.Get(middleware.KeyDLQReason) != middleware.ReasonTierFull {
+			t.Errorf("dead letter %s with reason %q, want finds-it-full with %q", dl.UUID, dl.Metadata.Get(middleware.KeyDLQReason), middleware.ReasonTierFull)
+		}
+		mu.Lock()
+		if calls["waits"] != 1 || calls["finds-it-full"] != 1 || calls["ok"] != 1 {
+			t.Errorf("calls %v, want one each (the first waits an hour in the tier)", calls)
+		}
+		mu.Unlock()
+		cancel()
+		_ = b.Close(context.Background())
+	})
 }

@@ -59,7 +59,9 @@ func RootCorrelation(msg *message.Message) string {
 
 // Propagate stamps the envelope on messages about to be published under
 // ctx: a UUID (watermill.NewUUID) and a CloudEvents id (its UUID) when it
-// has none, and the correlation, by schema.Inherit: a message keeps the
+// has none, a fresh retry budget (no busline_retry_* keys: a forwarded copy
+// of a message does not inherit its delayed rounds), and the correlation,
+// by schema.Inherit: a message keeps the
 // ids it carries (also
 // Watermill's correlation_id); else it gets the correlation id from ctx
 // (see [CorrelationIDFromContext]) or, when ctx has none, its own UUID: it
@@ -90,6 +92,11 @@ func stamp(m *message.Message, corr, cause string) {
 	}
 	if m.Metadata[schema.KeyID] == "" {
 		m.Metadata[schema.KeyID] = m.UUID
+	}
+	// A published message starts a retry budget of its own, also when it
+	// is a copy of a message that went through delayed rounds.
+	for _, k := range retryKeys {
+		delete(m.Metadata, k)
 	}
 	schema.Inherit(m.Metadata, corr, cause, m.UUID)
 }

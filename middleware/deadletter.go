@@ -158,8 +158,12 @@ func deadLetterFailed(cfg *DeadLetterConfig, msg *message.Message, orig context.
 		// dead-lettered on its own if it fails.
 		return err
 	}
-	if handled, rerr := redeliverLater(&cfg.Redelivery, msg, orig, err, cfg.Observer); handled {
+	handled, rerr := redeliverLater(&cfg.Redelivery, msg, orig, err, cfg.Observer)
+	if handled {
 		return rerr
+	}
+	if rerr != nil { // the delayed tier is full: dead-letter now, with both errors
+		err = &tierFullError{err: err, tier: rerr}
 	}
 	return deadLetter(cfg, msg, orig, err)
 }
@@ -177,7 +181,9 @@ func deadLetter(cfg *DeadLetterConfig, msg *message.Message, ctx context.Context
 		topic = "busline.dlq"
 	}
 	reason := ErrorType(err)
-	if reason == ReasonHandlerError && o.total() > 1 {
+	if errors.Is(err, ErrTierFull) {
+		reason = ReasonTierFull
+	} else if reason == ReasonHandlerError && o.total() > 1 {
 		// Each round was one attempt, but there were several rounds.
 		reason = ReasonRetriesExhausted
 	}

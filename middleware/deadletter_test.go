@@ -102,6 +102,21 @@ func TestDeadLetterRecordsRetries(t *testing.T) {
 	})
 }
 
+// A handler's own context.Canceled (a context of its own was cancelled)
+// while the message's context is live is an ordinary failure: it is
+// dead-lettered, not redelivered in a loop.
+func TestDeadLetterTakesAHandlersOwnCancellation(t *testing.T) {
+	pub := &recordingPublisher{}
+	h := middleware.DeadLetter(middleware.DeadLetterConfig{Publisher: pub, Topic: "dlq"})(
+		func(*message.Message) ([]*message.Message, error) { return nil, fmt.Errorf("fan-out: %w", context.Canceled) })
+	if _, err := h(newMsg("d4", "")); err != nil {
+		t.Errorf("err = %v, want the message acked after its dead letter", err)
+	}
+	if n := len(pub.topic("dlq")); n != 1 {
+		t.Errorf("%d dead letters, want 1", n)
+	}
+}
+
 func TestDeadLetterPassesRedeliveriesThrough(t *testing.T) {
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -110,7 +125,6 @@ func TestDeadLetterPassesRedeliveriesThrough(t *testing.T) {
 		err error
 	}{
 		"shutdown":          {cancelled, errTransient},
-		"canceled error":    {context.Background(), context.Canceled},
 		"breaker open":      {context.Background(), gobreaker.ErrOpenState},
 		"in progress":       {context.Background(), middleware.ErrInProgress},
 		"dedup store error": {context.Background(), &middleware.DedupStoreError{Op: "claim", Err: errTransient}},

@@ -1,7 +1,6 @@
 package middleware
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -110,17 +109,17 @@ func ErrorType(err error) string {
 }
 
 // IsRedelivery reports whether err asks for the message to be nacked and
-// delivered again later rather than dead-lettered: made by [Redeliver],
-// context cancellation (shutdown), a message the circuit breaker did not
-// let through, [ErrInProgress] (a concurrent duplicate) and
-// [DedupStoreError] (the dedup store failed; dedup fails closed).
-// [DeadLetter] passes such errors through.
+// delivered again later rather than dead-lettered: made by [Redeliver], a
+// message the circuit breaker did not let through, [ErrInProgress] (a
+// concurrent duplicate) and [DedupStoreError] (the dedup store failed;
+// dedup fails closed). [DeadLetter] passes such errors through, and any
+// error once the message's own context is done (shutdown). A handler's
+// error that wraps context.Canceled while the message's context is live
+// (a context of the handler's own was cancelled) is an ordinary failure:
+// retried within the budget, then dead-lettered.
 func IsRedelivery(err error) bool {
 	if err == nil {
 		return false
-	}
-	if errors.Is(err, context.Canceled) {
-		return true
 	}
 	var r *RedeliveryError
 	var d *DedupStoreError

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -32,6 +33,9 @@ const (
 	retryPrefix = schema.PrivatePrefix + "retry_"
 )
 
+// retryKeys are the budget's keys, which [Propagate] removes.
+var retryKeys = [...]string{KeyRetryRounds, KeyRetryAttempts, KeyRetryFirstFailure, KeyRetryHistory}
+
 // DefaultRedeliveryDelays are the waits of the delayed tier when
 // RedeliveryConfig.Delays is nil: five rounds, about 71 minutes in all.
 var DefaultRedeliveryDelays = []time.Duration{
@@ -45,6 +49,24 @@ const DefaultRedeliveryMaxTotal = 2 * time.Hour
 // maxHistoryError bounds the error text kept per round in
 // busline_retry_history, in bytes.
 const maxHistoryError = 256
+
+// ErrTierFull is what a [Redeliverer]'s error wraps when its delayed tier
+// has no room for another message (the in-process broker's bounded
+// timers): the message is then dead-lettered at once, with reason
+// [ReasonTierFull], rather than nacked and handled again in a loop that
+// would ignore its budget. Other Redeliverer errors (a broker outage) nack
+// the message, which comes back after the nack delay.
+var ErrTierFull = errors.New("middleware: delayed redelivery tier full")
+
+// ReasonTierFull is the dead-letter reason of a message whose delayed
+// tier had no room ([ErrTierFull]).
+const ReasonTierFull = "redelivery_full"
+
+// tierFullError is a handler's error that could not go to the full tier.
+type tierFullError struct{ err, tier error }
+
+func (e *tierFullError) Error() string   { return e.err.Error() + " (not redelivered: " + e.tier.Error() + ")" }
+func (e *tierFullError) Unwrap() []error { return []error{e.err, e.tier} }
 
 // Redeliverer sends a message back to the subscription it was consumed from
 // (one handler's queue or group, not other subscribers of the topic) no
@@ -136,7 +158,7 @@ func RetryBudgetOf(md message.Metadata) RetryBudget {
 
 func (c RedeliveryConfig) withDefaults() RedeliveryConfig {
 	if c.Delays == nil {
-		c.Delays = DefaultRedeliveryDelays
+		c.Delays = slices.Clone(DefaultRedeliveryDelays)
 	}
 	for _, d := range c.Delays {
 		if d <= 0 {
@@ -192,7 +214,8 @@ func (o roundOutcome) history(err error, delay time.Duration) string {
 // redeliverLater hands msg to the delayed tier when its budget allows. It
 // returns handled true when it did (err is then nil on success, or the
 // Redeliverer's error joined to the handler's, for a nack), false when the
-// message must be dead-lettered.
+// message must be dead-lettered (err is then the tier's [ErrTierFull], or
+// nil when the budget is spent or the error permanent).
 func redeliverLater(cfg *RedeliveryConfig, msg *message.Message, ctx context.Context, err error, obs Observer) (handled bool, _ error) {
 	if cfg.Redeliverer == nil || IsPermanent(err) {
 		return false, nil
@@ -215,7 +238,11 @@ func redeliverLater(cfg *RedeliveryConfig, msg *message.Message, ctx context.Con
 	cp.Metadata[KeyRetryFirstFailure] = o.first.UTC().Format(time.RFC3339Nano)
 	cp.Metadata[KeyRetryHistory] = o.history(err, delay)
 	if rerr := cfg.Redeliverer.Redeliver(ctx, cp, delay); rerr != nil {
-		return true, errors.Join(err, fmt.Errorf("middleware: schedule redelivery in %v: %w", delay, rerr))
+		rerr = fmt.Errorf("middleware: schedule redelivery in %v: %w", delay, rerr)
+		if errors.Is(rerr, ErrTierFull) {
+			return false, rerr
+		}
+		return true, errors.Join(err, rerr)
 	}
 	if obs != nil {
 		obs.Redelivered(RedeliveryInfo{Message: cp, Round: o.budget.Rounds + 2, Delay: delay, Err: err})

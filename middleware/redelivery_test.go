@@ -154,3 +154,17 @@ func TestDelayedRetryOnlyForTransientErrorsWithinBudget(t *testing.T) {
 		}
 	})
 }
+
+// A message published again (a handler forwarding a copy of what it got)
+// starts a budget of its own: Propagate drops the budget it carries.
+func TestDelayedRetryPublishedCopyStartsAFreshBudget(t *testing.T) {
+	m := newMsg("fwd", "")
+	for k, v := range map[string]string{middleware.KeyRetryRounds: "2", middleware.KeyRetryAttempts: "8",
+		middleware.KeyRetryFirstFailure: time.Now().UTC().Format(time.RFC3339Nano), middleware.KeyRetryHistory: "[]"} {
+		m.Metadata.Set(k, v)
+	}
+	middleware.Propagate(context.Background(), m)
+	if b := middleware.RetryBudgetOf(m.Metadata); b.Rounds != 0 || b.Attempts != 0 || !b.FirstFailure.IsZero() || len(b.History) != 0 {
+		t.Errorf("published copy keeps the budget %+v", b)
+	}
+}

@@ -49,6 +49,9 @@ type Broker struct {
 	closeOnce sync.Once
 	subs      sync.WaitGroup
 	inflight  inflight.Tracker
+
+	timersMu sync.Mutex
+	timers   map[*time.Timer]struct{} // of delayed messages (redeliver.go)
 }
 
 type topic struct {
@@ -189,6 +192,7 @@ func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		b.closed.Store(true)
 		close(b.closing)
+		b.stopTimers()
 	})
 	b.subs.Wait()
 	return nil

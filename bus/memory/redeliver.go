@@ -2,7 +2,6 @@ package memory
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -10,19 +9,21 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/busline/busline/bus/broker"
+	"github.com/busline/busline/middleware"
 )
 
 // ErrTooManyDelayed is returned by a redeliverer's Redeliver when its
-// queue already holds Config.Buffer delayed messages: the message is nacked
-// instead and comes back through the stack's nack delay.
-var ErrTooManyDelayed = errors.New("memory: too many delayed messages")
+// queue already holds Config.Buffer delayed messages. It wraps
+// middleware.ErrTierFull: the message is dead-lettered then (reason
+// redelivery_full), with its budget so far, rather than handled again.
+var ErrTooManyDelayed = fmt.Errorf("memory: too many delayed messages: %w", middleware.ErrTierFull)
 
 // Redeliverer returns the delayed-redelivery tier of the queue of group on
 // topic: Redeliver keeps a copy of a message on a timer and puts it back
 // into that queue only (not into other groups' queues) when its delay is
 // over. Delayed messages count in [Broker.Depth]; at most Config.Buffer wait
-// per queue. They live in memory: a crash or [Broker.Close] drops them, as
-// it drops every in-process queue.
+// per queue. They live in memory: a crash or [Broker.Close] drops them (Close
+// stops their timers), as it drops every in-process queue.
 func (b *Broker) Redeliverer(topic, group string, delays []time.Duration) (interface {
 	Redeliver(ctx context.Context, msg *message.Message, delay time.Duration) error
 }, error) {
@@ -55,12 +56,33 @@ func (r *redeliverer) Redeliver(_ context.Context, msg *message.Message, delay t
 	}
 	c := msg.Copy()
 	c.SetContext(context.Background())
-	time.AfterFunc(delay, func() {
+	b := r.b
+	b.timersMu.Lock()
+	defer b.timersMu.Unlock()
+	if b.timers == nil {
+		b.timers = make(map[*time.Timer]struct{})
+	}
+	var t *time.Timer
+	t = time.AfterFunc(delay, func() {
 		defer r.q.delayed.Add(-1)
+		b.timersMu.Lock()
+		delete(b.timers, t)
+		b.timersMu.Unlock()
 		select {
 		case r.q.ch <- c:
-		case <-r.b.closing:
+		case <-b.closing:
 		}
 	})
+	b.timers[t] = struct{}{}
 	return nil
+}
+
+// stopTimers stops the timers of delayed messages, for Close.
+func (b *Broker) stopTimers() {
+	b.timersMu.Lock()
+	defer b.timersMu.Unlock()
+	for t := range b.timers {
+		t.Stop()
+	}
+	clear(b.timers)
 }
