@@ -108,7 +108,9 @@ func TestDeadLetterRecordsRetries(t *testing.T) {
 func TestDeadLetterTakesAHandlersOwnCancellation(t *testing.T) {
 	pub := &recordingPublisher{}
 	h := middleware.DeadLetter(middleware.DeadLetterConfig{Publisher: pub, Topic: "dlq"})(
-		func(*message.Message) ([]*message.Message, error) { return nil, fmt.Errorf("fan-out: %w", context.Canceled) })
+		func(*message.Message) ([]*message.Message, error) {
+			return nil, fmt.Errorf("fan-out: %w", context.Canceled)
+		})
 	if _, err := h(newMsg("d4", "")); err != nil {
 		t.Errorf("err = %v, want the message acked after its dead letter", err)
 	}

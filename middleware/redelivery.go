@@ -65,7 +65,9 @@ const ReasonTierFull = "redelivery_full"
 // tierFullError is a handler's error that could not go to the full tier.
 type tierFullError struct{ err, tier error }
 
-func (e *tierFullError) Error() string   { return e.err.Error() + " (not redelivered: " + e.tier.Error() + ")" }
+func (e *tierFullError) Error() string {
+	return e.err.Error() + " (not redelivered: " + e.tier.Error() + ")"
+}
 func (e *tierFullError) Unwrap() []error { return []error{e.err, e.tier} }
 
 // Redeliverer sends a message back to the subscription it was consumed from
