@@ -730,3 +730,54 @@ func TestDelayedRetryRejectedPublishMetric(t *testing.T) {
 		t.Errorf("%s = %d, want 1", telemetry.MetricPublishRejected, n)
 	}
 }
+
+// A round handed to the delayed tier is a failed round: its process span
+// has an error status and error.type and a busline.redelivery event, though
+// the message is acked; the round that succeeds later is OK.
+func TestDelayedRetrySpanFailsTheRound(t *testing.T) {
+	sr := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sr))
+	b, err := bus.New(bus.Config{RedeliveryDelays: []time.Duration{time.Millisecond}}, bus.WithTracerProvider(tp),
+		bus.WithStack(func(c *middleware.StackConfig) { c.Retry = middleware.RetryConfig{MaxAttempts: 1} }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	calls := 0
+	if err := b.Handle("h", "orders", func(context.Context, *message.Message) error {
+		calls++
+		if calls == 1 {
+			return errors.New("downstream down")
+		}
+		close(done)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	go b.Run(context.Background())
+	<-b.Running()
+	if err := b.Publish(context.Background(), "orders", message.NewMessage("m", nil)); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if err := b.Close(bustest.Context(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	var rounds []sdktrace.ReadOnlySpan
+	for _, s := range sr.Ended() {
+		if s.SpanKind() == trace.SpanKindConsumer {
+			rounds = append(rounds, s)
+		}
+	}
+	if len(rounds) != 2 {
+		t.Fatalf("%d process spans, want 2", len(rounds))
+	}
+	first, second := rounds[0], rounds[1]
+	hasEvent := slices.ContainsFunc(first.Events(), func(e sdktrace.Event) bool { return e.Name == telemetry.EventRedelivery })
+	if first.Status().Code != codes.Error || !hasEvent {
+		t.Errorf("first round: status %v, redelivery event %v; want an error and the event", first.Status(), hasEvent)
+	}
+	if second.Status().Code == codes.Error {
+		t.Errorf("second round: status %v, want OK", second.Status())
+	}
+}

@@ -14,15 +14,16 @@ import (
 // Busline's own span and metric attribute keys (never new messaging.*
 // keys).
 const (
-	AttrHandlerName   = attribute.Key("busline.handler.name")
-	AttrSchemaVersion = attribute.Key("busline.schema.version")
-	AttrDLQReason     = attribute.Key("busline.dlq.reason")
-	AttrAttempt       = attribute.Key("busline.attempt")
-	AttrAttempts      = attribute.Key("busline.attempts")
-	AttrRetryDelay    = attribute.Key("busline.retry.delay")
-	AttrDedupState    = attribute.Key("busline.dedup.state")
-	AttrThrottleLimit = attribute.Key("busline.throttle.limit")
-	AttrQueueName     = attribute.Key("busline.queue.name")
+	AttrHandlerName     = attribute.Key("busline.handler.name")
+	AttrSchemaVersion   = attribute.Key("busline.schema.version")
+	AttrDLQReason       = attribute.Key("busline.dlq.reason")
+	AttrAttempt         = attribute.Key("busline.attempt")
+	AttrAttempts        = attribute.Key("busline.attempts")
+	AttrRetryDelay      = attribute.Key("busline.retry.delay")
+	AttrRedeliveryRound = attribute.Key("busline.redelivery.round")
+	AttrDedupState      = attribute.Key("busline.dedup.state")
+	AttrThrottleLimit   = attribute.Key("busline.throttle.limit")
+	AttrQueueName       = attribute.Key("busline.queue.name")
 )
 
 // Span event names.

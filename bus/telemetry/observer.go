@@ -73,15 +73,20 @@ func (h *Handler) Retried(info middleware.RetryInfo) {
 		slog.Any("error", info.Err))
 }
 
-// Redelivered implements [middleware.Observer]: a span event,
-// busline.redeliveries and an info line: the message left for the
-// broker's delayed tier and comes back after the delay.
+// Redelivered implements [middleware.Observer]: a span event, the process
+// span's error status and error.type (the round failed, though the message
+// is acked), busline.redeliveries and an info line: the message left for
+// the broker's delayed tier and comes back after the delay.
 func (h *Handler) Redelivered(info middleware.RedeliveryInfo) {
 	ctx := info.Message.Context()
 	et := errorType(info.Err)
+	if pc := procFromContext(ctx); pc != nil {
+		// The round failed: its span and process duration say so.
+		pc.redelivery, pc.redelErr = et, info.Err.Error()
+	}
 	if sp := trace.SpanFromContext(ctx); sp.IsRecording() {
 		sp.AddEvent(EventRedelivery, trace.WithAttributes(
-			AttrAttempt.Int(info.Round),
+			AttrRedeliveryRound.Int(info.Round),
 			semconv.ErrorTypeKey.String(et),
 			AttrRetryDelay.Float64(info.Delay.Seconds()),
 		))

@@ -84,6 +84,8 @@ type procCtx struct {
 	context.Context
 	deadLetter string // busline.dlq.reason when dead-lettered
 	dlqErr     string
+	redelivery string // error.type when handed to the delayed tier
+	redelErr   string
 	attempts   int
 
 	start time.Time
@@ -168,6 +170,8 @@ func (h *Handler) end(pc *procCtx, msg *message.Message, err error) {
 		et, desc = errorType(err), err.Error()
 	case pc.deadLetter != "":
 		et, desc = pc.deadLetter, "dead-lettered: "+pc.dlqErr
+	case pc.redelivery != "":
+		et, desc = pc.redelivery, "redelivering later: "+pc.redelErr
 	}
 	if sp := pc.span; sp != nil {
 		if pc.attempts > 1 {
