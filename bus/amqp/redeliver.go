@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -126,6 +127,7 @@ func (r *redeliverer) Redeliver(ctx context.Context, msg *message.Message, delay
 	if ctx == nil {
 		ctx = context.Background()
 	}
+	msg = withoutDeaths(msg)
 	if failed := r.b.pub.send(ctx, dst, []*message.Message{msg}); len(failed) > 0 {
 		err := failed[0].Err
 		if errors.Is(err, ErrUnroutable) {
@@ -137,4 +139,29 @@ func (r *redeliverer) Redeliver(ctx context.Context, msg *message.Message, delay
 		return fmt.Errorf("amqp: redeliver %s to %s: %w", msg.UUID, dst.routingKey, err)
 	}
 	return nil
+}
+
+// withoutDeaths returns msg, or a copy of it without the x-death,
+// x-first-death-* and x-last-death-* headers RabbitMQ added when an earlier
+// round's wait ended: sent back as strings they would go stale (RabbitMQ
+// counts the rounds afresh in a new x-death table each time; the budget's
+// own busline_retry_* headers count them).
+func withoutDeaths(msg *message.Message) *message.Message {
+	death := func(k string) bool {
+		return k == "x-death" || strings.HasPrefix(k, "x-first-death-") || strings.HasPrefix(k, "x-last-death-")
+	}
+	found := false
+	for k := range msg.Metadata {
+		if death(k) {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return msg
+	}
+	c := msg.Copy()
+	c.SetContext(msg.Context())
+	maps.DeleteFunc(c.Metadata, func(k, _ string) bool { return death(k) })
+	return c
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/broker"
 	"github.com/busline/busline/bus/bustest"
+	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
 
@@ -53,11 +54,11 @@ func newRedeliverer(t *testing.T, tp *topology, b *amqp.Broker, topic, group str
 func retryMessage(payload string) *message.Message {
 	m := message.NewMessage(watermill.NewUUID(), []byte(payload))
 	m.Metadata = message.Metadata{
-		schema.KeyID:            "evt-" + m.UUID,
-		schema.KeyType:          "com.example.retry",
-		"traceparent":           "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-		"busline_retry_attempt": "3",
-		"busline_retry_first":   "2026-12-08T01:00:00Z",
+		schema.KeyID:                    "evt-" + m.UUID,
+		schema.KeyType:                  "com.example.retry",
+		"traceparent":                   "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+		middleware.KeyRetryAttempts:     "3",
+		middleware.KeyRetryFirstFailure: "2026-12-08T01:00:00Z",
 	}
 	return m
 }

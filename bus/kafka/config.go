@@ -202,6 +202,7 @@ func (c Config) withDefaults() Config {
 	if c.ClientID == "" {
 		c.ClientID = defaultClientID
 	}
+	c.InitialOffset = strings.ToLower(c.InitialOffset) // validated case-insensitively
 	if c.InitialOffset == "" {
 		c.InitialOffset = "oldest"
 	}

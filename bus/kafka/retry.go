@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -113,10 +114,51 @@ func (b *Broker) Redeliverer(topic, group string, delays []time.Duration) (inter
 		return nil, err
 	}
 	r := &redeliverer{pub: b.pub, topics: make(map[time.Duration]string, len(delays))}
+	var topics []string
 	for _, d := range delays {
 		r.topics[d] = RetryTopic(topic, group, d)
+		topics = append(topics, r.topics[d])
+	}
+	if b.cfg.InitialOffset == "newest" {
+		if err := b.commitRetryStarts(ctx, group, topics); err != nil {
+			return nil, fmt.Errorf("kafka: retry topics of %s: %w", group, err)
+		}
 	}
 	return r, nil
+}
+
+// commitRetryStarts commits, for group, the start of every partition of
+// topics where the group has committed nothing yet. A retry topic must be
+// read from its start whatever Config.InitialOffset says: with "newest", a
+// record held when the group's only member died (held records are never
+// committed) would otherwise be skipped by the restarted member. The
+// commit needs the group to have no live member; when it has one, that
+// member committed (or is about to commit) positions of its own, and the
+// error is ignored.
+func (b *Broker) commitRetryStarts(ctx context.Context, group string, topics []string) error {
+	committed, err := b.admin.FetchOffsets(ctx, group)
+	if err != nil && !errors.Is(err, kerr.GroupIDNotFound) { // a new group has committed nothing
+		return err
+	}
+	starts, err := b.admin.ListStartOffsets(ctx, topics...)
+	if err != nil {
+		return err
+	}
+	todo := kadm.Offsets{}
+	starts.Each(func(o kadm.ListedOffset) {
+		if _, ok := committed.Lookup(o.Topic, o.Partition); !ok && o.Err == nil {
+			todo.Add(kadm.Offset{Topic: o.Topic, Partition: o.Partition, At: o.Offset, LeaderEpoch: -1})
+		}
+	})
+	if len(todo) == 0 {
+		return nil
+	}
+	resp, err := b.admin.CommitOffsets(ctx, group, todo)
+	if err != nil {
+		return err
+	}
+	_ = resp.Error() // a live member's group refuses: see above
+	return nil
 }
 
 // redeliverer moves messages of one handler to its retry topics.

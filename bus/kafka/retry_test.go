@@ -396,3 +396,25 @@ func BenchmarkDelayedRetryLateness(b *testing.B) {
 	b.ReportMetric(float64(sum.Microseconds())/float64(n)/1000, "late-ms")
 	b.ReportMetric(float64(worst.Microseconds())/1000, "max-late-ms")
 }
+
+// With InitialOffset "newest", a retry topic is still read from its start:
+// a record redelivered before the group's member ever joined (as after a
+// member that died holding it, or a first deploy) is not skipped.
+func TestDelayedRetryNewestStillReadsRetryTopicsFromTheStart(t *testing.T) {
+	cfg := retryConfig(testserver.Kafka(t, 1), 1)
+	cfg.InitialOffset = "Newest" // any case
+	b := newBroker(t, cfg)
+	topic, group := bustest.Name("retry-newest"), bustest.Name("g")
+	const delay = 100 * time.Millisecond
+	r, err := b.Redeliverer(topic, group, []time.Duration{delay})
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := message.NewMessage(watermill.NewUUID(), []byte("x"))
+	redeliver(t, r, orig, delay)
+	ctx := bustest.Context(t, time.Minute)
+	_, ch := subscribeRetry(t, ctx, b, group, topic, delay)
+	if m := next(t, ch, 30*time.Second); m.UUID != orig.UUID {
+		t.Fatalf("received %s, want the redelivered %s", m.UUID, orig.UUID)
+	}
+}

@@ -122,28 +122,44 @@ func (b *Broker) Ping(context.Context) error {
 
 // Publish puts a copy of each message into the queue of every consumer group
 // of topic, in order. It waits while a queue is full, up to
-// Config.PublishTimeout or until the message's context is done.
+// Config.PublishTimeout or until the message's context is done. When a
+// message could not be queued it returns a *[broker.PublishError] listing
+// it and every later one (an earlier group's queue may hold a copy of the
+// first listed: publishing it again duplicates it there, which dedup
+// absorbs).
 func (b *Broker) Publish(topicName string, msgs ...*message.Message) error {
+	t := b.topic(topicName)
+	for i, m := range msgs {
+		if err := b.publishOne(t, m); err != nil {
+			failed := make([]broker.FailedMessage, 0, len(msgs)-i)
+			for j := i; j < len(msgs); j++ {
+				failed = append(failed, broker.FailedMessage{Index: j, UUID: msgs[j].UUID, Err: err})
+			}
+			return &broker.PublishError{Topic: topicName, Total: len(msgs), Failed: failed}
+		}
+	}
+	return nil
+}
+
+// publishOne puts a copy of m into the queue of every group of t.
+func (b *Broker) publishOne(t *topic, m *message.Message) error {
 	if b.closed.Load() {
 		return broker.ErrClosed
 	}
-	t := b.topic(topicName)
-	for _, m := range msgs {
-		groups := *t.groups.Load()
-		if len(groups) == 0 {
-			b.mu.RLock()
-			q := t.backlog
-			b.mu.RUnlock()
-			if q == nil { // a group took the backlog meanwhile
-				groups = *t.groups.Load()
-			} else if err := b.send(q, m); err != nil {
-				return err
-			}
+	groups := *t.groups.Load()
+	if len(groups) == 0 {
+		b.mu.RLock()
+		q := t.backlog
+		b.mu.RUnlock()
+		if q == nil { // a group took the backlog meanwhile
+			groups = *t.groups.Load()
+		} else if err := b.send(q, m); err != nil {
+			return err
 		}
-		for _, q := range groups {
-			if err := b.send(q, m); err != nil {
-				return err
-			}
+	}
+	for _, q := range groups {
+		if err := b.send(q, m); err != nil {
+			return err
 		}
 	}
 	return nil
