@@ -53,15 +53,10 @@ type Member struct {
 // memberKey is the context key of a *Member.
 type memberKey struct{}
 
-// MemberKey is the key under which a context holds a message's *Member. A
-// subscriber's message context answers Value(MemberKey) itself (saving a
-// context layer per message); others use [WithMember].
+// MemberKey is the key under which a context holds a message's *Member:
+// the subscriber's message context answers Value(MemberKey) itself (saving
+// a context layer per message).
 var MemberKey any = memberKey{}
-
-// WithMember returns ctx holding m.
-func WithMember(ctx context.Context, m *Member) context.Context {
-	return context.WithValue(ctx, MemberKey, m)
-}
 
 // MemberFromContext returns the batch membership of the message whose
 // context is ctx, or nil when it was delivered on its own.
