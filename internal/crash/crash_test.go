@@ -440,7 +440,7 @@ func crashRecovery(t *testing.T, br broker, st store) {
 	st.set(&cfg)
 	ctx := bustest.Context(t, rejoinDeadline+2*deadline)
 
-	rec := &recorder{changed: make(chan struct{}, 1)}
+	rec := &recorder{watched: newWatched()}
 	first := startChild(t, cfg, rec, 0)
 	rec.waitFor(t, ctx, "the first consumer to start", func() bool { return rec.ready[0] })
 
@@ -636,7 +636,7 @@ func crashRecovery(t *testing.T, br broker, st store) {
 
 // recorder collects what the consumer processes print.
 type recorder struct {
-	mu         sync.Mutex
+	watched
 	ready      [2]bool
 	handled    [2]int
 	effects    [2]map[string][]time.Time
@@ -648,37 +648,46 @@ type recorder struct {
 	changed    chan struct{}
 }
 
-// waitFor waits until cond, checked under rec.mu, holds.
-func (rec *recorder) waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
+// watched is what the children's output lines change, under mu; a change
+// wakes the waiters.
+type watched struct {
+	mu      sync.Mutex
+	changed chan struct{}
+}
+
+func newWatched() watched { return watched{changed: make(chan struct{}, 1)} }
+
+// waitFor waits until cond, checked under w.mu, holds.
+func (w *watched) waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
 	t.Helper()
-	rec.waitForOr(t, ctx, what, cond, nil)
+	w.waitForOr(t, ctx, what, cond, nil)
 }
 
 // waitForOr is waitFor that, when it gives up, adds what explain, called
-// under rec.mu, says about it.
-func (rec *recorder) waitForOr(t *testing.T, ctx context.Context, what string, cond func() bool, explain func() string) {
+// under w.mu, says about it.
+func (w *watched) waitForOr(t *testing.T, ctx context.Context, what string, cond func() bool, explain func() string) {
 	t.Helper()
 	fail := func(format string, args ...any) {
 		t.Helper()
 		msg := fmt.Sprintf(format, args...)
 		if explain != nil {
-			rec.mu.Lock()
+			w.mu.Lock()
 			msg += ": " + explain()
-			rec.mu.Unlock()
+			w.mu.Unlock()
 		}
 		t.Fatal(msg)
 	}
 	timer := time.NewTimer(deadline)
 	defer timer.Stop()
 	for {
-		rec.mu.Lock()
+		w.mu.Lock()
 		ok := cond()
-		rec.mu.Unlock()
+		w.mu.Unlock()
 		if ok {
 			return
 		}
 		select {
-		case <-rec.changed:
+		case <-w.changed:
 		case <-timer.C:
 			fail("gave up waiting %v for %s", deadline, what)
 		case <-ctx.Done():
@@ -687,9 +696,10 @@ func (rec *recorder) waitForOr(t *testing.T, ctx context.Context, what string, c
 	}
 }
 
-func (rec *recorder) notify() {
+// notify wakes the waiters; w.mu is held or not.
+func (w *watched) notify() {
 	select {
-	case rec.changed <- struct{}{}:
+	case w.changed <- struct{}{}:
 	default:
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -148,13 +147,13 @@ func delayedCrash(t *testing.T, set func(*childConfig), settled func(context.Con
 		t.Fatal(err)
 	}
 
-	lines := &delayedLines{changed: make(chan struct{}, 1)}
+	lines := &delayedLines{watched: newWatched()}
 	child := startDelayedChild(t, cfg, lines)
-	lines.wait(t, ctx, "the first consumer to run", func() bool { return lines.ready > 0 })
+	lines.waitFor(t, ctx, "the first consumer to run", func() bool { return lines.ready > 0 })
 	if err := pub.Publish(ctx, cfg.Topic, message.NewMessage("doomed", []byte("x"))); err != nil {
 		t.Fatal(err)
 	}
-	lines.wait(t, ctx, "the message to go to the delayed tier", func() bool { return len(lines.redelivered) == 1 })
+	lines.waitFor(t, ctx, "the message to go to the delayed tier", func() bool { return len(lines.redelivered) == 1 })
 	for {
 		ok, err := settled(ctx, cfg)
 		if err != nil {
@@ -221,28 +220,10 @@ func delayedCrash(t *testing.T, set func(*childConfig), settled func(context.Con
 
 // delayedLines is what the delayed children printed.
 type delayedLines struct {
-	mu          sync.Mutex
+	watched
 	ready       int
 	attempts    []time.Time
 	redelivered []time.Time
-	changed     chan struct{}
-}
-
-func (l *delayedLines) wait(t *testing.T, ctx context.Context, what string, cond func() bool) {
-	t.Helper()
-	for {
-		l.mu.Lock()
-		ok := cond()
-		l.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-l.changed:
-		case <-ctx.Done():
-			t.Fatalf("gave up waiting for %s", what)
-		}
-	}
 }
 
 func startDelayedChild(t *testing.T, cfg childConfig, l *delayedLines) *exec.Cmd {
@@ -258,12 +239,7 @@ func startDelayedChild(t *testing.T, cfg childConfig, l *delayedLines) *exec.Cmd
 	cmd.Stdout = &lineWriter{line: func(s string) {
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		defer func() {
-			select {
-			case l.changed <- struct{}{}:
-			default:
-			}
-		}()
+		defer l.notify()
 		if s == "READY" {
 			l.ready++
 			return
