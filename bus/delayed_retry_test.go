@@ -315,7 +315,11 @@ func (w *shutdownWatch) DeadLettered(middleware.DeadLetterInfo) {
 // the message: nothing goes to the delayed tier or the dead-letter topic
 // early, and the next consumer gets it with a fresh budget.
 func TestDelayedRetryShutdownNeverDeadLetters(t *testing.T) {
-	for _, tc := range shutdownBrokers(t) {
+	addrs := testserver.Kafka(t, 1)
+	kafkaCase := shutdownBroker{name: "kafka", restart: func() {}, cfg: func(topic string) bus.Config {
+		return bus.Config{Broker: bus.BrokerKafka, Group: topic, DeadLetterTopic: topic + ".dlq", Kafka: kafka.Config{Brokers: addrs}}
+	}}
+	for _, tc := range append(shutdownBrokers(t), kafkaCase) {
 		t.Run(tc.name, func(t *testing.T) {
 			topic := bustest.Name("delayed-shutdown")
 			cfg := tc.cfg(topic)
