@@ -20,8 +20,7 @@ var (
 	ErrHandlersStopped = errors.New("bus: all handlers stopped")
 )
 
-// Permanent marks err as permanent: the message is not retried but goes to
-// the dead-letter topic at once. Use it for errors retrying cannot fix
-// (invalid input, a business rule). Permanent(nil) is nil;
-// middleware.IsPermanent tells such errors (schema errors are too).
+// Permanent marks err as permanent (middleware.IsPermanent): the message is
+// not retried but dead-lettered at once. Use it for errors retrying cannot
+// fix (invalid input, a business rule). Permanent(nil) is nil.
 func Permanent(err error) error { return middleware.Permanent(err) }
