@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -39,8 +40,10 @@ var brokers = []brokerEntry{
 		},
 	},
 	{
-		name:     BrokerAMQP,
-		validate: func(c Config) error { return c.AMQP.Validate() },
+		name: BrokerAMQP,
+		validate: func(c Config) error {
+			return errors.Join(c.AMQP.Validate(), c.AMQP.ValidateDelayedTier(c.RedeliveryDelays == nil || len(c.RedeliveryDelays) > 0))
+		},
 		open: func(c Config, l watermill.LoggerAdapter) (broker.Broker, error) {
 			return opened(amqp.New(c.AMQP, l))
 		},

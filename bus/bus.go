@@ -85,21 +85,18 @@ func New(cfg Config, opts ...Option) (*Bus, error) {
 		handlers: make(map[string]string),
 		closed:   make(chan struct{}),
 	}
-	if d, ok := br.(broker.Drainer); ok {
-		b.drain = d
-	} else {
+	b.drain, _ = br.(broker.Drainer)
+	if b.drain == nil { // the bus drains a broker that does not drain itself
 		b.gate = drain.NewGate()
 		b.drain = b.gate
 	}
 	b.tel = b.newTelemetry()
 	b.pub = b.tel.Publisher(b.broker.Publisher())
 
-	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.ShutdownTimeout}, o.watermillLogger())
-	if err != nil {
+	if b.router, err = message.NewRouter(message.RouterConfig{CloseTimeout: cfg.ShutdownTimeout}, o.watermillLogger()); err != nil {
 		b.broker.Close()
 		return nil, fmt.Errorf("bus: router: %w", err)
 	}
-	b.router = router
 
 	// The dead-letter topic keeps what it receives for the group
 	// "deadletter", which the dead-letter tools read.

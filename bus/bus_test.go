@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/busline/busline/bus"
+	"github.com/busline/busline/bus/amqp"
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/schema"
 )
@@ -164,5 +166,39 @@ func TestDeadLetterAndReplay(t *testing.T) {
 	cancel()
 	if err := <-runErr; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The delayed tier's settings are read from the environment and checked at
+// New with the other problems: bad delays, and a RabbitMQ max queue length
+// on classic queues with the tier on.
+func TestDelayedRetryConfig(t *testing.T) {
+	t.Setenv("BUSLINE_REDELIVERY_DELAYS", "2s, 30s")
+	t.Setenv("BUSLINE_REDELIVERY_MAX_TOTAL", "1h")
+	t.Setenv("BUSLINE_AMQP_QUEUE_TYPE", "Quorum")
+	t.Setenv("BUSLINE_AMQP_MAX_QUEUE_LENGTH", "100")
+	c, err := bus.ConfigFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.RedeliveryDelays, []time.Duration{2 * time.Second, 30 * time.Second}) || c.RedeliveryMaxTotal != time.Hour ||
+		c.AMQP.QueueType != "quorum" || c.AMQP.MaxQueueLength != 100 {
+		t.Fatalf("config %+v", c)
+	}
+	t.Setenv("BUSLINE_REDELIVERY_DELAYS", "none")
+	if c, err = bus.ConfigFromEnv(); err != nil || c.RedeliveryDelays == nil || len(c.RedeliveryDelays) != 0 {
+		t.Fatalf("none: %v %v", c.RedeliveryDelays, err)
+	}
+	t.Setenv("BUSLINE_REDELIVERY_DELAYS", "1s,soon")
+	if _, err = bus.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), "BUSLINE_REDELIVERY_DELAYS") {
+		t.Fatalf("malformed delays: %v", err)
+	}
+
+	_, err = bus.New(bus.Config{Broker: bus.BrokerAMQP, RedeliveryDelays: []time.Duration{time.Second, -time.Second, time.Second},
+		AMQP: amqp.Config{URL: "amqp://127.0.0.1:1/", MaxQueueLength: 10}})
+	for _, want := range []string{"not a positive", "given twice", "quorum"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("New: %v, want it to mention %q", err, want)
+		}
 	}
 }

@@ -25,9 +25,7 @@ func (b *Bus) newTelemetry() *telemetry.Telemetry {
 }
 
 // Logger returns the bus's logger (see [WithLogger]) with the attributes
-// that tie a log line to the message being handled in ctx: correlation_id,
-// message_id (the handled message, the causation parent of what it
-// publishes), trace_id and span_id. Attributes ctx does not carry are left
-// out, so outside a handler it is the bus's logger as is. The bus logs
-// dead letters, retries and failed handlings with the same attributes.
+// that tie a log line to the message handled in ctx (correlation_id,
+// message_id, trace_id, span_id: telemetry.LogAttrs); outside a handler it
+// is the bus's logger as is. The bus logs with the same attributes.
 func (b *Bus) Logger(ctx context.Context) *slog.Logger { return telemetry.Logger(b.logger, ctx) }

@@ -72,9 +72,7 @@ func (b *Broker) Redeliverer(topic, group string, delays []time.Duration) (inter
 			errs = append(errs, fmt.Errorf("amqp: redeliverer: wait queue name %.40q... is longer than %d bytes", WaitQueueName(topic, group, d), maxNameLen))
 		}
 	}
-	if cfg.QueueType == QueueTypeClassic && cfg.MaxQueueLength > 0 {
-		errs = append(errs, fmt.Errorf("amqp: redeliverer: classic queues dead-letter at most once, so with max queue length %d a message coming back from its wait to a full queue would be dropped: use queue type %s, or no max queue length", cfg.MaxQueueLength, QueueTypeQuorum))
-	}
+	errs = append(errs, cfg.ValidateDelayedTier(true))
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -164,4 +162,17 @@ func withoutDeaths(msg *message.Message) *message.Message {
 	c.SetContext(msg.Context())
 	maps.DeleteFunc(c.Metadata, func(k, _ string) bool { return death(k) })
 	return c
+}
+
+// ValidateDelayedTier reports, when the delayed tier is on, a
+// configuration that would lose messages in it: a MaxQueueLength with
+// classic queues, which dead-letter at most once, so a message coming back
+// from its wait to a full queue would be dropped.
+func (c Config) ValidateDelayedTier(on bool) error {
+	if on && c.MaxQueueLength > 0 && c.QueueType != QueueTypeQuorum {
+		return fmt.Errorf("amqp: delayed redelivery with max queue length %d needs queue type %s (classic queues "+
+			"dead-letter at most once, so a message coming back from its wait to a full queue would be dropped), or no "+
+			"delayed tier", c.MaxQueueLength, QueueTypeQuorum)
+	}
+	return nil
 }
