@@ -95,8 +95,10 @@ func stamp(m *message.Message, corr, cause string) {
 	}
 	// A published message starts a retry budget of its own, also when it
 	// is a copy of a message that went through delayed rounds.
-	for _, k := range retryKeys {
-		delete(m.Metadata, k)
+	if _, ok := m.Metadata[KeyRetryRounds]; ok { // the tier writes the four keys together
+		for _, k := range retryKeys {
+			delete(m.Metadata, k)
+		}
 	}
 	schema.Inherit(m.Metadata, corr, cause, m.UUID)
 }

@@ -158,18 +158,18 @@ func deadLetterFailed(cfg *DeadLetterConfig, msg *message.Message, orig context.
 		// dead-lettered on its own if it fails.
 		return err
 	}
-	handled, rerr := redeliverLater(&cfg.Redelivery, msg, orig, err, cfg.Observer)
+	o := outcomeOf(msg, err) // this round and the earlier ones
+	handled, rerr := redeliverLater(&cfg.Redelivery, o, msg, orig, err, cfg.Observer)
 	if handled {
 		return rerr
 	}
 	if rerr != nil { // the delayed tier is full: dead-letter now, with both errors
 		err = &tierFullError{err: err, tier: rerr}
 	}
-	return deadLetter(cfg, msg, orig, err)
+	return deadLetter(cfg, o, msg, orig, err)
 }
 
-func deadLetter(cfg *DeadLetterConfig, msg *message.Message, ctx context.Context, err error) error {
-	o := outcomeOf(msg, err)
+func deadLetter(cfg *DeadLetterConfig, o roundOutcome, msg *message.Message, ctx context.Context, err error) error {
 	srcTopic := message.SubscribeTopicFromCtx(ctx)
 	topic := cfg.Topic
 	switch {

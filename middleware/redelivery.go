@@ -213,16 +213,16 @@ func (o roundOutcome) history(err error, delay time.Duration) string {
 	return string(b)
 }
 
-// redeliverLater hands msg to the delayed tier when its budget allows. It
+// redeliverLater hands msg, whose round ended as o, to the delayed tier
+// when its budget allows. It
 // returns handled true when it did (err is then nil on success, or the
 // Redeliverer's error joined to the handler's, for a nack), false when the
 // message must be dead-lettered (err is then the tier's [ErrTierFull], or
 // nil when the budget is spent or the error permanent).
-func redeliverLater(cfg *RedeliveryConfig, msg *message.Message, ctx context.Context, err error, obs Observer) (handled bool, _ error) {
+func redeliverLater(cfg *RedeliveryConfig, o roundOutcome, msg *message.Message, ctx context.Context, err error, obs Observer) (handled bool, _ error) {
 	if cfg.Redeliverer == nil || IsPermanent(err) {
 		return false, nil
 	}
-	o := outcomeOf(msg, err)
 	if o.budget.Rounds >= len(cfg.Delays) {
 		return false, nil
 	}
