@@ -238,13 +238,3 @@ func run(ctx context.Context, cfg config, out io.Writer) (err error) {
 	s.out.line("done in %s", time.Since(start).Round(10*time.Millisecond))
 	return nil
 }
-
-// storyTopics lists every topic the example uses, the dead-letter topic
-// aside, for the tests' clean-up.
-func storyTopics(prefix string) []string {
-	var out []string
-	for _, t := range newTopics(prefix).handlerTopics() {
-		out = append(out, t)
-	}
-	return out
-}

@@ -645,7 +645,6 @@ type recorder struct {
 	waitKeys   map[string]bool // keys of the restarted consumer's wait lines
 	logs       [2][]string     // the consumers' stderr lines
 	odd        [2][]string     // stdout lines that are neither an effect nor READY
-	changed    chan struct{}
 }
 
 // watched is what the children's output lines change, under mu; a change
