@@ -20,6 +20,7 @@ import (
 	"github.com/busline/busline/bus/kafka"
 	"github.com/busline/busline/handlers"
 	"github.com/busline/busline/internal/testserver"
+	"github.com/busline/busline/middleware"
 	"github.com/busline/busline/schema"
 )
 
@@ -38,6 +39,9 @@ import (
 //   - busline: a bus handler with the default stack and no-op body,
 //     "partition" ordering (the default);
 //   - busline_key: the same in "key" ordering;
+//   - busline_key_no_timeout: busline_key without the stack's timeout step,
+//     the floor of the stack when each attempt costs no context.WithTimeout
+//     (a step users keep on; this case says what that step costs);
 //   - busline_batch: handlers.Batch of size 100 with batch delivery of 100;
 //   - router_unordered: the floor of any handler the router runs one message
 //     at a time: a bare Watermill router (no middleware, no bus) on the
@@ -61,6 +65,10 @@ func BenchmarkKafkaConsume(b *testing.B) {
 			})
 			b.Run("busline_key", func(b *testing.B) {
 				benchConsumeBusline(b, addrs, parts, topic, consumeRecords, noopConsume, bus.WithOrdering(bus.OrderKey))
+			})
+			b.Run("busline_key_no_timeout", func(b *testing.B) {
+				benchConsumeBusline(b, addrs, parts, topic, consumeRecords, noopConsume, bus.WithOrdering(bus.OrderKey),
+					bus.HandlerStack(func(c *middleware.StackConfig) { c.Disable |= middleware.StepTimeout }))
 			})
 			b.Run("busline_batch", func(b *testing.B) { benchConsumeBatch(b, addrs, parts, topic, consumeRecords) })
 			b.Run("router_unordered", func(b *testing.B) { benchConsumeRouterFloor(b, addrs, topic, consumeRecords) })

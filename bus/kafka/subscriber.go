@@ -232,29 +232,41 @@ type partition struct {
 type lane struct {
 	key string
 	q   []item
+	// buf is an array q started in, kept when the lane is reused (in
+	// "key" ordering lanes come and go with every few records).
+	buf []item
 }
 
-// newLane returns a lane of key holding it, reusing a lane that ran empty:
-// in "key" ordering lanes come and go with every few records. p.mu must be
-// held.
+// newLane returns a lane of key holding it, reusing a lane that ran empty
+// and its array. p.mu must be held.
 func (p *partition) newLane(key string, it item) *lane {
 	if n := len(p.free); n > 0 {
 		l := p.free[n-1]
 		p.free = p.free[:n-1]
-		l.key, l.q = key, []item{it}
+		l.key, l.q = key, append(l.buf[:0], it)
+		l.buf = l.q
 		return l
 	}
-	return &lane{key: key, q: []item{it}}
+	q := make([]item, 1, 2)
+	q[0] = it
+	return &lane{key: key, q: q, buf: q}
 }
 
-// freeLane keeps l, which ran empty and left p.lanes, for reuse (a few
-// dozen at most). p.mu must be held.
+// freeLane keeps l, which ran empty and left p.lanes, for reuse. There are
+// never more free lanes than lanes that ran at once, which the in-flight
+// bound caps; a large array (a partition's lane) is not kept. p.mu must be
+// held.
 func (p *partition) freeLane(l *lane) {
-	if len(p.free) < 64 {
-		l.key, l.q = "", nil // the queue's array may still hold fetched records
-		p.free = append(p.free, l)
+	l.key, l.q = "", nil
+	if cap(l.buf) > laneKeep {
+		l.buf = nil
 	}
+	clear(l.buf[:cap(l.buf)]) // it may still hold fetched records
+	p.free = append(p.free, l)
 }
+
+// laneKeep is the largest lane array kept for reuse, in records.
+const laneKeep = 16
 
 // item is a fetched record and its position in its partition's tracker.
 type item struct {
