@@ -35,6 +35,10 @@ type BreakerConfig struct {
 	// It is called with the breaker's lock held: it must not block and
 	// must not call back into the stack. Nil means none.
 	Observer Observer
+	// Stopping, when closed, ends the wait of every message the open
+	// breaker holds, and of every message it would hold from then on: a
+	// graceful shutdown began (see StackConfig.Stopping). Nil means never.
+	Stopping <-chan struct{}
 }
 
 // BreakerState is the state of a circuit breaker.
@@ -91,7 +95,11 @@ const (
 // consumption. Messages that arrive while a probe runs wait for its outcome:
 // success closes the breaker and they run; failure reopens it and they wait
 // again. A wait ends when the message's context is cancelled, and the
-// context error is returned (the message is nacked, never dead-lettered).
+// context error is returned (the message is nacked, never dead-lettered);
+// it also ends when BreakerConfig.Stopping is closed (a graceful shutdown
+// began), with an error that wraps gobreaker.ErrOpenState ([IsRedelivery]):
+// the message is nacked and delivered again later, and the shutdown does
+// not wait for the open period to end.
 //
 // Place it outside [Retry] so that a message that failed all its attempts
 // counts as one failure. While closed with no failure counted, a message
@@ -142,13 +150,15 @@ type breaker struct {
 	// and clock reads. Failures always go to gobreaker.
 	clean atomic.Bool
 
+	stopping <-chan struct{} // BreakerConfig.Stopping
+
 	mu       sync.Mutex
 	openedAt time.Time     // when the breaker last opened
 	wake     chan struct{} // closed and replaced when waiters should look again
 }
 
 func newBreaker(cfg BreakerConfig) *breaker {
-	b := &breaker{timeout: cfg.OpenTimeout, wake: make(chan struct{})}
+	b := &breaker{timeout: cfg.OpenTimeout, stopping: cfg.Stopping, wake: make(chan struct{})}
 	trip := uint32(cfg.ConsecutiveFailures)
 	b.cb = gobreaker.NewCircuitBreaker[[]*message.Message](gobreaker.Settings{
 		Name:        cfg.Name,
@@ -275,11 +285,18 @@ func (b *breaker) wait(h message.HandlerFunc, msg *message.Message) ([]*message.
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-b.stopping:
+			return nil, errHeldAtStop
 		case <-wake:
 		case <-timer.C:
 		}
 	}
 }
+
+// errHeldAtStop is the error of a message the open breaker held when a
+// graceful shutdown began: a redelivery error ([IsRedelivery]), so the
+// message is nacked, not dead-lettered, and comes back later.
+var errHeldAtStop = fmt.Errorf("middleware: shutting down while the open circuit breaker held the message: %w", gobreaker.ErrOpenState)
 
 // notify wakes every waiting message so it looks at the breaker again.
 func (b *breaker) notify() {

@@ -163,6 +163,32 @@ func TestBreakerWaitEndsOnShutdown(t *testing.T) {
 	})
 }
 
+// A graceful shutdown (Stopping closed) ends the wait of a message the
+// open breaker holds, with a redelivery error, without waiting for the open
+// period; a message that comes to the open breaker after that is not held.
+func TestBreakerWaitEndsWhenStopping(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		stopping := make(chan struct{})
+		ran := atomic.Int32{}
+		h := middleware.Breaker(middleware.BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Hour, Stopping: stopping})(
+			func(*message.Message) ([]*message.Message, error) { ran.Add(1); return nil, errTransient })
+		_, _ = h(newMsg("m", "")) // opens
+		time.AfterFunc(time.Second, func() { close(stopping) })
+		start := time.Now()
+		_, err := h(newMsg("m", ""))
+		if !middleware.IsRedelivery(err) || errors.Is(err, context.Canceled) || time.Since(start) != time.Second {
+			t.Errorf("err %v after %v; want a redelivery error after 1s", err, time.Since(start))
+		}
+		start = time.Now()
+		if _, err := h(newMsg("m", "")); !middleware.IsRedelivery(err) || time.Since(start) != 0 {
+			t.Errorf("after stopping: err %v after %v; want a redelivery error at once", err, time.Since(start))
+		}
+		if ran.Load() != 1 {
+			t.Errorf("the handler ran %d times, want 1 (the failure that opened the breaker)", ran.Load())
+		}
+	})
+}
+
 // The breaker trips on consecutive failures only: a success between
 // failures resets the count, whether it took the closed fast path or not.
 func TestBreakerTripsOnConsecutiveFailuresOnly(t *testing.T) {

@@ -130,4 +130,10 @@
 // [NackDelay]: the router nacks the message and the broker redelivers it
 // later. A dedup claim is released (or committed) on a context detached from
 // the cancellation.
+//
+// A graceful shutdown lets running handlers finish, but need not wait for a
+// message that is only waiting: when StackConfig.Stopping is closed (the bus
+// closes it when Close begins), a message the open breaker holds stops
+// waiting with a redelivery error ([IsRedelivery]) and a failed message is
+// nacked without its nack delay; the broker delivers either again later.
 package middleware

@@ -16,6 +16,11 @@ type NackDelayConfig struct {
 	InitialDelay time.Duration
 	// MaxDelay caps the wait. Zero means 5s.
 	MaxDelay time.Duration
+	// Stopping, when closed, ends every wait and skips the ones to come:
+	// a graceful shutdown began (see StackConfig.Stopping), and brokers
+	// then hold a nacked message for later instead of delivering it again
+	// at once. Nil means never.
+	Stopping <-chan struct{}
 }
 
 // Defaults of [NackDelayConfig].
@@ -36,8 +41,9 @@ const (
 // The wait grows while errors repeat: InitialDelay doubled per consecutive
 // error this middleware instance saw (across messages), capped at MaxDelay,
 // with ±25% jitter, and reset by the next success. It ends early, and no wait
-// happens at all, when the message's context is cancelled (shutdown): those
-// messages are nacked at once. NackDelay holds no timers or goroutines
+// happens at all, when the message's context is cancelled or
+// NackDelayConfig.Stopping is closed (shutdown): those messages are nacked
+// at once. NackDelay holds no timers or goroutines
 // between messages.
 func NackDelay(cfg NackDelayConfig) message.HandlerMiddleware {
 	cfg = cfg.withDefaults()
@@ -87,7 +93,7 @@ func (n *nackDelay) succeeded() {
 // failed waits before an error escapes, unless msg's context is done.
 func (n *nackDelay) failed(msg *message.Message) {
 	ctx := msg.Context()
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || closed(n.cfg.Stopping) {
 		return
 	}
 	c := n.consecutive.Load()
@@ -100,15 +106,26 @@ func (n *nackDelay) failed(msg *message.Message) {
 	}
 	d = min(d, n.cfg.MaxDelay)
 	d = time.Duration(float64(d) * (0.75 + 0.5*rand.Float64()))
-	sleep(ctx, d)
+	sleep(ctx, n.cfg.Stopping, d)
 }
 
-// sleep waits d or until ctx is done, whichever comes first.
-func sleep(ctx context.Context, d time.Duration) {
+// sleep waits d or until ctx is done or stop closed, whichever comes first.
+func sleep(ctx context.Context, stop <-chan struct{}, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
+	case <-stop:
 	case <-t.C:
+	}
+}
+
+// closed reports whether ch is closed; a nil ch never is.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }

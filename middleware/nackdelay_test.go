@@ -53,3 +53,22 @@ func TestNackDelaySkipsShutdown(t *testing.T) {
 		}
 	})
 }
+
+// Once Stopping is closed a failed message is nacked without its delay, and
+// a delay under way ends.
+func TestNackDelaySkipsWhenStopping(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		stopping := make(chan struct{})
+		h := middleware.NackDelay(middleware.NackDelayConfig{InitialDelay: time.Minute, Stopping: stopping})(
+			func(*message.Message) ([]*message.Message, error) { return nil, errTransient })
+		time.AfterFunc(time.Second, func() { close(stopping) })
+		start := time.Now()
+		if _, err := h(newMsg("m", "")); err != errTransient || time.Since(start) != time.Second {
+			t.Errorf("err %v after %v; want the error after 1s", err, time.Since(start))
+		}
+		start = time.Now()
+		if _, err := h(newMsg("m", "")); err != errTransient || time.Since(start) != 0 {
+			t.Errorf("after stopping: err %v after %v; want the error at once", err, time.Since(start))
+		}
+	})
+}

@@ -81,6 +81,13 @@ type StackConfig struct {
 	// Observer is given to every step whose own Observer is nil. Nil
 	// means none.
 	Observer Observer
+	// Stopping, when closed, says a graceful shutdown began: it is given
+	// to the breaker and nack-delay steps whose own Stopping is nil, so
+	// that a message the open breaker holds, or a failed message waiting
+	// for its nack, is nacked at once instead of holding the shutdown (the
+	// broker delivers it again later). The bus closes it when Close
+	// begins. Nil means never.
+	Stopping <-chan struct{}
 }
 
 // Steps returns the steps [Stack] builds for c, outermost first, as one
@@ -123,7 +130,11 @@ func Stack(cfg StackConfig) message.HandlerMiddleware {
 		case StepCorrelation:
 			mws = append(mws, Correlation())
 		case StepNackDelay:
-			mws = append(mws, NackDelay(cfg.NackDelay))
+			n := cfg.NackDelay
+			if n.Stopping == nil {
+				n.Stopping = cfg.Stopping
+			}
+			mws = append(mws, NackDelay(n))
 		case StepDeadLetter:
 			mws = append(mws, DeadLetter(cfg.deadLetter()))
 		case StepDedup:
@@ -158,6 +169,9 @@ func (c StackConfig) deadLetter() DeadLetterConfig {
 func (c StackConfig) breaker() BreakerConfig {
 	b := c.Breaker
 	b.Observer = observerOr(b.Observer, c.Observer)
+	if b.Stopping == nil {
+		b.Stopping = c.Stopping
+	}
 	if b.Name == "" {
 		b.Name = c.Name
 	}
