@@ -708,8 +708,37 @@ func (c *consumer) runLane(p *partition, l *lane) {
 		l.q = l.q[n:]
 		p.mu.Unlock()
 		if !c.process(p, group) {
+			p.giveBack(l, group)
 			return
 		}
+	}
+}
+
+// giveBack gives back the records of group not finished and those left on
+// lane l, when p drains and one of them was nacked (or could not be handed
+// out): they are not handed out again, the drain does not wait for them,
+// and p's commit stops before the first of them, so that the partition's
+// next owner (or the next run) handles them, in order. Handing a nacked
+// record out again while draining would loop on it until the drain's
+// deadline (the stack's nack delay is skipped at shutdown).
+func (p *partition) giveBack(l *lane, group []item) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.draining || p.stopped || p.final {
+		return
+	}
+	for _, it := range group {
+		p.trk.giveBack(it.seq)
+	}
+	for _, it := range l.q {
+		p.trk.giveBack(it.seq)
+	}
+	l.q = l.q[len(l.q):]
+	if p.lanes[l.key] == l {
+		delete(p.lanes, l.key)
+	}
+	if p.trk.settled(p.cutoff) {
+		closeOnce(p.settled)
 	}
 }
 
@@ -845,11 +874,14 @@ func (c *consumer) processOne(p *partition, it item) bool {
 			return false
 		}
 		// Nacked: hand it out again at once (the stack waited before it
-		// nacked), unless the partition stopped or the consumer closes.
+		// nacked), unless the partition stopped or the consumer closes,
+		// or the partition drains: then it is given back (see giveBack).
 		select {
 		case <-p.stop:
 			return false
 		case <-c.done:
+			return false
+		case <-p.drainc:
 			return false
 		default:
 		}
@@ -1260,6 +1292,7 @@ type entry struct {
 	offset int64
 	epoch  int32
 	done   bool
+	back   bool      // given back while draining: never done, never passed
 	at     time.Time // fetched
 }
 
@@ -1304,9 +1337,23 @@ func (t *tracker) mark() (kgo.EpochOffset, bool) {
 	return t.head, true
 }
 
-// settled reports whether every record up to offset cutoff finished.
+// giveBack records that record seq, not finished, was given back: the
+// head never moves past it, and settled counts it.
+func (t *tracker) giveBack(seq int64) {
+	if i := int(seq-t.base) + t.start; i >= t.start && i < len(t.entries) && !t.entries[i].done {
+		t.entries[i].back = true
+	}
+}
+
+// settled reports whether every record up to offset cutoff finished or
+// was given back.
 func (t *tracker) settled(cutoff int64) bool {
-	return t.start == len(t.entries) || t.entries[t.start].offset > cutoff
+	for i := t.start; i < len(t.entries) && t.entries[i].offset <= cutoff; i++ {
+		if !t.entries[i].done && !t.entries[i].back {
+			return false
+		}
+	}
+	return true
 }
 
 // oldest returns when the oldest record not yet finished was fetched.
