@@ -45,6 +45,7 @@ type Bus struct {
 	mu        sync.Mutex
 	state     state
 	closing   atomic.Bool          // state == stateClosing, read without the lock
+	stopping  chan struct{}        // closed when Close begins: StackConfig.Stopping
 	pubClosed atomic.Bool          // Close is closing the publisher: no handler may publish
 	handlers  map[string]string    // name -> topic
 	subs      []message.Subscriber // handlers'
@@ -84,6 +85,7 @@ func New(cfg Config, opts ...Option) (*Bus, error) {
 		broker:   br,
 		handlers: make(map[string]string),
 		closed:   make(chan struct{}),
+		stopping: make(chan struct{}),
 	}
 	b.drain, _ = br.(broker.Drainer)
 	if b.drain == nil { // the bus drains a broker that does not drain itself
@@ -108,6 +110,7 @@ func New(cfg Config, opts ...Option) (*Bus, error) {
 	}
 
 	b.stack = middleware.StackConfig{
+		Stopping: b.stopping,
 		DeadLetter: middleware.DeadLetterConfig{
 			Publisher: b.pub,
 			Topic:     cfg.DeadLetterTopic,
@@ -391,6 +394,7 @@ func (b *Bus) Close(ctx context.Context) error {
 			// handlers drain, and may publish until they return.
 			b.workers.Cancel()
 			b.drain.StopFetching()
+			close(b.stopping) // after: a message nacked now is held, not handed out again
 			if err := b.drain.Drain(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("bus: shutdown interrupted handlers still running, their messages will be delivered again: %w", err))
 			}

@@ -27,19 +27,17 @@
 //
 // # Errors
 //
-// A handler returning nil acks its message. An error is retried in process
-// with exponential backoff and jitter; when those retries are exhausted,
-// the message goes back to the broker's delayed tier and comes back to the
-// same handler after each of [Config].RedeliveryDelays in turn (the
-// consumer moves on meanwhile; the budget travels in the message's
-// busline_retry_* metadata). When the budget is spent, or at once for a
-// [Permanent] error (and schema errors), the message goes to the
-// dead-letter topic ([Config].DeadLetterTopic) with the reason and the
-// totals of every round in its busline_dlq_* metadata, and is acked only
-// once that publish succeeded.
-// [Bus.DeadLetters] reads the dead-letter topic, [Bus.Replay] sends a dead
-// letter back to its topic. A bad configuration fails [New] with every
-// problem listed.
+// A handler returning nil acks its message. An error is retried in process with
+// exponential backoff and jitter; when those retries are exhausted, the message
+// goes back to the broker's delayed tier and comes back to the same handler
+// after each of [Config].RedeliveryDelays in turn (the consumer moves on
+// meanwhile; the budget travels in the message's busline_retry_* metadata).
+// When the budget is spent, or at once for a [Permanent] error (and schema
+// errors), the message goes to the dead-letter topic ([Config].DeadLetterTopic)
+// with the reason and the totals of every round in its busline_dlq_* metadata,
+// and is acked only once that publish succeeded. [Bus.DeadLetters] reads the
+// dead-letter topic, [Bus.Replay] sends a dead letter back to its topic. A bad
+// configuration fails [New] with every problem listed.
 //
 // # Delivery semantics
 //

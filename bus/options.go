@@ -137,8 +137,7 @@ const (
 	// partition concurrently, each key in order; messages without a key
 	// share one lane per partition.
 	OrderKey = broker.OrderKey
-	// OrderUnordered runs any message at any time, up to the in-flight
-	// bound.
+	// OrderUnordered runs any message at any time, up to the in-flight bound.
 	OrderUnordered = broker.OrderUnordered
 )
 
