@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -1122,5 +1123,93 @@ func TestKafkaConsumerCloseWithAnIdleDeadLetterReader(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Errorf("Run: %v", err)
+	}
+}
+
+// In "key" ordering a record nacked while its partition drains (here: the
+// bus is closing) is given back with the records behind it on its key's
+// lane: none of them runs again or later in this run, the drain does not
+// wait for them (Close returns nil), and the group's next consumer gets
+// them, in order. Before, the nacked record was handed out again and
+// again until Close's deadline.
+func TestKafkaConsumerGivesBackWhileDraining(t *testing.T) {
+	addrs := kafkaCluster(t, 1)
+	topic := bustest.Name("giveback")
+	// a-00000, b-00001, a-00002, b-00003, a-00004 on one partition.
+	publishSeq(t, addrs, 1, topic, "r", 5, func(i int) string { return []string{"a", "b"}[i%2] })
+	group := bustest.Name("g")
+	oneAttempt := bus.HandlerStack(func(c *middleware.StackConfig) { c.Retry = middleware.RetryConfig{MaxAttempts: 1} })
+
+	b := consumerBus(t, addrs, group, kafka.Config{})
+	var mu sync.Mutex
+	var handled []string
+	started := make(chan struct{})
+	var startOnce sync.Once
+	if err := b.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
+		mu.Lock()
+		handled = append(handled, m.UUID)
+		mu.Unlock()
+		if m.UUID != "r-00000" {
+			return nil
+		}
+		startOnce.Do(func() { close(started) })
+		// Fail once Close has begun (publishing is refused then).
+		for !errors.Is(b.Publish(context.Background(), topic+".probe", message.NewMessage("p", nil)), bus.ErrClosed) {
+			runtime.Gosched()
+		}
+		return middleware.Redeliver(errors.New("downstream down"))
+	}, bus.WithOrdering(bus.OrderKey), oneAttempt); err != nil {
+		t.Fatal(err)
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- b.Run(context.Background()) }()
+	<-started
+	ctx := bustest.Context(t, 30*time.Second)
+	if err := b.Close(ctx); err != nil {
+		t.Fatalf("Close = %v, want nil: the drain waited for a record given back", err)
+	}
+	if err := <-runErr; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	mu.Lock()
+	got := slices.Clone(handled)
+	mu.Unlock()
+	for _, id := range got {
+		if id == "r-00002" || id == "r-00004" {
+			t.Errorf("%s, behind the nacked r-00000 on key a, ran in the closing run: %v", id, got)
+		}
+	}
+	if n := slices.Index(got, "r-00000"); n < 0 || slices.Index(got[n+1:], "r-00000") >= 0 {
+		t.Errorf("r-00000 ran %d times in the closing run, want once: %v", strings.Count(strings.Join(got, ","), "r-00000"), got)
+	}
+
+	// The next consumer of the group gets key a's records, in order.
+	b2 := consumerBus(t, addrs, group, kafka.Config{})
+	var keyA []string
+	var mu2 sync.Mutex
+	done := make(chan struct{})
+	if err := b2.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
+		mu2.Lock()
+		defer mu2.Unlock()
+		if strings.HasSuffix(m.UUID, "0") || strings.HasSuffix(m.UUID, "2") || strings.HasSuffix(m.UUID, "4") {
+			keyA = append(keyA, m.UUID)
+			if len(keyA) == 3 {
+				close(done)
+			}
+		}
+		return nil
+	}, bus.WithOrdering(bus.OrderKey)); err != nil {
+		t.Fatal(err)
+	}
+	runConsumerBus(t, b2)
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatalf("key a's records given back did not come to the next consumer: got %v", keyA)
+	}
+	mu2.Lock()
+	defer mu2.Unlock()
+	if want := []string{"r-00000", "r-00002", "r-00004"}; !slices.Equal(keyA, want) {
+		t.Errorf("next consumer got key a as %v, want %v", keyA, want)
 	}
 }
