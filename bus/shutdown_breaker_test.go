@@ -63,9 +63,7 @@ func TestShutdownDoesNotWaitForAnOpenBreaker(t *testing.T) {
 			}); err != nil {
 				t.Fatal(err)
 			}
-			runErr := make(chan error, 1)
-			go func() { runErr <- b.Run(context.Background()) }()
-			<-b.Running()
+			runErr := startBus(b)
 			ctx := bustest.Context(t, 30*time.Second)
 			if err := b.Publish(ctx, topic, message.NewMessage("opens", nil)); err != nil {
 				t.Fatal(err)
@@ -102,15 +100,7 @@ func TestShutdownDoesNotWaitForAnOpenBreaker(t *testing.T) {
 				return
 			}
 			// It comes back to the group's next consumer.
-			b2 := mustNew(t, cfg)
-			got := make(chan string, 10)
-			if err := b2.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
-				got <- m.UUID
-				return nil
-			}); err != nil {
-				t.Fatal(err)
-			}
-			go b2.Run(context.Background())
+			_, got := nextConsumer(t, cfg, topic)
 			for {
 				select {
 				case id := <-got:

@@ -38,9 +38,7 @@ func TestShutdownFinishesMessageInFlight(t *testing.T) {
 			}); err != nil {
 				t.Fatal(err)
 			}
-			runErr := make(chan error, 1)
-			go func() { runErr <- b.Run(context.Background()) }()
-			<-b.Running()
+			runErr := startBus(b)
 			if err := b.Publish(context.Background(), topic, message.NewMessage("first", nil)); err != nil {
 				t.Fatal(err)
 			}
@@ -71,19 +69,10 @@ func TestShutdownFinishesMessageInFlight(t *testing.T) {
 			}
 			// A new bus on the same queue gets the next message, not the
 			// finished one again.
-			b2 := mustNew(t, cfg)
-			got := make(chan string, 100)
-			if err := b2.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
-				got <- m.UUID
-				return nil
-			}); err != nil {
-				t.Fatal(err)
-			}
+			b2, got := nextConsumer(t, cfg, topic)
 			if err := b2.Publish(context.Background(), topic, message.NewMessage("marker", nil)); err != nil {
 				t.Fatal(err)
 			}
-			go b2.Run(context.Background())
-			defer b2.Close(context.Background())
 			// Messages published while Close began ("late") may come first;
 			// the finished one must not come at all.
 			for id := range got {
@@ -182,6 +171,32 @@ func amqpShutdownConfig(url, topic string) bus.Config {
 	}
 }
 
+// startBus runs b and waits until it is running; Run's result comes on the
+// channel returned.
+func startBus(b *bus.Bus) <-chan error {
+	runErr := make(chan error, 1)
+	go func() { runErr <- b.Run(context.Background()) }()
+	<-b.Running()
+	return runErr
+}
+
+// nextConsumer runs a new bus on cfg, the group's next consumer, whose
+// handler "h" of topic reports the id of every message it gets; the bus is
+// closed when the test ends.
+func nextConsumer(t *testing.T, cfg bus.Config, topic string) (*bus.Bus, <-chan string) {
+	t.Helper()
+	b := mustNew(t, cfg)
+	got := make(chan string, 100)
+	if err := b.Handle("h", topic, func(ctx context.Context, m *message.Message) error {
+		got <- m.UUID
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	go b.Run(context.Background())
+	return b, got
+}
+
 func mustNew(t *testing.T, cfg bus.Config) *bus.Bus {
 	t.Helper()
 	b, err := bus.New(cfg)
@@ -250,9 +265,7 @@ func TestShutdownHandlerPublishesWhileDraining(t *testing.T) {
 			}); err != nil {
 				t.Fatal(err)
 			}
-			runErr := make(chan error, 1)
-			go func() { runErr <- b.Run(context.Background()) }()
-			<-b.Running()
+			runErr := startBus(b)
 			if err := b.Publish(context.Background(), topic, message.NewMessage("first", nil)); err != nil {
 				t.Fatal(err)
 			}
