@@ -74,18 +74,27 @@ func (s *drainSubscriber) forward(ctx context.Context, in <-chan *message.Messag
 			if !ok {
 				return
 			}
+			if s.stopped() {
+				// Taken as fetching stopped (select picks at random
+				// among ready cases): back to the broker, not to the
+				// handler.
+				s.giveUp(ctx, m, in)
+				return
+			}
 			s.g.inflight.Add()
 			select {
 			case out <- m:
-			case <-ctx.Done():
-				m.Nack()
+			case <-s.g.stopping:
 				s.g.inflight.Done()
-				s.discard(in)
+				s.giveUp(ctx, m, in)
+				return
+			case <-ctx.Done():
+				s.g.inflight.Done()
+				s.giveUp(ctx, m, in)
 				return
 			case <-s.closing:
-				m.Nack()
 				s.g.inflight.Done()
-				s.discard(in)
+				s.giveUp(ctx, m, in)
 				return
 			}
 			s.wg.Add(1)
@@ -99,11 +108,7 @@ func (s *drainSubscriber) forward(ctx context.Context, in <-chan *message.Messag
 				}
 			}()
 		case <-s.g.stopping:
-			select {
-			case <-ctx.Done():
-			case <-s.closing:
-			}
-			s.discard(in)
+			s.giveUp(ctx, nil, in)
 			return
 		case <-ctx.Done():
 			s.discard(in)
@@ -113,6 +118,34 @@ func (s *drainSubscriber) forward(ctx context.Context, in <-chan *message.Messag
 			return
 		}
 	}
+}
+
+// stopped reports whether the gate stopped fetching.
+func (s *drainSubscriber) stopped() bool {
+	select {
+	case <-s.g.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// giveUp nacks m (when not nil), taken from the broker but not handed to
+// the router, and stops forwarding. Once fetching stopped it first waits
+// until the subscription ends: what the broker hands over meanwhile stays
+// with it (its prefetch), and goes back to its queue when the subscriber
+// closes.
+func (s *drainSubscriber) giveUp(ctx context.Context, m *message.Message, in <-chan *message.Message) {
+	if m != nil {
+		m.Nack()
+	}
+	if s.stopped() {
+		select {
+		case <-ctx.Done():
+		case <-s.closing:
+		}
+	}
+	s.discard(in)
 }
 
 // discard nacks whatever the broker still hands over until it closes the
