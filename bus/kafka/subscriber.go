@@ -252,21 +252,14 @@ func (p *partition) newLane(key string, it item) *lane {
 	return &lane{key: key, q: q, buf: q}
 }
 
-// freeLane keeps l, which ran empty and left p.lanes, for reuse. There are
-// never more free lanes than lanes that ran at once, which the in-flight
-// bound caps; a large array (a partition's lane) is not kept. p.mu must be
-// held.
+// freeLane keeps l, which ran empty and left p.lanes, for reuse, with the
+// small array its queue started in. There are never more free lanes than
+// lanes that ran at once, which the in-flight bound caps. p.mu must be held.
 func (p *partition) freeLane(l *lane) {
 	l.key, l.q = "", nil
-	if cap(l.buf) > laneKeep {
-		l.buf = nil
-	}
 	clear(l.buf[:cap(l.buf)]) // it may still hold fetched records
 	p.free = append(p.free, l)
 }
-
-// laneKeep is the largest lane array kept for reuse, in records.
-const laneKeep = 16
 
 // item is a fetched record and its position in its partition's tracker.
 type item struct {
@@ -715,12 +708,12 @@ func (c *consumer) runLane(p *partition, l *lane) {
 }
 
 // giveBack gives back the records of group not finished and those left on
-// lane l, when p drains and one of them was nacked (or could not be handed
-// out): they are not handed out again, the drain does not wait for them,
-// and p's commit stops before the first of them, so that the partition's
-// next owner (or the next run) handles them, in order. Handing a nacked
-// record out again while draining would loop on it until the drain's
-// deadline (the stack's nack delay is skipped at shutdown).
+// lane l, when p drains at shutdown and one of them was nacked (or could not
+// be handed out): they are not handed out again, the drain does not wait for
+// them, and p's commit stops before the first of them, so that the group's
+// next consumer handles them, in order (and, again, what other lanes
+// finished after them). Handing a nacked record out again would loop on it
+// until the drain's deadline: the stack skips its nack delay at shutdown.
 func (p *partition) giveBack(l *lane, group []item) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -875,14 +868,19 @@ func (c *consumer) processOne(p *partition, it item) bool {
 		}
 		// Nacked: hand it out again at once (the stack waited before it
 		// nacked), unless the partition stopped or the consumer closes,
-		// or the partition drains: then it is given back (see giveBack).
+		// or the consumer is shutting down and the partition drains: then
+		// it is given back (see giveBack). On a revoke it is handed out
+		// again (the nack delay still applies), so that it may still
+		// finish before the partition goes.
 		select {
 		case <-p.stop:
 			return false
 		case <-c.done:
 			return false
 		case <-p.drainc:
-			return false
+			if c.pollCtx.Err() != nil { // stopFetching or close
+				return false
+			}
 		default:
 		}
 		msg = msg.Copy() // a message is acked or nacked once
@@ -1173,13 +1171,14 @@ func (c *consumer) stopFetching() {
 	}
 }
 
-// drain waits until every partition settled (see stopFetching) or ctx is
-// done.
+// drain waits until every partition settled (see stopFetching) or stopped
+// (lost meanwhile), or ctx is done.
 func (c *consumer) drain(ctx context.Context) error {
 	parts := c.snapshot()
 	for _, p := range parts {
 		select {
 		case <-p.settled:
+		case <-p.stop: // lost, or its revoke ran out of time: nothing to wait for
 		case <-ctx.Done():
 			return ctx.Err()
 		}
