@@ -98,8 +98,8 @@ const (
 // context error is returned (the message is nacked, never dead-lettered);
 // it also ends when BreakerConfig.Stopping is closed (a graceful shutdown
 // began), with an error that wraps gobreaker.ErrOpenState ([IsRedelivery]):
-// the message is nacked and delivered again later, and the shutdown does
-// not wait for the open period to end.
+// the message is nacked (a durable broker delivers it again later), and the
+// shutdown does not wait for the open period to end.
 //
 // Place it outside [Retry] so that a message that failed all its attempts
 // counts as one failure. While closed with no failure counted, a message
@@ -295,7 +295,7 @@ func (b *breaker) wait(h message.HandlerFunc, msg *message.Message) ([]*message.
 
 // errHeldAtStop is the error of a message the open breaker held when a
 // graceful shutdown began: a redelivery error ([IsRedelivery]), so the
-// message is nacked, not dead-lettered, and comes back later.
+// message is nacked, not dead-lettered.
 var errHeldAtStop = fmt.Errorf("middleware: shutting down while the open circuit breaker held the message: %w", gobreaker.ErrOpenState)
 
 // notify wakes every waiting message so it looks at the breaker again.

@@ -135,5 +135,7 @@
 // message that is only waiting: when StackConfig.Stopping is closed (the bus
 // closes it when Close begins), a message the open breaker holds stops
 // waiting with a redelivery error ([IsRedelivery]) and a failed message is
-// nacked without its nack delay; the broker delivers either again later.
+// nacked without its nack delay; a durable broker delivers either again
+// later (the in-process broker keeps it queued, and loses it with the
+// process).
 package middleware

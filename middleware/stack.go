@@ -84,9 +84,9 @@ type StackConfig struct {
 	// Stopping, when closed, says a graceful shutdown began: it is given
 	// to the breaker and nack-delay steps whose own Stopping is nil, so
 	// that a message the open breaker holds, or a failed message waiting
-	// for its nack, is nacked at once instead of holding the shutdown (the
-	// broker delivers it again later). The bus closes it when Close
-	// begins. Nil means never.
+	// for its nack, is nacked at once instead of holding the shutdown (a
+	// durable broker delivers it again later). The bus closes it when
+	// Close begins. Nil means never.
 	Stopping <-chan struct{}
 }
 

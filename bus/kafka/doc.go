@@ -209,11 +209,7 @@
 // hands out no later one, commits what finished, and only then lets the
 // rebalance go on, within three quarters of Config.RebalanceTimeout (60s):
 // the next owner handles none of the finished records again, in every
-// ordering (TestKafkaConsumerRebalance: 0 lost, 0 twice). A record nacked
-// while its partition drains is given back instead of handed out again,
-// with the records behind it on its lane (its partition, or its key): they
-// are not committed (the commit stops before the first of them), the drain
-// does not wait for them, and the next owner gets them in order. A handler still
+// ordering (TestKafkaConsumerRebalance: 0 lost, 0 twice). A handler still
 // running after that is not waited for; its record is delivered again to
 // the next owner. Lost partitions (the member's session expired) commit
 // nothing; their in-flight results are dropped, with a log line and
@@ -277,8 +273,13 @@
 // The bus calls [Broker.StopFetching], then [Broker.Drain]: each
 // partition finishes the records up to the highest one it handed out (as on
 // a revoke), so that what finished is one contiguous prefix and the next
-// consumer of the group handles none of it again; a record nacked meanwhile
-// is given back, as on a revoke. [Broker.Close] then
+// consumer of the group handles none of it again. A record nacked meanwhile
+// is given back instead of handed out again (the stack skips its nack delay
+// at shutdown), with the records behind it on its lane (its partition, or
+// its key): the drain does not wait for them, the commit stops before the
+// first of them, and the next consumer gets them in order, together with
+// what other lanes finished after them (delivered again: the dedup step
+// acks those as duplicates with a shared store). [Broker.Close] then
 // closes the subscribers it made (each commits what finished and leaves the
 // group; what was in flight and not acked is delivered again later), then
 // the publisher, waiting for Publish calls in flight, then the admin
