@@ -2,6 +2,7 @@ package bus_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -57,7 +58,7 @@ func TestShutdownDoesNotWaitForAnOpenBreaker(t *testing.T) {
 				handled[m.UUID]++
 				mu.Unlock()
 				if m.UUID == "opens" {
-					return errTransientShutdown
+					return errors.New("downstream down")
 				}
 				return nil
 			}); err != nil {
@@ -114,12 +115,6 @@ func TestShutdownDoesNotWaitForAnOpenBreaker(t *testing.T) {
 		})
 	}
 }
-
-var errTransientShutdown = transientError("downstream down")
-
-type transientError string
-
-func (e transientError) Error() string { return string(e) }
 
 // shutdownObserver reports the breaker opening and records dead letters.
 type shutdownObserver struct {
