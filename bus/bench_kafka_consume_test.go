@@ -46,7 +46,15 @@ import (
 //   - router_unordered: the floor of any handler the router runs one message
 //     at a time: a bare Watermill router (no middleware, no bus) on the
 //     bus's Kafka subscriber in "unordered" ordering (up to 1,024 records
-//     in flight), no-op handler.
+//     in flight), no-op handler;
+//   - router_key: the same in "key" ordering, the floor under busline_key;
+//   - router_thin: the floor of the router's hand-off: a bare router on
+//     the thinnest franz-go subscriber there can be, raw_franz's loop
+//     handing the router a message.NewMessage per record (payload only:
+//     no metadata, no context, no commit tracking) and waiting for its
+//     ack before the next. Not a consumer (it commits what a poll returned,
+//     acked or not); what it measures is the router and one record in
+//     flight, which is what "partition" ordering also pays.
 //
 // io1ms runs a handler that waits 1ms (I/O bound) on a one-partition
 // topic of ioRecords records over the same 1,000 keys, in "partition" and
@@ -71,7 +79,13 @@ func BenchmarkKafkaConsume(b *testing.B) {
 					bus.HandlerStack(func(c *middleware.StackConfig) { c.Disable |= middleware.StepTimeout }))
 			})
 			b.Run("busline_batch", func(b *testing.B) { benchConsumeBatch(b, addrs, parts, topic, consumeRecords) })
-			b.Run("router_unordered", func(b *testing.B) { benchConsumeRouterFloor(b, addrs, topic, consumeRecords) })
+			b.Run("router_unordered", func(b *testing.B) {
+				benchConsumeRouterFloor(b, addrs, topic, consumeRecords, broker.OrderUnordered)
+			})
+			b.Run("router_key", func(b *testing.B) {
+				benchConsumeRouterFloor(b, addrs, topic, consumeRecords, broker.OrderKey)
+			})
+			b.Run("router_thin", func(b *testing.B) { benchConsumeThin(b, addrs, topic, consumeRecords) })
 		})
 	}
 	b.Run("io1ms", func(b *testing.B) {
@@ -326,16 +340,63 @@ func benchConsumeBatch(b *testing.B, addrs []string, parts int32, topic string, 
 	reportMsgsPerSec(b, n*b.N, total, "msgs/s")
 }
 
-func benchConsumeRouterFloor(b *testing.B, addrs []string, topic string, n int) {
+func benchConsumeRouterFloor(b *testing.B, addrs []string, topic string, n int, ordering string) {
 	benchConsumeRouter(b, topic, n, func() (message.Subscriber, func()) {
 		br, err := kafka.New(kafka.Config{Brokers: addrs}, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
-		sub, err := br.SubscriberWith(bustest.Name("floor"), broker.SubscriberOptions{Ordering: broker.OrderUnordered})
+		sub, err := br.SubscriberWith(bustest.Name("floor"), broker.SubscriberOptions{Ordering: ordering})
 		if err != nil {
 			b.Fatal(err)
 		}
 		return sub, func() { _ = br.Close() }
 	})
 }
+
+func benchConsumeThin(b *testing.B, addrs []string, topic string, n int) {
+	benchConsumeRouter(b, topic, n, func() (message.Subscriber, func()) {
+		cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.ConsumerGroup(bustest.Name("thin")),
+			kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.DisableAutoCommit())
+		if err != nil {
+			b.Fatal(err)
+		}
+		return &thinSubscriber{cl: cl}, cl.Close
+	})
+}
+
+// thinSubscriber is router_thin's subscriber: raw_franz's poll loop handing
+// each record to the router as a new message and waiting for its ack,
+// nothing else (see BenchmarkKafkaConsume). It serves one Subscribe.
+type thinSubscriber struct{ cl *kgo.Client }
+
+func (s *thinSubscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
+	out := make(chan *message.Message)
+	go func() {
+		defer close(out)
+		for {
+			fs := s.cl.PollFetches(ctx)
+			if ctx.Err() != nil || fs.IsClientClosed() {
+				return
+			}
+			for it := fs.RecordIter(); !it.Done(); {
+				m := message.NewMessage("", it.Next().Value)
+				select {
+				case out <- m:
+				case <-ctx.Done():
+					return
+				}
+				select { // one record in flight, as "partition" ordering
+				case <-m.Acked():
+				case <-m.Nacked():
+				case <-ctx.Done():
+					return
+				}
+			}
+			_ = s.cl.CommitRecords(ctx, fs.Records()...)
+		}
+	}()
+	return out, nil
+}
+
+func (s *thinSubscriber) Close() error { return nil }
