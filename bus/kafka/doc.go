@@ -126,10 +126,16 @@
 // plus the delay, rounded up), acks=all; the caller then acks the original,
 // which frees its lane and lets its offset be committed.
 //
-// A subscriber with [broker.SubscriberOptions].RetryDelays consumes the retry
-// topics of its group in the same member (one client, one group) and hands
-// their records to the same channel, so the router runs them through the
-// same handler; [RecordFromContext] names the retry topic. A retry
+// A subscriber consumes the retry topics of its group on the topic in the
+// same member (one client, one group) and hands their records to the same
+// channel, so the router runs them through the same handler;
+// [RecordFromContext] names the retry topic. It reads them by name
+// ("<topic>.<group>.retry.<delay>", the client matching a regular expression
+// when it starts and at each metadata refresh), so also the tiers of
+// delays no longer in [broker.SubscriberOptions].RetryDelays, or of a
+// handler that has none any more: records waiting there when the delays
+// changed come back when due, nothing is left unread. Old tiers are not
+// deleted (a member of an older version may still write to them). A retry
 // partition hands out no record before its due time: it holds its records
 // from the first one not yet due on and is paused (PauseFetchPartitions)
 // until a timer of the subscription finds them due, then it puts them on

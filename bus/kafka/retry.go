@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -25,7 +27,32 @@ const retryDueHeader = "busline_retry_due"
 // [time.Duration.String] prints it ("orders.svc.h.retry.10s",
 // "orders.svc.h.retry.1m0s").
 func RetryTopic(topic, group string, delay time.Duration) string {
-	return topic + "." + group + ".retry." + delay.String()
+	return retryPrefix(topic, group) + delay.String()
+}
+
+// retryPrefix is what every retry topic of group on topic starts with.
+func retryPrefix(topic, group string) string { return topic + "." + group + ".retry." }
+
+// retryTopicPattern is the regular expression of every retry topic of group
+// on topic, whatever its delay (as [time.Duration.String] prints whole
+// milliseconds: "10ms", "1.5s", "1m0s", "2h0m0s"): the tiers a
+// subscription reads, those of delays no longer configured included.
+func retryTopicPattern(topic, group string) string {
+	return "^" + regexp.QuoteMeta(retryPrefix(topic, group)) + `([0-9]+h)?([0-9]+m)?[0-9]+(\.[0-9]+)?m?s$`
+}
+
+// retryTopicDelay returns the delay of name, a retry topic of group on
+// topic (see [RetryTopic]), and false when name is not one.
+func retryTopicDelay(name, topic, group string) (time.Duration, bool) {
+	v, ok := strings.CutPrefix(name, retryPrefix(topic, group))
+	if !ok {
+		return 0, false
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 || RetryTopic(topic, group, d) != name {
+		return 0, false
+	}
+	return d, true
 }
 
 // validRetryDelays reports what is wrong with delays as the retry tiers of

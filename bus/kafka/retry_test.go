@@ -2,6 +2,7 @@ package kafka_test
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -316,16 +317,18 @@ func TestDelayedRetryClose(t *testing.T) {
 // subscription); what names the condition.
 func waitStats(t *testing.T, b *kafka.Broker, what string, ok func(kafka.ConsumerStats) bool) {
 	t.Helper()
+	waitCond(t, what, func() bool { return slices.ContainsFunc(b.ConsumerStats(), ok) })
+}
+
+// waitCond polls ok until it holds, and fails the test when it does not
+// within 30s (a guard against a hang, not a measurement).
+func waitCond(t *testing.T, what string, ok func() bool) {
+	t.Helper()
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	guard := time.NewTimer(30 * time.Second)
 	defer guard.Stop()
-	for {
-		for _, st := range b.ConsumerStats() {
-			if ok(st) {
-				return
-			}
-		}
+	for !ok() {
 		select {
 		case <-tick.C:
 		case <-guard.C:
@@ -416,5 +419,57 @@ func TestDelayedRetryNewestStillReadsRetryTopicsFromTheStart(t *testing.T) {
 	_, ch := subscribeRetry(t, ctx, b, group, topic, delay)
 	if m := next(t, ch, 30*time.Second); m.UUID != orig.UUID {
 		t.Fatalf("received %s, want the redelivered %s", m.UUID, orig.UUID)
+	}
+}
+
+// A subscription reads the retry topics of delays its handler no longer
+// has: a record waiting in the tier of an earlier configuration comes back
+// when the delays changed, and when they were removed, and is committed
+// once handled (its tier's lag drops to 0).
+func TestDelayedRetryReadsTiersOfEarlierDelays(t *testing.T) {
+	const old, current = 40 * time.Millisecond, 70 * time.Millisecond
+	for _, tc := range []struct {
+		name   string
+		delays []time.Duration
+	}{
+		{"changed", []time.Duration{current}},
+		{"removed", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			group := bustest.Name("g")
+			b, topic, r := retrySetup(t, 2, group, old) // the earlier configuration's tier
+			orig := message.NewMessage(watermill.NewUUID(), []byte("x"))
+			orig.Metadata.Set("ce_partitionkey", "key-1")
+			redeliver(t, r, orig, old)
+
+			ctx := bustest.Context(t, time.Minute)
+			_, ch := subscribeRetry(t, ctx, b, group, topic, tc.delays...)
+			m := next(t, ch, 30*time.Second)
+			if m.UUID != orig.UUID {
+				t.Fatalf("received %s, want %s from the tier of %v", m.UUID, orig.UUID, old)
+			}
+			info, _ := kafka.RecordFromContext(m.Context())
+			if want := kafka.RetryTopic(topic, group, old); info.Topic != want {
+				t.Errorf("came from %q, want %q", info.Topic, want)
+			}
+			m.Ack()
+			tier := kafka.RetryTopic(topic, group, old)
+			waitCond(t, "the old tier's record is committed", func() bool {
+				lag, err := b.Lag(context.Background(), group)
+				if err != nil {
+					return false
+				}
+				parts, ok := lag[tier]
+				if !ok {
+					return false
+				}
+				for _, l := range parts {
+					if l != 0 {
+						return false
+					}
+				}
+				return true
+			})
+		})
 	}
 }

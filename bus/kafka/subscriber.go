@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strconv"
 	"sync"
@@ -151,7 +152,6 @@ type consumer struct {
 	b      *Broker
 	group  string
 	topic  string
-	retry  map[string]time.Duration // the retry topics consumed too, and their delays; nil without
 	cfg    consumerConfig
 	cl     *kgo.Client
 	logger watermill.LoggerAdapter
@@ -280,24 +280,21 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 		done:   make(chan struct{}),
 		room:   make(chan struct{}, 1),
 		idle:   make(chan laneTask),
+		wake:   make(chan struct{}, 1),
 		parts:  make(map[topicPartition]*partition),
 	}
-	topics := []string{topic}
-	if len(cfg.retryDelays) > 0 {
-		c.retry = make(map[string]time.Duration, len(cfg.retryDelays))
-		for _, d := range cfg.retryDelays {
-			rt := RetryTopic(topic, group, d)
-			c.retry[rt] = d
-			topics = append(topics, rt)
-		}
-		c.wake = make(chan struct{}, 1)
-	}
+	// The topic, and every retry topic of the group on it: also those of
+	// delays no longer configured, whose records would otherwise never be
+	// read again after the delays changed (the client finds them by
+	// name, when it starts and at each metadata refresh).
+	topics := []string{"^" + regexp.QuoteMeta(topic) + "$", retryTopicPattern(topic, group)}
 	opts, err := b.cfg.kgoOptions()
 	if err != nil {
 		return nil, err
 	}
 	opts = append(opts, b.groupOptions(group, topics, cfg)...)
 	opts = append(opts,
+		kgo.ConsumeRegex(),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.AutoCommitMarks(),
 		// The consumer commits its marks every commitInterval itself
@@ -322,10 +319,8 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 	c.loops.Add(3)
 	go c.pollLoop()
 	go c.commitLoop()
-	if c.retry != nil {
-		c.loops.Add(1)
-		go c.dueLoop()
-	}
+	c.loops.Add(1)
+	go c.dueLoop()
 	go func() {
 		defer c.loops.Done()
 		select {
@@ -446,7 +441,7 @@ func (c *consumer) dispatch(topic string, id int32, recs []*kgo.Record, now time
 	}
 	p := c.parts[topicPartition{topic, id}]
 	if p == nil {
-		p = &partition{id: id, topic: topic, delay: c.retry[topic], stop: make(chan struct{}),
+		p = &partition{id: id, topic: topic, delay: c.retryDelay(topic), stop: make(chan struct{}),
 			settled: make(chan struct{}), drainc: make(chan struct{}), lanes: map[string]*lane{}}
 		p.maxOut.Store(-1)
 		c.parts[topicPartition{topic, id}] = p
@@ -475,6 +470,13 @@ func (c *consumer) dispatch(topic string, id int32, recs []*kgo.Record, now time
 		start[i] = nil
 	}
 	c.startBuf = start
+}
+
+// retryDelay returns the delay of topic when it is one of the retry
+// topics the consumer reads (see newConsumer), else zero.
+func (c *consumer) retryDelay(topic string) time.Duration {
+	d, _ := retryTopicDelay(topic, c.topic, c.group)
+	return d
 }
 
 // enqueue puts it on its lane (one per partition, per key, or per record,
