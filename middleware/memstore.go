@@ -30,9 +30,9 @@ const DefaultMemoryStoreMaxEntries = 10_000
 // The keys are spread by hash over shards, each with its own mutex and a
 // ring of its share of MaxEntries (the oldest key inserted into a shard
 // makes room in it): many handlers running at once (key or unordered
-// ordering, a concurrency above 1) would otherwise queue on one mutex. A
-// store of fewer than memShardMin entries a shard has one shard, and so
-// forgets exactly the oldest key inserted.
+// ordering, a concurrency above 1) would otherwise queue on one mutex.
+// There is a shard per 256 entries, up to 16: a store of fewer than 512
+// entries has one, and so forgets exactly the oldest key inserted.
 type MemoryStore struct {
 	seed   maphash.Seed
 	shards []memShard
