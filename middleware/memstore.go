@@ -23,7 +23,8 @@ const DefaultMemoryStoreMaxEntries = 10_000
 // MemoryStore is an in-process [DedupStore], bounded both by size and by
 // time: entries expire lazily when looked at after their lease or TTL, and
 // when MaxEntries keys are stored an old one makes room. Every operation is
-// O(1) under one mutex; it starts no goroutines and holds no timers. Memory
+// O(1) under the mutex of the key's shard (below); it starts no goroutines
+// and holds no timers. Memory
 // grows with use up to MaxEntries entries. It is safe for concurrent use.
 // The context arguments are ignored.
 //
