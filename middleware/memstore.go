@@ -24,9 +24,8 @@ const DefaultMemoryStoreMaxEntries = 10_000
 // time: entries expire lazily when looked at after their lease or TTL, and
 // when MaxEntries keys are stored an old one makes room. Every operation is
 // O(1) under the mutex of the key's shard (below); it starts no goroutines
-// and holds no timers. Memory
-// grows with use up to MaxEntries entries. It is safe for concurrent use.
-// The context arguments are ignored.
+// and holds no timers. Memory grows with use up to MaxEntries entries. It
+// is safe for concurrent use. The context arguments are ignored.
 //
 // The keys are spread by hash over shards, each with its own mutex and a
 // ring of its share of MaxEntries (the oldest key inserted into a shard
