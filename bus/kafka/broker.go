@@ -123,7 +123,9 @@ func (b *Broker) Subscriber(group string) (message.Subscriber, error) {
 // call joins the group as a member of its own (a franz-go group consumer,
 // cooperative-sticky assignment); each record of a topic reaches one member
 // of every group. A group with no committed offset starts at
-// Config.InitialOffset (oldest by default).
+// Config.InitialOffset (oldest by default). Subscribe asks the brokers
+// which retry topics of the group exist (see the package documentation,
+// Delayed redelivery), and fails when they cannot tell within 15s.
 //
 // A record is handed out when its ordering allows (see Config.Ordering),
 // and its offset is committed once it and every earlier record of its

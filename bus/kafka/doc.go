@@ -129,13 +129,15 @@
 // A subscriber consumes the retry topics of its group on the topic in the
 // same member (one client, one group) and hands their records to the same
 // channel, so the router runs them through the same handler;
-// [RecordFromContext] names the retry topic. It reads them by name
-// ("<topic>.<group>.retry.<delay>", the client matching a regular expression
-// when it starts and at each metadata refresh), so also the tiers of
-// delays no longer in [broker.SubscriberOptions].RetryDelays, or of a
-// handler that has none any more: records waiting there when the delays
-// changed come back when due, nothing is left unread. Old tiers are not
-// deleted (a member of an older version may still write to them). A retry
+// [RecordFromContext] names the retry topic. Besides the tiers of
+// [broker.SubscriberOptions].RetryDelays, Subscribe finds by name every
+// tier of the group on the topic that exists then (a tier of a delay no
+// longer configured, or of a handler that has none any more): records
+// waiting there when the delays changed come back when due. With
+// InitialOffset "newest" such a tier is read from its start where the
+// group has no offset on it. Old tiers are not deleted (a member of an
+// older version may still write to them); [Broker.Lag] tells when one is
+// drained. Transactional subscriptions read no tier. A retry
 // partition hands out no record before its due time: it holds its records
 // from the first one not yet due on and is paused (PauseFetchPartitions)
 // until a timer of the subscription finds them due, then it puts them on

@@ -78,9 +78,9 @@ func TestDelayedRetryStoppedPartitionIsResumed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	c := &consumer{topic: "t", group: "g", cl: cl, room: make(chan struct{}, 1), wake: make(chan struct{}, 1),
-		parts: map[topicPartition]*partition{},
-		cfg:   consumerConfig{maxPerPartition: 2, maxInFlight: 100}}
+	c := &consumer{topic: "t", cl: cl, room: make(chan struct{}, 1), wake: make(chan struct{}, 1),
+		parts: map[topicPartition]*partition{}, retry: map[string]time.Duration{"t.g.retry.1s": time.Second},
+		cfg: consumerConfig{maxPerPartition: 2, maxInFlight: 100}}
 	p := &partition{id: 3, topic: "t.g.retry.1s", delay: time.Second, stop: make(chan struct{}),
 		settled: make(chan struct{}), drainc: make(chan struct{}), lanes: map[string]*lane{}}
 	p.maxOut.Store(-1)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -32,14 +31,6 @@ func RetryTopic(topic, group string, delay time.Duration) string {
 
 // retryPrefix is what every retry topic of group on topic starts with.
 func retryPrefix(topic, group string) string { return topic + "." + group + ".retry." }
-
-// retryTopicPattern is the regular expression of every retry topic of group
-// on topic, whatever its delay (as [time.Duration.String] prints whole
-// milliseconds: "10ms", "1.5s", "1m0s", "2h0m0s"): the tiers a
-// subscription reads, those of delays no longer configured included.
-func retryTopicPattern(topic, group string) string {
-	return "^" + regexp.QuoteMeta(retryPrefix(topic, group)) + `([0-9]+h)?([0-9]+m)?[0-9]+(\.[0-9]+)?m?s$`
-}
 
 // retryTopicDelay returns the delay of name, a retry topic of group on
 // topic (see [RetryTopic]), and false when name is not one.
@@ -95,6 +86,41 @@ func (b *Broker) ensureRetryTopics(ctx context.Context, topic, group string, del
 		}
 	}
 	return nil
+}
+
+// retryTiers returns the retry topics a subscription of group on topic
+// reads, with their delays: those of delays, created unless they exist
+// (ensureRetryTopics), and every existing tier of a delay no longer
+// configured, so that records waiting there when the delays changed, or
+// were removed, are still read. With InitialOffset "newest", a tier the
+// group has no offset on is read from its start (see commitRetryStarts).
+func (b *Broker) retryTiers(ctx context.Context, topic, group string, delays []time.Duration) (map[string]time.Duration, error) {
+	if len(delays) > 0 {
+		if err := b.ensureRetryTopics(ctx, topic, group, delays); err != nil {
+			return nil, err
+		}
+	}
+	tds, err := b.admin.ListTopics(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: list the retry topics of %s on %s: %w", group, topic, err)
+	}
+	tiers := make(map[string]time.Duration, len(delays))
+	for _, d := range delays {
+		tiers[RetryTopic(topic, group, d)] = d
+	}
+	var old []string
+	for name := range tds {
+		if d, ok := retryTopicDelay(name, topic, group); ok && tiers[name] == 0 {
+			tiers[name] = d
+			old = append(old, name)
+		}
+	}
+	if len(old) > 0 && b.cfg.InitialOffset == "newest" {
+		if err := b.commitRetryStarts(ctx, group, old); err != nil {
+			return nil, fmt.Errorf("kafka: retry topics of %s: %w", group, err)
+		}
+	}
+	return tiers, nil
 }
 
 func cmpErr(err, fallback error) error {

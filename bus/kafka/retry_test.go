@@ -425,35 +425,49 @@ func TestDelayedRetryNewestStillReadsRetryTopicsFromTheStart(t *testing.T) {
 // A subscription reads the retry topics of delays its handler no longer
 // has: a record waiting in the tier of an earlier configuration comes back
 // when the delays changed, and when they were removed, and is committed
-// once handled (its tier's lag drops to 0).
+// once handled (its tier's lag drops to 0). With InitialOffset "newest" too:
+// the group never committed on that tier (the earlier configuration read
+// from the oldest offset), which must not mean reading it from its end.
 func TestDelayedRetryReadsTiersOfEarlierDelays(t *testing.T) {
 	const old, current = 40 * time.Millisecond, 70 * time.Millisecond
 	for _, tc := range []struct {
 		name   string
 		delays []time.Duration
+		newest bool
 	}{
-		{"changed", []time.Duration{current}},
-		{"removed", nil},
+		{"changed", []time.Duration{current}, false},
+		{"removed", nil, false},
+		{"changed_newest", []time.Duration{current}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			group := bustest.Name("g")
-			b, topic, r := retrySetup(t, 2, group, old) // the earlier configuration's tier
+			addrs := testserver.Kafka(t, 2)
+			b := newBroker(t, retryConfig(addrs, 2))
+			topic := bustest.Name("retry")
+			r, err := b.Redeliverer(topic, group, []time.Duration{old}) // the earlier configuration's tier
+			if err != nil {
+				t.Fatal(err)
+			}
 			orig := message.NewMessage(watermill.NewUUID(), []byte("x"))
 			orig.Metadata.Set("ce_partitionkey", "key-1")
 			redeliver(t, r, orig, old)
 
+			if tc.newest {
+				cfg := retryConfig(addrs, 2)
+				cfg.InitialOffset = "newest"
+				b = newBroker(t, cfg)
+			}
 			ctx := bustest.Context(t, time.Minute)
 			_, ch := subscribeRetry(t, ctx, b, group, topic, tc.delays...)
 			m := next(t, ch, 30*time.Second)
 			if m.UUID != orig.UUID {
 				t.Fatalf("received %s, want %s from the tier of %v", m.UUID, orig.UUID, old)
 			}
-			info, _ := kafka.RecordFromContext(m.Context())
-			if want := kafka.RetryTopic(topic, group, old); info.Topic != want {
-				t.Errorf("came from %q, want %q", info.Topic, want)
+			tier := kafka.RetryTopic(topic, group, old)
+			if info, _ := kafka.RecordFromContext(m.Context()); info.Topic != tier {
+				t.Errorf("came from %q, want %q", info.Topic, tier)
 			}
 			m.Ack()
-			tier := kafka.RetryTopic(topic, group, old)
 			waitCond(t, "the old tier's record is committed", func() bool {
 				lag, err := b.Lag(context.Background(), group)
 				if err != nil {

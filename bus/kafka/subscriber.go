@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strconv"
 	"sync"
@@ -60,13 +59,14 @@ func (s *subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		s.subscribed++
 		return c.out, nil
 	}
-	if len(s.cfg.retryDelays) > 0 {
-		if err := s.b.ensureRetryTopics(ctx, topic, s.group, s.cfg.retryDelays); err != nil {
-			return nil, err
-		}
+	tctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	tiers, err := s.b.retryTiers(tctx, topic, s.group, s.cfg.retryDelays)
+	cancel()
+	if err != nil {
+		return nil, err
 	}
 	id, release := s.b.instanceID(s.group)
-	c, err := s.b.newConsumer(ctx, s.group, topic, s.cfg, id)
+	c, err := s.b.newConsumer(ctx, s.group, topic, s.cfg, id, tiers)
 	if err != nil {
 		release()
 		return nil, err
@@ -128,7 +128,8 @@ func (s *subscriber) stats() []ConsumerStats {
 type ConsumerStats = broker.ConsumerStats
 
 // consumer is one subscription: a group member consuming one topic, and
-// the retry topics of its handler (broker.SubscriberOptions.RetryDelays).
+// the retry topics of its handler (broker.SubscriberOptions.RetryDelays,
+// and the existing tiers of earlier delays: retryTiers).
 //
 // A poll loop fetches records (franz-go's PollRecords with
 // BlockRebalanceOnPoll, so no rebalance runs between a poll and the
@@ -152,6 +153,7 @@ type consumer struct {
 	b      *Broker
 	group  string
 	topic  string
+	retry  map[string]time.Duration // the retry topics consumed too, and their delays; nil without
 	cfg    consumerConfig
 	cl     *kgo.Client
 	logger watermill.LoggerAdapter
@@ -268,7 +270,7 @@ type item struct {
 }
 
 // newConsumer starts a group member consuming topic and its retry topics.
-func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consumerConfig, instanceID string) (*consumer, error) {
+func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consumerConfig, instanceID string, retry map[string]time.Duration) (*consumer, error) {
 	c := &consumer{
 		b:      b,
 		group:  group,
@@ -280,21 +282,22 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 		done:   make(chan struct{}),
 		room:   make(chan struct{}, 1),
 		idle:   make(chan laneTask),
-		wake:   make(chan struct{}, 1),
 		parts:  make(map[topicPartition]*partition),
 	}
-	// The topic, and every retry topic of the group on it: also those of
-	// delays no longer configured, whose records would otherwise never be
-	// read again after the delays changed (the client finds them by
-	// name, when it starts and at each metadata refresh).
-	topics := []string{"^" + regexp.QuoteMeta(topic) + "$", retryTopicPattern(topic, group)}
+	topics := []string{topic}
+	if len(retry) > 0 {
+		c.retry = retry
+		for rt := range retry {
+			topics = append(topics, rt)
+		}
+		c.wake = make(chan struct{}, 1)
+	}
 	opts, err := b.cfg.kgoOptions()
 	if err != nil {
 		return nil, err
 	}
 	opts = append(opts, b.groupOptions(group, topics, cfg)...)
 	opts = append(opts,
-		kgo.ConsumeRegex(),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.AutoCommitMarks(),
 		// The consumer commits its marks every commitInterval itself
@@ -319,8 +322,10 @@ func (b *Broker) newConsumer(ctx context.Context, group, topic string, cfg consu
 	c.loops.Add(3)
 	go c.pollLoop()
 	go c.commitLoop()
-	c.loops.Add(1)
-	go c.dueLoop()
+	if c.retry != nil {
+		c.loops.Add(1)
+		go c.dueLoop()
+	}
 	go func() {
 		defer c.loops.Done()
 		select {
@@ -441,7 +446,7 @@ func (c *consumer) dispatch(topic string, id int32, recs []*kgo.Record, now time
 	}
 	p := c.parts[topicPartition{topic, id}]
 	if p == nil {
-		p = &partition{id: id, topic: topic, delay: c.retryDelay(topic), stop: make(chan struct{}),
+		p = &partition{id: id, topic: topic, delay: c.retry[topic], stop: make(chan struct{}),
 			settled: make(chan struct{}), drainc: make(chan struct{}), lanes: map[string]*lane{}}
 		p.maxOut.Store(-1)
 		c.parts[topicPartition{topic, id}] = p
@@ -470,13 +475,6 @@ func (c *consumer) dispatch(topic string, id int32, recs []*kgo.Record, now time
 		start[i] = nil
 	}
 	c.startBuf = start
-}
-
-// retryDelay returns the delay of topic when it is one of the retry
-// topics the consumer reads (see newConsumer), else zero.
-func (c *consumer) retryDelay(topic string) time.Duration {
-	d, _ := retryTopicDelay(topic, c.topic, c.group)
-	return d
 }
 
 // enqueue puts it on its lane (one per partition, per key, or per record,
