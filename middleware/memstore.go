@@ -2,7 +2,6 @@ package middleware
 
 import (
 	"context"
-	"hash/maphash"
 	"math"
 	"sync"
 	"time"
@@ -11,7 +10,7 @@ import (
 // MemoryStoreConfig configures [NewMemoryStore].
 type MemoryStoreConfig struct {
 	// MaxEntries bounds the number of keys kept (claims and done records).
-	// When full, an old key is forgotten to make room, even before its
+	// When full, the oldest inserted key is forgotten first, even before its
 	// TTL: size it above the message rate times the TTL you rely on. Zero
 	// means 10,000 (about 1.5 MB).
 	MaxEntries int
@@ -22,38 +21,17 @@ const DefaultMemoryStoreMaxEntries = 10_000
 
 // MemoryStore is an in-process [DedupStore], bounded both by size and by
 // time: entries expire lazily when looked at after their lease or TTL, and
-// when MaxEntries keys are stored an old one makes room. Every operation is
-// O(1) under the mutex of the key's shard (below); it starts no goroutines
-// and holds no timers. Memory grows with use up to MaxEntries entries. It
-// is safe for concurrent use. The context arguments are ignored.
-//
-// The keys are spread by hash over shards, each with its own mutex and a
-// ring of its share of MaxEntries (the oldest key inserted into a shard
-// makes room in it): many handlers running at once (key or unordered
-// ordering, a concurrency above 1) would otherwise queue on one mutex.
-// There is a shard per 256 entries, up to 16: a store of fewer than 512
-// entries has one, and so forgets exactly the oldest key inserted.
+// when MaxEntries keys are stored the oldest inserted one makes room (a
+// ring). Every operation is O(1) under one mutex; it starts no goroutines and
+// holds no timers. Memory grows with use up to MaxEntries entries. It is safe
+// for concurrent use. The context arguments are ignored.
 type MemoryStore struct {
-	seed   maphash.Seed
-	shards []memShard
-}
+	max int
 
-// memShardMin is the fewest entries a shard of a [MemoryStore] holds, and
-// memShards the most shards a store has.
-const (
-	memShardMin = 256
-	memShards   = 16
-)
-
-// memShard is one mutex's part of a [MemoryStore]: a map from key to slot
-// and a ring of at most max entries.
-type memShard struct {
 	mu    sync.Mutex
-	max   int
 	index map[string]int // key -> ring slot
 	ring  []memEntry
-	next  int      // ring position the next new key takes once the ring is full
-	_     [64]byte // the next shard's mutex on another cache line
+	next  int // ring position the next new key takes once the ring is full
 }
 
 type memEntry struct {
@@ -91,24 +69,7 @@ func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
 	if cfg.MaxEntries == 0 {
 		cfg.MaxEntries = DefaultMemoryStoreMaxEntries
 	}
-	n := min(memShards, max(cfg.MaxEntries/memShardMin, 1))
-	s := &MemoryStore{seed: maphash.MakeSeed(), shards: make([]memShard, n)}
-	for i := range s.shards {
-		// MaxEntries in all: the first MaxEntries%n shards take one more.
-		s.shards[i] = memShard{max: cfg.MaxEntries / n, index: make(map[string]int)}
-		if i < cfg.MaxEntries%n {
-			s.shards[i].max++
-		}
-	}
-	return s
-}
-
-// shard returns the shard of key.
-func (s *MemoryStore) shard(key string) *memShard {
-	if len(s.shards) == 1 {
-		return &s.shards[0]
-	}
-	return &s.shards[maphash.String(s.seed, key)%uint64(len(s.shards))]
+	return &MemoryStore{max: cfg.MaxEntries, index: make(map[string]int)}
 }
 
 // Claim implements [DedupStore].
@@ -132,14 +93,13 @@ func (s *MemoryStore) Release(_ context.Context, key, owner string) error {
 // Renew implements [DedupStore].
 func (s *MemoryStore) Renew(_ context.Context, key, owner string, lease time.Duration) (bool, error) {
 	expires := monoAfter(monoNow(), lease)
-	sh := s.shard(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	i, ok := sh.index[key]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i, ok := s.index[key]
 	if !ok {
 		return false, nil
 	}
-	e := &sh.ring[i]
+	e := &s.ring[i]
 	if e.done || e.owner != owner || e.token != 0 {
 		return false, nil
 	}
@@ -148,15 +108,14 @@ func (s *MemoryStore) Renew(_ context.Context, key, owner string, lease time.Dur
 }
 
 // claim is Claim for an owner given as a string or, from [Dedup] in this
-// process, as a token; it also returns the key's ring slot in its shard, for
-// commit and release.
+// process, as a token; it also returns the key's ring slot, for commit and
+// release.
 func (s *MemoryStore) claim(key, owner string, token uint64, lease time.Duration) (ClaimState, int) {
 	now := monoNow()
-	sh := s.shard(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if i, ok := sh.index[key]; ok {
-		e := &sh.ring[i]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i, ok := s.index[key]; ok {
+		e := &s.ring[i]
 		if now < e.expires {
 			if e.done {
 				return AlreadyDone, i
@@ -166,42 +125,39 @@ func (s *MemoryStore) claim(key, owner string, token uint64, lease time.Duration
 		e.owner, e.token, e.done, e.expires = owner, token, false, monoAfter(now, lease)
 		return Claimed, i
 	}
-	return Claimed, sh.insert(memEntry{key: key, owner: owner, token: token, expires: monoAfter(now, lease)})
+	return Claimed, s.insert(memEntry{key: key, owner: owner, token: token, expires: monoAfter(now, lease)})
 }
 
-// commit marks key done. slot is where claim found or put key in its shard,
-// or -1.
+// commit marks key done. slot is where claim found or put key, or -1.
 func (s *MemoryStore) commit(key string, slot int, ttl time.Duration) {
 	expires := monoAfter(monoNow(), ttl)
-	sh := s.shard(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if slot < 0 || sh.ring[slot].key != key {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if slot < 0 || s.ring[slot].key != key {
 		var ok bool
-		if slot, ok = sh.index[key]; !ok {
-			sh.insert(memEntry{key: key, done: true, expires: expires})
+		if slot, ok = s.index[key]; !ok {
+			s.insert(memEntry{key: key, done: true, expires: expires})
 			return
 		}
 	}
-	e := &sh.ring[slot]
+	e := &s.ring[slot]
 	e.owner, e.token, e.done, e.expires = "", 0, true, expires
 }
 
 // release drops key's claim if the owner (string or token) still holds it.
-// slot is where claim found or put key in its shard, or -1.
+// slot is where claim found or put key, or -1.
 func (s *MemoryStore) release(key string, slot int, owner string, token uint64) {
-	sh := s.shard(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if slot < 0 || sh.ring[slot].key != key {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if slot < 0 || s.ring[slot].key != key {
 		var ok bool
-		if slot, ok = sh.index[key]; !ok {
+		if slot, ok = s.index[key]; !ok {
 			return
 		}
 	}
-	e := &sh.ring[slot]
+	e := &s.ring[slot]
 	if !e.done && e.owner == owner && e.token == token {
-		delete(sh.index, key)
+		delete(s.index, key)
 		*e = memEntry{}
 	}
 }
@@ -209,20 +165,14 @@ func (s *MemoryStore) release(key string, slot int, owner string, token uint64) 
 // Len returns the number of keys stored, expired ones not yet overwritten
 // included.
 func (s *MemoryStore) Len() int {
-	n := 0
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		n += len(sh.index)
-		sh.mu.Unlock()
-	}
-	return n
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.index)
 }
 
-// insert stores e under a ring slot, forgetting the oldest key inserted
-// into the shard when its ring is full, and returns the slot. s.mu must be
-// held (s being the shard).
-func (s *memShard) insert(e memEntry) int {
+// insert stores e under a ring slot, forgetting the oldest inserted key
+// when the ring is full, and returns the slot. s.mu must be held.
+func (s *MemoryStore) insert(e memEntry) int {
 	if len(s.ring) < s.max {
 		s.index[e.key] = len(s.ring)
 		s.ring = append(s.ring, e)

@@ -40,33 +40,6 @@ func TestMemoryStoreIsBoundedBySize(t *testing.T) {
 	}
 }
 
-// A large store is split into shards, each a ring of its share: it keeps
-// MaxEntries keys in all, the newest of them, and forgets old ones.
-func TestMemoryStoreShardsKeepTheNewestKeys(t *testing.T) {
-	ctx := context.Background()
-	const max, n = 4100, 10_000 // 16 shards of 256 or 257; each gets about 625 keys
-	s := middleware.NewMemoryStore(middleware.MemoryStoreConfig{MaxEntries: max})
-	for i := range n {
-		k := "key-" + strconv.Itoa(i)
-		if st, _ := s.Claim(ctx, k, "o", time.Hour); st != middleware.Claimed {
-			t.Fatalf("claim %s: %v", k, st)
-		}
-		_ = s.Commit(ctx, k, time.Hour)
-	}
-	if got := s.Len(); got != max {
-		t.Errorf("Len = %d, want %d", got, max)
-	}
-	// Of the last 1,000 keys a shard gets about 62, far below its 256.
-	for i := n - 1000; i < n; i++ {
-		if st, _ := s.Claim(ctx, "key-"+strconv.Itoa(i), "p", time.Hour); st != middleware.AlreadyDone {
-			t.Fatalf("key-%d, among the newest: %v, want AlreadyDone", i, st)
-		}
-	}
-	if st, _ := s.Claim(ctx, "key-0", "p", time.Hour); st != middleware.Claimed {
-		t.Errorf("key-0, the oldest: %v, want Claimed (forgotten)", st)
-	}
-}
-
 func TestMemoryStoreExpiresLazily(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ctx := context.Background()
