@@ -134,10 +134,16 @@
 // tier of the group on the topic that exists then (a tier of a delay no
 // longer configured, or of a handler that has none any more): records
 // waiting there when the delays changed come back when due. With
-// InitialOffset "newest" such a tier is read from its start where the
-// group has no offset on it. Old tiers are not deleted (a member of an
-// older version may still write to them); [Broker.Lag] tells when one is
-// drained. Transactional subscriptions read no tier. A retry
+// InitialOffset "newest" the group's offset on such a tier is set to its
+// start where it has none (a group with members running refuses that; the
+// bus's Redeliverer set it when it created the tier). No old tier is taken
+// when a topic exists that could own its name too (topic "a" with group
+// "b.c" and topic "a.b" with group "c" name their tiers alike); a
+// subscription without RetryDelays that cannot list the topics logs it and
+// reads none. Old tiers are not deleted (a member of an older version may
+// still write to them): delete one when [Broker.Lag] shows the group at 0
+// on it, and restart the members that read it. Transactional subscriptions
+// read no tier. A retry
 // partition hands out no record before its due time: it holds its records
 // from the first one not yet due on and is paused (PauseFetchPartitions)
 // until a timer of the subscription finds them due, then it puts them on

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -91,36 +92,75 @@ func (b *Broker) ensureRetryTopics(ctx context.Context, topic, group string, del
 // retryTiers returns the retry topics a subscription of group on topic
 // reads, with their delays: those of delays, created unless they exist
 // (ensureRetryTopics), and every existing tier of a delay no longer
-// configured, so that records waiting there when the delays changed, or
-// were removed, are still read. With InitialOffset "newest", a tier the
-// group has no offset on is read from its start (see commitRetryStarts).
+// configured (see oldTiers).
+//
+// Without delays the subscription needs no broker to start, as before there
+// were tiers to find: when the brokers cannot list the topics, it is logged
+// and the subscription reads none (they keep their records for the next
+// one). With delays the error is returned, as creating them fails too.
 func (b *Broker) retryTiers(ctx context.Context, topic, group string, delays []time.Duration) (map[string]time.Duration, error) {
+	tiers := make(map[string]time.Duration, len(delays))
+	for _, d := range delays {
+		tiers[RetryTopic(topic, group, d)] = d
+	}
 	if len(delays) > 0 {
 		if err := b.ensureRetryTopics(ctx, topic, group, delays); err != nil {
 			return nil, err
 		}
 	}
+	err := b.oldTiers(ctx, topic, group, tiers)
+	if err != nil && len(delays) == 0 {
+		b.logger.Error("kafka: retry topics of earlier delays not read", err,
+			watermill.LogFields{"topic": topic, "consumer_group": group})
+		return nil, nil
+	}
+	return tiers, err
+}
+
+// oldTiers adds to tiers the existing retry topics of group on topic whose
+// delays it lacks (records may wait there since the delays changed or were
+// removed). With InitialOffset "newest", the group's offset on such a tier
+// is set to the tier's start where it has none (commitRetryStarts; a group
+// with members running refuses it, which the bus's Redeliverer did for the
+// tier when it was created).
+//
+// Names are ambiguous when topics or groups contain dots: the tiers of
+// topic "a" and group "b.c" and those of topic "a.b" and group "c" are
+// both "a.b.c.retry.<delay>". When a topic other than topic exists whose
+// name could start such a prefix (a.b, here), no tier is taken: it may be
+// another handler's.
+func (b *Broker) oldTiers(ctx context.Context, topic, group string, tiers map[string]time.Duration) error {
 	tds, err := b.admin.ListTopics(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("kafka: list the retry topics of %s on %s: %w", group, topic, err)
-	}
-	tiers := make(map[string]time.Duration, len(delays))
-	for _, d := range delays {
-		tiers[RetryTopic(topic, group, d)] = d
+		return fmt.Errorf("kafka: list the retry topics of %s on %s: %w", group, topic, err)
 	}
 	var old []string
 	for name := range tds {
 		if d, ok := retryTopicDelay(name, topic, group); ok && tiers[name] == 0 {
-			tiers[name] = d
 			old = append(old, name)
+			tiers[name] = d
 		}
 	}
-	if len(old) > 0 && b.cfg.InitialOffset == "newest" {
+	if len(old) == 0 {
+		return nil
+	}
+	base := topic + "." + group
+	for i := range len(base) {
+		if other := base[:i]; base[i] == '.' && other != topic && tds.Has(other) {
+			for _, name := range old {
+				delete(tiers, name)
+			}
+			b.logger.Info("kafka: retry topics of earlier delays not read: their names may be another handler's",
+				watermill.LogFields{"topic": topic, "consumer_group": group, "other_topic": other, "retry_topics": old})
+			return nil
+		}
+	}
+	if b.cfg.InitialOffset == "newest" {
 		if err := b.commitRetryStarts(ctx, group, old); err != nil {
-			return nil, fmt.Errorf("kafka: retry topics of %s: %w", group, err)
+			return fmt.Errorf("kafka: retry topics of %s: %w", group, err)
 		}
 	}
-	return tiers, nil
+	return nil
 }
 
 func cmpErr(err, fallback error) error {
