@@ -125,7 +125,8 @@ func (b *Broker) Subscriber(group string) (message.Subscriber, error) {
 // of every group. A group with no committed offset starts at
 // Config.InitialOffset (oldest by default). Subscribe asks the brokers
 // which retry topics of the group exist (see the package documentation,
-// Delayed redelivery), and fails when they cannot tell within 15s.
+// Delayed redelivery); with RetryDelays it fails when they cannot tell
+// within 15s, without it logs that and reads no retry topic.
 //
 // A record is handed out when its ordering allows (see Config.Ordering),
 // and its offset is committed once it and every earlier record of its
